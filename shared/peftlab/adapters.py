@@ -1,0 +1,239 @@
+"""PEFT configs from a RunConfig, attaching, counting, saving, merging, combining.
+
+Everything here uses `peft`; the from-scratch LoRA layer students write lives
+in the exercises, and a test proves it matches peft on the same weights.
+
+LoRA (Hu et al. 2021, section 4.1): a frozen weight W (d_out, d_in) gains
+a trainable update (alpha / r) * B @ A with A (r, d_in) random and B (d_out, r)
+zero, so the adapted model starts out identical to the base.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .config import LORA_FAMILY, RunConfig
+
+
+class AdapterError(ValueError):
+    """An adapter operation that cannot work; the message says why and what to do."""
+
+
+def peft_config(config: RunConfig, total_step: int | None = None):
+    """The peft config object for `config.method` (None for full fine-tuning).
+
+    AdaLoRA needs the total number of optimizer steps to schedule its rank
+    budget; `train.py` derives it from the data set size and passes it here.
+    """
+    from peft import (
+        AdaLoraConfig,
+        IA3Config,
+        LoraConfig,
+        PrefixTuningConfig,
+        PromptTuningConfig,
+        TaskType,
+    )
+
+    m = config.method
+    if m == "full":
+        return None
+    if m in ("lora", "qlora", "dora"):
+        return LoraConfig(
+            task_type=TaskType.CAUSAL_LM,
+            r=config.r,
+            lora_alpha=config.lora_alpha,
+            lora_dropout=config.lora_dropout,
+            target_modules=config.target_modules,
+            use_rslora=config.use_rslora,
+            use_dora=(m == "dora"),
+            rank_pattern=dict(config.rank_pattern),
+            alpha_pattern=dict(config.alpha_pattern),
+            bias="none",
+        )
+    if m == "adalora":
+        if not total_step or total_step <= config.adalora_tinit + config.adalora_tfinal:
+            raise AdapterError(
+                f"AdaLoRA needs total_step > tinit + tfinal (got total_step={total_step}); "
+                "train.py derives it from the data set, epochs and batch size."
+            )
+        return AdaLoraConfig(
+            task_type=TaskType.CAUSAL_LM,
+            init_r=config.adalora_init_r,
+            target_r=config.r,
+            tinit=config.adalora_tinit,
+            tfinal=config.adalora_tfinal,
+            deltaT=config.adalora_delta_t,
+            total_step=total_step,
+            lora_alpha=config.lora_alpha,
+            lora_dropout=config.lora_dropout,
+            target_modules=config.target_modules,
+        )
+    if m == "prefix":
+        # Prefix-Tuning (Li & Liang 2021, section 4.3) reparameterizes the prefix through an MLP.
+        return PrefixTuningConfig(
+            task_type=TaskType.CAUSAL_LM, num_virtual_tokens=config.num_virtual_tokens, prefix_projection=True
+        )
+    if m == "ptuning_v2":
+        # P-Tuning v2 (Liu et al. 2022) is deep prompt tuning: per-layer prefixes, no reparameterization.
+        return PrefixTuningConfig(
+            task_type=TaskType.CAUSAL_LM, num_virtual_tokens=config.num_virtual_tokens, prefix_projection=False
+        )
+    if m == "prompt":
+        return PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=config.num_virtual_tokens)
+    if m == "ia3":
+        # peft's defaults for Qwen2: scale k, v and the MLP's down projection input.
+        return IA3Config(task_type=TaskType.CAUSAL_LM)
+    raise AdapterError(f"no peft config for method {m!r}")
+
+
+def attach(model, config: RunConfig, total_step: int | None = None):
+    """Wrap `model` for `config.method`; for 'full', make every weight trainable."""
+    from peft import get_peft_model
+
+    pcfg = peft_config(config, total_step)
+    if pcfg is None:
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return model
+    if config.gradient_checkpointing and config.method in LORA_FAMILY + ("ia3",):
+        # Frozen embeddings produce no grad, so checkpointed blocks would see inputs
+        # that do not require grad and skip the backward pass through them.
+        model.enable_input_require_grads()
+    # peft seeds new adapter weights from torch's global RNG: seed for reproducible runs.
+    torch.manual_seed(config.seed)
+    return get_peft_model(model, pcfg)
+
+
+@dataclass(frozen=True)
+class ParamCounts:
+    trainable: int
+    total: int
+
+    @property
+    def percent(self) -> float:
+        return 100.0 * self.trainable / self.total if self.total else 0.0
+
+    def __str__(self) -> str:
+        return f"trainable {self.trainable:,} / total {self.total:,} ({self.percent:.4f}%)"
+
+
+def count_parameters(model) -> ParamCounts:
+    """Trainable and total parameters, right for 4-bit models too.
+
+    bitsandbytes packs two 4-bit values per stored byte, so a naive
+    `sum(p.numel())` halves the frozen weights; peft and transformers both
+    correct for it, and we use theirs.
+    """
+    if hasattr(model, "get_nb_trainable_parameters"):
+        trainable, total = model.get_nb_trainable_parameters()
+    else:
+        total = model.num_parameters()
+        trainable = model.num_parameters(only_trainable=True)
+    return ParamCounts(int(trainable), int(total))
+
+
+def lora_counts_on_meta(model_name: str, config: RunConfig) -> ParamCounts:
+    """Parameter counts of `config` on `model_name` built on the meta device (no download)."""
+    from peft import get_peft_model
+
+    from .models import meta_model
+
+    base = meta_model(model_name)
+    pcfg = peft_config(config, total_step=max(1000, config.adalora_tinit + config.adalora_tfinal + 1))
+    if pcfg is None:
+        return count_parameters(base)
+    with torch.device("meta"):
+        wrapped = get_peft_model(base, pcfg)
+    return count_parameters(wrapped)
+
+
+def adapter_modules(model, adapter_name: str = "default") -> dict[str, int]:
+    """{module name: rank} for every LoRA-family module holding `adapter_name`."""
+    out = {}
+    for name, module in model.named_modules():
+        ranks = getattr(module, "r", None)
+        if isinstance(ranks, dict) and adapter_name in ranks and hasattr(module, "lora_A"):
+            out[name] = int(ranks[adapter_name])
+    return out
+
+
+# ------------------------------------------------------------- save and load
+def save_adapter(model, path: str | Path) -> Path:
+    """Write only the adapter weights and its config (safetensors)."""
+    path = Path(path)
+    if not hasattr(model, "peft_config"):
+        raise AdapterError("save_adapter needs a peft model; for full fine-tuning use model.save_pretrained.")
+    model.save_pretrained(path)
+    return path
+
+
+def load_adapter(base_model, path: str | Path, adapter_name: str = "default", trainable: bool = False):
+    """Put a saved adapter on `base_model` (a plain model or a PeftModel that holds others)."""
+    from peft import PeftModel
+
+    path = Path(path)
+    if not (path / "adapter_config.json").is_file():
+        raise AdapterError(f"{path}: no adapter_config.json here; point at a directory written by save_adapter.")
+    if hasattr(base_model, "peft_config"):
+        base_model.load_adapter(str(path), adapter_name=adapter_name, is_trainable=trainable)
+        return base_model
+    return PeftModel.from_pretrained(base_model, str(path), adapter_name=adapter_name, is_trainable=trainable)
+
+
+def dir_size(path: str | Path) -> int:
+    """Bytes on disk under a directory."""
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+
+
+# -------------------------------------------------------------------- merging
+def merge(model):
+    """Fold the LoRA update into the base weights: W <- W + (alpha / r) * B @ A."""
+    if not hasattr(model, "merge_and_unload"):
+        raise AdapterError("merge needs a peft model with a LoRA-family adapter.")
+    return model.merge_and_unload()
+
+
+def merge_qlora(config: RunConfig, adapter_dir: str | Path, dtype: torch.dtype | None = None):
+    """The right merge for a QLoRA adapter: into a 16-bit (or fp32) copy of the base.
+
+    Merging into the 4-bit weights would re-quantize W + BA and round away
+    part of the update; the adapter was trained against the dequantized base,
+    so load that base unquantized and merge there.
+    """
+    from .config import with_overrides
+    from .models import load_model, pick_device, pick_dtype
+
+    device = pick_device(config.device)
+    if dtype is None:
+        dtype = pick_dtype(device, config.compute_dtype if config.compute_dtype != "auto" else config.dtype)
+    full_cfg = with_overrides(
+        config, method="lora", quantization="none", dtype=str(dtype).replace("torch.", "")
+    )
+    base = load_model(full_cfg)
+    return merge(load_adapter(base, adapter_dir))
+
+
+def combine(model, adapters: list[str], weights: list[float], name: str, combination_type: str = "linear"):
+    """Weighted combination of loaded LoRA adapters into a new one (peft add_weighted_adapter).
+
+    'linear' needs equal ranks; 'cat' concatenates (rank = sum); 'svd' recomputes
+    a low-rank factorization and needs fp32 weights.
+    """
+    if len(adapters) != len(weights) or not adapters:
+        raise AdapterError(f"give one weight per adapter: {len(adapters)} adapters, {len(weights)} weights.")
+    missing = [a for a in adapters if a not in model.peft_config]
+    if missing:
+        raise AdapterError(f"adapter(s) {missing} not loaded; loaded: {sorted(model.peft_config)}.")
+    ranks = {a: model.peft_config[a].r for a in adapters}
+    if combination_type == "linear" and len(set(ranks.values())) > 1:
+        raise AdapterError(f"'linear' combination needs equal ranks, got {ranks}; use 'cat' or 'svd'.")
+    if combination_type.startswith("svd"):
+        bad = {p.dtype for n, p in model.named_parameters() if "lora_" in n and p.dtype != torch.float32}
+        if bad:
+            raise AdapterError(f"'svd' combination needs float32 adapter weights, found {bad}.")
+    model.add_weighted_adapter(adapters, weights, name, combination_type=combination_type)
+    model.set_adapter(name)
+    return model

@@ -1,0 +1,143 @@
+"""`peftlab train | eval | generate | params | estimate | demo | build-tiny`.
+
+Every subcommand reads the same RunConfig: a YAML file or preset name via
+--config, then `key=value` overrides, e.g.
+
+    peftlab train --config shakespeare-tiny r=8 max_steps=20
+    peftlab params --config shakespeare-reference target_modules=all-linear
+    peftlab estimate --config shakespeare-reference method=qlora --seq-len 512
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .config import ConfigError, RunConfig
+
+
+def _config(args) -> RunConfig:
+    if args.config:
+        return RunConfig.from_yaml(args.config, args.overrides)
+    from .config import parse_overrides
+
+    return RunConfig.from_dict(parse_overrides(args.overrides), source="command line")
+
+
+def cmd_train(args) -> int:
+    from . import casestudy
+
+    config = _config(args)
+    casestudy.run(config, progress=not args.no_progress)
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from . import adapters, metrics, models, train
+
+    config = _config(args)
+    tokenizer = models.load_tokenizer(config.model_name)
+    model = models.load_model(config)
+    if args.adapter:
+        model = adapters.load_adapter(model, args.adapter)
+    _, _, eval_ds, stats, rows = train.load_data(config, tokenizer)
+    result = metrics.evaluate_model(model, tokenizer, eval_ds, rows, system_prompt=config.system_prompt)
+    print(json.dumps({k: v for k, v in result.items() if k != "generations"}, indent=2))
+    return 0
+
+
+def cmd_generate(args) -> int:
+    from . import adapters, metrics, models
+
+    config = _config(args)
+    tokenizer = models.load_tokenizer(config.model_name)
+    model = models.load_model(config)
+    if args.adapter:
+        model = adapters.load_adapter(model, args.adapter)
+    rows = [{"instruction": args.instruction, "input": text, "output": ""} for text in args.text]
+    for text, out in zip(args.text, metrics.generate(model, tokenizer, rows, max_new_tokens=args.max_new_tokens)):
+        print(f"{text}\n  -> {out}")
+    return 0
+
+
+def cmd_params(args) -> int:
+    from .adapters import lora_counts_on_meta
+
+    config = _config(args)
+    print(f"{config.model_name} {config.method} r={config.r} targets={config.target_modules}")
+    print(lora_counts_on_meta(config.model_name, config))
+    return 0
+
+
+def cmd_estimate(args) -> int:
+    from .memory import estimate
+
+    config = _config(args)
+    est = estimate(config.model_name, config, seq_len=args.seq_len, device=args.device)
+    print(f"{config.model_name} {config.method} quantization={config.quantization} "
+          f"batch={config.per_device_train_batch_size} seq={args.seq_len} "
+          f"checkpointing={config.gradient_checkpointing} on {args.device}")
+    print(est.table())
+    return 0
+
+
+def cmd_build_tiny(args) -> int:
+    from .tiny import ensure_tiny_model
+
+    print(ensure_tiny_model(force=args.force))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="peftlab", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name, func, help_text):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--config", help="YAML file or preset (shakespeare-tiny, shakespeare-reference)")
+        p.add_argument("overrides", nargs="*", help="key=value overrides of RunConfig fields")
+        p.set_defaults(func=func)
+        return p
+
+    t = add("train", cmd_train, "run the case study: evaluate, train, evaluate, save, record")
+    t.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
+    for name, func, text in [("eval", cmd_eval, "held-out perplexity, BLEU, chrF"),
+                             ("generate", cmd_generate, "generate for sentences given on the command line")]:
+        p = add(name, func, text)
+        p.add_argument("--adapter", help="directory of a saved adapter to put on the base")
+        if name == "generate":
+            p.add_argument("text", nargs="+", help="modern English sentences")
+            p.add_argument("--instruction", default="Rewrite the sentence in the style of Shakespeare.")
+            p.add_argument("--max-new-tokens", type=int, default=48)
+    add("params", cmd_params, "trainable/total parameters, computed on the meta device")
+    e = add("estimate", cmd_estimate, "predict peak training memory before loading anything")
+    e.add_argument("--seq-len", type=int, default=256)
+    e.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
+    b = sub.add_parser("build-tiny", help="build the offline tiny model into the cache")
+    b.add_argument("--force", action="store_true")
+    b.set_defaults(func=cmd_build_tiny)
+    sub.add_parser("help-config", help="list every RunConfig field").set_defaults(
+        func=lambda a: print(RunConfig.help()) or 0
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "command", None) == "generate":
+        # `text` swallowed the overrides: split key=value items back out.
+        args.overrides = [t for t in args.text if "=" in t and " " not in t]
+        args.text = [t for t in args.text if t not in args.overrides]
+    from .data import DataError
+    from .models import ModelNotAvailableError
+
+    try:
+        return args.func(args)
+    except (ConfigError, DataError, ModelNotAvailableError) as exc:
+        print(f"peftlab {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,167 @@
+"""Predict peak training memory before anything is loaded.
+
+    peak ~= base weights + trainable weights + gradients + AdamW states
+            + activations (+ logits) + runtime
+
+Base weights depend on the storage format: 4 bytes/param in fp32, 2 in
+bf16/fp16, about 0.52 in NF4 with double quantization (QLoRA, Dettmers et al.
+2023, section 3: 4 bits + an 8-bit absmax per 64 weights + an fp32 constant
+per 256 absmax = 4 + 8/64 + 32/(64*256) = 4.127 bits). Embeddings, norms and
+the LM head stay in the compute dtype.
+
+Trainable weights: peft keeps adapter weights in fp32 (autocast_adapter_dtype),
+so each trainable LoRA parameter costs 4 (weight) + 4 (grad) + 8 (AdamW m and v)
+= 16 bytes. Full fine-tuning keeps weights, grads and AdamW states in the
+weight dtype: 16 bytes/param in fp32, 8 in bf16 (16 with fp32 master weights,
+the mixed-precision recipe the ZeRO paper counts).
+
+Activations are per token per layer, in units of the hidden size; the
+coefficients below count the tensors a Qwen2 decoder layer saves for backward
+(norm inputs and outputs, q/k/v, attention output, gate, up, SiLU, product).
+Gradient checkpointing keeps only each layer's input, plus one layer's worth
+while it is recomputed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from .config import RunConfig
+
+GiB = 2**30
+DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
+
+
+def nf4_bytes_per_param(double_quant: bool = True, blocksize: int = 64) -> float:
+    """Bytes per weight of a bitsandbytes 4-bit tensor, quantization constants included."""
+    if double_quant:
+        return 0.5 + 1 / blocksize + 4 / (blocksize * 256)  # 8-bit absmax + fp32 per 256 blocks
+    return 0.5 + 4 / blocksize  # fp32 absmax per block
+
+
+@dataclass
+class MemoryEstimate:
+    base_weights: float
+    trainable_weights: float
+    gradients: float
+    optimizer: float
+    activations: float
+    logits: float
+    runtime: float
+    trainable_params: int
+    total_params: int
+
+    @property
+    def total(self) -> float:
+        return (
+            self.base_weights + self.trainable_weights + self.gradients + self.optimizer
+            + self.activations + self.logits + self.runtime
+        )
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "total": self.total}
+
+    def table(self) -> str:
+        rows = [
+            ("base weights", self.base_weights),
+            ("trainable weights", self.trainable_weights),
+            ("gradients", self.gradients),
+            ("AdamW states", self.optimizer),
+            ("activations", self.activations),
+            ("logits + loss", self.logits),
+            ("runtime", self.runtime),
+            ("total", self.total),
+        ]
+        width = max(len(r[0]) for r in rows)
+        lines = [f"{name:<{width}}  {value / GiB:9.3f} GiB" for name, value in rows]
+        lines.insert(-1, "-" * (width + 15))
+        return "\n".join(lines)
+
+
+def _split_params(model) -> tuple[int, int]:
+    """(params in decoder-layer Linear weights, everything else) of a meta model."""
+    import torch
+
+    linear = sum(
+        m.weight.numel()
+        for name, m in model.named_modules()
+        if isinstance(m, torch.nn.Linear) and ".layers." in name
+    )
+    total = model.num_parameters()
+    return linear, total - linear
+
+
+def estimate(
+    model_name: str,
+    config: RunConfig,
+    seq_len: int,
+    batch_size: int | None = None,
+    device: str = "cuda",
+    runtime_bytes: float | None = None,
+) -> MemoryEstimate:
+    """Peak training memory of `config` on `model_name` (no weights are loaded).
+
+    `device` only sets defaults: the dtype for dtype='auto' (bf16 on cuda,
+    fp32 on cpu) and the runtime overhead (CUDA context is outside
+    max_memory_allocated; a CPU process's resident peak includes Python and
+    the libraries, about 0.45 GiB).
+    """
+    from .adapters import lora_counts_on_meta
+    from .models import meta_model, model_config
+
+    cfg = model_config(model_name)
+    b = batch_size or config.per_device_train_batch_size
+    dtype = config.dtype if config.dtype != "auto" else ("bfloat16" if device == "cuda" else "float32")
+    wbytes = DTYPE_BYTES[dtype]
+    compute = config.compute_dtype if config.compute_dtype != "auto" else dtype
+    abytes = DTYPE_BYTES[compute] if config.quantization == "4bit" else wbytes
+
+    linear, other = _split_params(meta_model(cfg))
+    counts = lora_counts_on_meta(model_name, config)
+    base_params = linear + other
+    if config.quantization == "4bit":
+        base = linear * nf4_bytes_per_param(config.double_quant) + other * DTYPE_BYTES[compute]
+    elif config.quantization == "8bit":
+        base = linear * (1 + 4 / 4096) + other * wbytes  # int8 + fp32 scale per row (approx.)
+    else:
+        base = base_params * wbytes
+
+    if config.method == "full":
+        trainable_w, grads, optim = 0.0, base_params * wbytes, base_params * 2 * wbytes
+    else:
+        n = counts.trainable
+        trainable_w, grads, optim = n * 4.0, n * 4.0, n * 8.0
+
+    h, i = cfg.hidden_size, cfg.intermediate_size
+    kv = cfg.num_key_value_heads * (h // cfg.num_attention_heads)
+    layers = cfg.num_hidden_layers
+    tokens = b * seq_len
+    per_layer_token = abytes * (10 * h + 4 * i + 4 * kv)  # tensors saved for backward
+    if config.gradient_checkpointing:
+        acts = tokens * layers * h * abytes + tokens * per_layer_token
+    else:
+        acts = tokens * layers * per_layer_token
+    # Logits in the weight dtype, their fp32 upcast for the loss, and its gradient.
+    logits = tokens * cfg.vocab_size * (abytes + 4 + 4)
+    runtime = runtime_bytes if runtime_bytes is not None else (0.0 if device == "cuda" else 0.45 * GiB)
+    return MemoryEstimate(
+        base_weights=base,
+        trainable_weights=trainable_w,
+        gradients=grads,
+        optimizer=optim,
+        activations=acts,
+        logits=logits,
+        runtime=runtime,
+        trainable_params=counts.trainable if config.method != "full" else base_params,
+        total_params=counts.total,
+    )
+
+
+def weights_bytes(model_name: str, fmt: str = "bfloat16", double_quant: bool = True) -> float:
+    """Memory of the base weights alone in fp32, bf16/fp16 or nf4."""
+    from .models import meta_model, model_config
+
+    linear, other = _split_params(meta_model(model_config(model_name)))
+    if fmt == "nf4":
+        return linear * nf4_bytes_per_param(double_quant) + other * 2
+    return (linear + other) * DTYPE_BYTES[fmt]

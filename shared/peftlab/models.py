@@ -1,0 +1,206 @@
+"""Base models and tokenizers: by hub name, local path, or the offline tiny model.
+
+Loading goes through `AutoModelForCausalLM.from_pretrained` for every source,
+so the tiny model exercises the same code path as Qwen2.5-3B on Colab.
+Quantization uses the transformers 5 API (`quantization_config=`); the old
+`load_in_4bit=` keyword is gone.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+from .config import RunConfig
+from .tiny import TINY_NAME, ensure_tiny_model
+
+log = logging.getLogger(__name__)
+
+
+class ModelNotAvailableError(OSError):
+    """The model could not be found locally and the hub could not supply it."""
+
+
+# Published Qwen2.5 configs (huggingface.co/Qwen/<name>/blob/main/config.json),
+# kept here so parameter counts and memory estimates work with no network and
+# no download: the model is built on the meta device from these numbers.
+QWEN25_SHAPES = {
+    "0.5B": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+                 num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True),
+    "1.5B": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
+                 num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True),
+    "3B": dict(hidden_size=2048, intermediate_size=11008, num_hidden_layers=36, num_attention_heads=16,
+               num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True),
+    "7B": dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+               num_key_value_heads=4, vocab_size=152064, tie_word_embeddings=False),
+    "14B": dict(hidden_size=5120, intermediate_size=13824, num_hidden_layers=48, num_attention_heads=40,
+                num_key_value_heads=8, vocab_size=152064, tie_word_embeddings=False),
+    "32B": dict(hidden_size=5120, intermediate_size=27648, num_hidden_layers=64, num_attention_heads=40,
+                num_key_value_heads=8, vocab_size=152064, tie_word_embeddings=False),
+    "72B": dict(hidden_size=8192, intermediate_size=29568, num_hidden_layers=80, num_attention_heads=64,
+                num_key_value_heads=8, vocab_size=152064, tie_word_embeddings=False),
+}
+# Licences differ by size: recommend accordingly (Qwen2.5 model cards).
+QWEN25_LICENSE = {size: "Apache-2.0" for size in QWEN25_SHAPES} | {
+    "3B": "Qwen Research License (non-commercial)",
+    "72B": "Qwen License (commercial use above 100M monthly users needs a licence)",
+}
+
+
+def _qwen25_size(name: str) -> str | None:
+    """'Qwen/Qwen2.5-3B-Instruct' -> '3B'; None if the name is not a Qwen2.5 text model."""
+    base = name.split("/")[-1]
+    if not base.lower().startswith("qwen2.5-"):
+        return None
+    size = base.split("-")[1].upper()
+    return size if size in QWEN25_SHAPES else None
+
+
+def resolve_model_path(name: str) -> str:
+    """The tiny model's cache directory, a local directory, or the hub name unchanged."""
+    if name == TINY_NAME:
+        return str(ensure_tiny_model())
+    return name
+
+
+def model_config(name: str):
+    """A transformers config for `name` without downloading weights.
+
+    Known Qwen2.5 sizes come from the table above, so this works offline.
+    """
+    from transformers import AutoConfig, Qwen2Config
+
+    size = _qwen25_size(name)
+    if size is not None and not Path(name).is_dir():
+        return Qwen2Config(
+            **QWEN25_SHAPES[size],
+            max_position_embeddings=32768,
+            rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0},
+        )
+    return _from_pretrained(AutoConfig.from_pretrained, name)
+
+
+def meta_model(name_or_config):
+    """The model's modules on the meta device: shapes and counts, zero bytes."""
+    from transformers import AutoModelForCausalLM
+
+    config = model_config(name_or_config) if isinstance(name_or_config, str) else name_or_config
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config)
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+
+
+def _from_pretrained(loader, name: str, **kwargs):
+    """Call a `from_pretrained`, turning 'not found / no network' into one clear error."""
+    path = resolve_model_path(name)
+    try:
+        return loader(path, **kwargs)
+    except (OSError, ValueError) as exc:
+        text = str(exc)
+        looks_missing = (
+            isinstance(exc, OSError)
+            or "does not appear to have" in text
+            or "couldn't connect" in text.lower()
+            or "offline" in text.lower()
+        )
+        if not looks_missing:
+            raise
+        where = "HF_HUB_OFFLINE=1 is set" if _offline() else "the hub could not be reached or has no such repo"
+        raise ModelNotAvailableError(
+            f"cannot load {name!r}: it is not a local directory and {where}. "
+            f"Use a local path to a downloaded checkpoint, run where huggingface.co is reachable, "
+            f"or use model_name='{TINY_NAME}' (the offline tiny model)."
+        ) from None
+
+
+# ---------------------------------------------------------------- device/dtype
+def pick_device(requested: str = "auto") -> torch.device:
+    if requested != "auto":
+        if requested.startswith("cuda") and not torch.cuda.is_available():
+            raise RuntimeError(f"device={requested!r} but CUDA is not available; use device='auto' or 'cpu'.")
+        return torch.device(requested)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def pick_dtype(device: torch.device, requested: str = "auto") -> torch.dtype:
+    """bf16 on GPUs that support it (Ampere+), fp16 on older GPUs and MPS, fp32 on CPU."""
+    if requested != "auto":
+        return getattr(torch, requested)
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "mps":
+        return torch.float16
+    return torch.float32
+
+
+def quantization_config(config: RunConfig, compute_dtype: torch.dtype):
+    """BitsAndBytesConfig for config.quantization ('4bit' or '8bit'), else None."""
+    if config.quantization == "none":
+        return None
+    from transformers import BitsAndBytesConfig
+
+    if config.quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=config.quant_type,
+        bnb_4bit_use_double_quant=config.double_quant,
+        bnb_4bit_compute_dtype=compute_dtype,
+    )
+
+
+# --------------------------------------------------------------------- loading
+def load_tokenizer(name: str):
+    from transformers import AutoTokenizer
+
+    tokenizer = _from_pretrained(AutoTokenizer.from_pretrained, name)
+    if tokenizer.pad_token is None:
+        # Some bases ship without a pad token; reuse EOS (masked out of the loss anyway).
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(config: RunConfig):
+    """The base model for `config`, on the chosen device and dtype, quantized if asked.
+
+    For k-bit training it also runs `prepare_model_for_kbit_training`, which
+    casts norms to fp32 and (by default) enables gradient checkpointing; we
+    pass the config's own gradient_checkpointing choice instead.
+    """
+    from transformers import AutoModelForCausalLM
+
+    device = pick_device(config.device)
+    dtype = pick_dtype(device, config.dtype)
+    compute = dtype if config.compute_dtype == "auto" else getattr(torch, config.compute_dtype)
+    quant = quantization_config(config, compute)
+    kwargs = {"dtype": dtype}
+    if quant is not None:
+        kwargs["quantization_config"] = quant
+        kwargs["device_map"] = {"": device.index or 0} if device.type == "cuda" else {"": device.type}
+    model = _from_pretrained(AutoModelForCausalLM.from_pretrained, config.model_name, **kwargs)
+    if quant is None:
+        model.to(device)
+    else:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=config.gradient_checkpointing
+        )
+    return model
+
+
+def load(config: RunConfig):
+    """(model, tokenizer) for a run config."""
+    tokenizer = load_tokenizer(config.model_name)
+    model = load_model(config)
+    return model, tokenizer

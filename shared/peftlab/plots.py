@@ -1,0 +1,36 @@
+"""Plots the course shows: loss curves and low-rank approximation error."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def _pyplot():
+    import matplotlib
+
+    if matplotlib.get_backend().lower() not in ("module://matplotlib_inline.backend_inline",):
+        matplotlib.use("Agg")  # headless (CI, papermill) unless a notebook set inline
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_loss(history, path: str | Path | None = None, title: str = "Training loss"):
+    """Train loss per logged step, held-out loss per epoch. Returns the figure."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    if history.train:
+        steps, losses = zip(*history.train)
+        ax.plot(steps, losses, label="train loss", marker=".")
+    if history.eval:
+        steps, _, losses = zip(*history.eval)
+        ax.plot(steps, losses, label="held-out loss", marker="o")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("cross-entropy (nats/token)")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=120)
+    return fig

@@ -1,0 +1,237 @@
+"""Fine-tuning with `transformers.Trainer`, plus the callbacks the course needs.
+
+Trainer brings progress bars, checkpoint resume and accelerate-backed
+multi-process training (DDP, FSDP, DeepSpeed via `accelerate launch`; on CPU,
+`torchrun --nproc_per_node 2` with gloo). This module adds what Trainer lacks:
+a record of loss, tokens/s and peak memory, and the per-step call that makes
+AdaLoRA actually reallocate its ranks.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import TrainerCallback
+
+from . import adapters, data, models
+from .config import RunConfig
+from .metrics import PeakMemory, track_peak_memory
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def total_optimizer_steps(config: RunConfig, n_examples: int, n_processes: int | None = None) -> int:
+    """Optimizer steps the run will take, as Trainer counts them.
+
+    AdaLoRA's schedule (tinit, tfinal, total_step) is expressed in these steps.
+    """
+    if config.max_steps > 0:
+        return config.max_steps
+    n_processes = n_processes or world_size()
+    batches = math.ceil(n_examples / (config.per_device_train_batch_size * n_processes))
+    per_epoch = max(1, math.ceil(batches / config.gradient_accumulation_steps))
+    return max(1, math.ceil(per_epoch * config.num_train_epochs))
+
+
+class AdaLoraCallback(TrainerCallback):
+    """Call `update_and_allocate` after every optimizer step, before grads are zeroed.
+
+    Without it AdaLoRA never prunes and silently trains like plain LoRA with
+    rank init_r. Trainer's `on_optimizer_step` fires exactly there.
+    """
+
+    def __init__(self, model):
+        self.model = model
+        self.calls = 0
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        peft_model = getattr(self.model, "module", self.model)  # unwrap DDP
+        peft_model.base_model.update_and_allocate(state.global_step)
+        self.calls += 1
+
+
+class HistoryCallback(TrainerCallback):
+    """Keep every logged loss (train and eval) with its step, for plots and records."""
+
+    def __init__(self):
+        self.train: list[tuple[int, float]] = []
+        self.eval: list[tuple[int, float, float]] = []  # (step, epoch, eval loss)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        logs = logs or {}
+        if "loss" in logs:
+            self.train.append((state.global_step, float(logs["loss"])))
+        if "eval_loss" in logs:
+            self.eval.append((state.global_step, float(state.epoch or 0), float(logs["eval_loss"])))
+
+
+@dataclass
+class TrainResult:
+    model: object
+    tokenizer: object
+    trainer: object
+    config: RunConfig
+    history: HistoryCallback
+    train_stats: data.DataStats
+    eval_stats: data.DataStats
+    eval_dataset: object
+    eval_rows: list
+    wall_s: float = 0.0
+    tokens_seen: int = 0
+    peak: PeakMemory = field(default_factory=PeakMemory)
+    total_steps: int = 0
+    adalora_calls: int = 0
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens_seen / self.wall_s if self.wall_s else 0.0
+
+
+def load_data(config: RunConfig, tokenizer):
+    """Tokenized train and eval sets, their stats, and the raw eval rows."""
+    train_rows = data.load_dataset_file(config.train_file) if config.train_file else data.load_course_data("train")
+    eval_rows = data.load_dataset_file(config.eval_file) if config.eval_file else data.load_course_data("test")
+    if config.max_train_samples:
+        train_rows = train_rows.select(range(min(config.max_train_samples, len(train_rows))))
+    train_src = config.train_file or "shakespeare_train.jsonl"
+    eval_src = config.eval_file or "shakespeare_test.jsonl"
+    train_ds, train_stats = data.tokenize_dataset(
+        train_rows, tokenizer, config.max_length, config.system_prompt, source=train_src
+    )
+    eval_ds, eval_stats = data.tokenize_dataset(
+        eval_rows, tokenizer, config.max_length, config.system_prompt, source=eval_src
+    )
+    return train_ds, train_stats, eval_ds, eval_stats, list(eval_rows)
+
+
+def training_arguments(config: RunConfig, device: torch.device, progress: bool = True, **overrides):
+    from transformers import TrainingArguments
+
+    dtype = str(models.pick_dtype(device, config.dtype)).removeprefix("torch.")
+    on_gpu = device.type == "cuda"
+    kwargs = dict(
+        output_dir=config.output_dir,
+        per_device_train_batch_size=config.per_device_train_batch_size,
+        per_device_eval_batch_size=max(8, config.per_device_train_batch_size),
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        learning_rate=config.learning_rate,
+        num_train_epochs=config.num_train_epochs,
+        max_steps=config.max_steps,
+        lr_scheduler_type=config.lr_scheduler_type,
+        warmup_steps=config.warmup_steps,
+        weight_decay=config.weight_decay,
+        seed=config.seed,
+        data_seed=config.seed,
+        logging_steps=config.logging_steps,
+        eval_strategy="epoch" if config.eval_each_epoch else "no",
+        save_strategy="epoch",
+        save_total_limit=2,
+        report_to="none",
+        disable_tqdm=not progress,
+        use_cpu=device.type == "cpu",
+        bf16=on_gpu and dtype == "bfloat16",
+        fp16=on_gpu and dtype == "float16",
+        include_num_input_tokens_seen="non_padding",
+        # Prefix tuning caches break with gradient checkpointing; it is rejected in config.
+        gradient_checkpointing=config.gradient_checkpointing and config.quantization == "none",
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+        ddp_find_unused_parameters=False,
+        dataloader_num_workers=0,
+    )
+    kwargs.update(overrides)
+    return TrainingArguments(**kwargs)
+
+
+def train(
+    config: RunConfig,
+    progress: bool = True,
+    resume: bool | str = False,
+    model=None,
+    tokenizer=None,
+    callbacks: list | None = None,
+    pad_to: int | None = None,
+    **training_overrides,
+) -> TrainResult:
+    """Fine-tune `config.model_name` with `config.method` on the configured data.
+
+    `resume=True` continues from the newest checkpoint in output_dir (a path
+    picks one). `pad_to` pads every batch to a fixed length: the naive
+    baseline the throughput benchmark measures against.
+    """
+    from transformers import Trainer, set_seed
+    from transformers.trainer_utils import get_last_checkpoint
+
+    set_seed(config.seed)
+    if tokenizer is None:
+        tokenizer = models.load_tokenizer(config.model_name)
+    if model is None:
+        model = models.load_model(config)
+    device = next(model.parameters()).device
+    train_ds, train_stats, eval_ds, eval_stats, eval_rows = load_data(config, tokenizer)
+    total = total_optimizer_steps(config, len(train_ds))
+    if not hasattr(model, "peft_config"):
+        model = adapters.attach(model, config, total_step=total)
+
+    history = HistoryCallback()
+    cbs = [history, *(callbacks or [])]
+    ada = None
+    if config.method == "adalora":
+        ada = AdaLoraCallback(model)
+        cbs.append(ada)
+    args = training_arguments(config, device, progress, **training_overrides)
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds if config.eval_each_epoch else None,
+        data_collator=data.make_collator(tokenizer, pad_to=pad_to),
+        processing_class=tokenizer,
+        callbacks=cbs,
+    )
+    checkpoint = None
+    if resume:
+        checkpoint = resume if isinstance(resume, str) else get_last_checkpoint(config.output_dir)
+        if checkpoint is None:
+            raise FileNotFoundError(f"resume=True but {config.output_dir} holds no checkpoint-* directory.")
+    start = time.perf_counter()
+    with track_peak_memory(device) as peak:
+        trainer.train(resume_from_checkpoint=checkpoint)
+    wall = time.perf_counter() - start
+    return TrainResult(
+        model=trainer.model,
+        tokenizer=tokenizer,
+        trainer=trainer,
+        config=config,
+        history=history,
+        train_stats=train_stats,
+        eval_stats=eval_stats,
+        eval_dataset=eval_ds,
+        eval_rows=eval_rows,
+        wall_s=wall,
+        tokens_seen=int(trainer.state.num_input_tokens_seen or 0),
+        peak=peak,
+        total_steps=total,
+        adalora_calls=ada.calls if ada else 0,
+    )
+
+
+def save_outputs(result: TrainResult) -> Path:
+    """Adapter (or full model) and tokenizer into output_dir/adapter."""
+    out = Path(result.config.output_dir) / "adapter"
+    if hasattr(result.model, "peft_config"):
+        adapters.save_adapter(result.model, out)
+    else:
+        result.model.save_pretrained(out)
+    result.tokenizer.save_pretrained(out)
+    return out

@@ -1,0 +1,48 @@
+"""Shared fixtures: offline hub, a per-session cache, the tiny model."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _cache(tmp_path_factory):
+    # Reuse a cache the developer points at; otherwise build once per test session.
+    if "PEFTLAB_CACHE" not in os.environ:
+        os.environ["PEFTLAB_CACHE"] = str(tmp_path_factory.mktemp("peftlab-cache"))
+    yield
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(_cache):
+    from peftlab.tiny import ensure_tiny_model
+
+    return ensure_tiny_model()
+
+
+@pytest.fixture
+def tokenizer(tiny_dir):
+    from peftlab.models import load_tokenizer
+
+    return load_tokenizer("tiny-qwen2")
+
+
+@pytest.fixture
+def tiny_model(tiny_dir):
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_pretrained(tiny_dir)
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

@@ -1,0 +1,80 @@
+import json
+
+import pytest
+from peftlab import data
+from peftlab.data import IGNORE_INDEX, DataError
+
+
+def test_course_data_sizes_and_no_leak():
+    train, test = data.load_course_data("train"), data.load_course_data("test")
+    assert len(train) >= 50 and len(test) >= 20
+    assert not set(train["input"]) & set(test["input"])
+
+
+def test_labels_mask_the_prompt(tokenizer):
+    row = {"instruction": "Rewrite.", "input": "Where are you going?", "output": "Whither goest thou?"}
+    ex = data.tokenize_example(tokenizer, row, max_length=256)
+    trained = [t for t, lab in zip(ex["input_ids"], ex["labels"]) if lab != IGNORE_INDEX]
+    text = tokenizer.decode(trained)
+    assert text.startswith("Whither goest thou?") and "<|im_end|>" in text
+    assert "Where are you going" not in text
+    # every unmasked label is the token itself (causal LM shift happens in the model)
+    assert all(lab in (IGNORE_INDEX, t) for t, lab in zip(ex["input_ids"], ex["labels"]))
+
+
+def test_truncation_is_counted_and_all_masked_is_an_error(tokenizer):
+    ds = data.load_course_data("train").select(range(8))
+    _, stats = data.tokenize_dataset(ds, tokenizer, max_length=52)
+    assert stats.truncated > 0 and stats.examples == 8
+    with pytest.raises(DataError, match="every label is masked"):
+        data.tokenize_dataset(ds, tokenizer, max_length=20, source="mine.jsonl")
+
+
+def test_template_mismatch_is_an_error(tokenizer):
+    tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }}|{% endfor %}{% if add_generation_prompt %}A:{% endif %}"
+    row = {"instruction": "x", "input": "", "output": "y"}
+    with pytest.raises(DataError, match="template mismatch"):
+        data.tokenize_example(tokenizer, row, 64)
+
+
+def test_dynamic_padding(tokenizer):
+    ds = data.load_course_data("train").select(range(4))
+    tok, _ = data.tokenize_dataset(ds, tokenizer, 256)
+    rows = [tok[i] for i in range(4)]
+    batch = data.make_collator(tokenizer)(rows)
+    assert batch["input_ids"].shape[1] == max(len(r["input_ids"]) for r in rows)
+    fixed = data.make_collator(tokenizer, pad_to=128)(rows)
+    assert fixed["input_ids"].shape[1] == 128
+    assert (fixed["labels"][fixed["attention_mask"] == 0] == IGNORE_INDEX).all()
+
+
+def _write(tmp_path, name, text):
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+MALFORMED = [
+    ("a.jsonl", '{"instruction": "x", "output": "y"}\n{not json}\n', r"a\.jsonl:2: not valid JSON"),
+    ("b.jsonl", '{"instruction": "x", "output": "y"}\n\n{"instruction": "x"}\n', r"b\.jsonl:3: missing field\(s\) output"),
+    ("c.jsonl", '{"instruction": "x", "output": 5}\n', r"c\.jsonl:1: field 'output' must be text"),
+    ("d.jsonl", '{"instruction": "x", "output": "  "}\n', r"d\.jsonl:1: field 'output' is empty"),
+    ("e.jsonl", '["x", "y"]\n', r"e\.jsonl:1: expected an object"),
+    ("f.csv", "instruction,text\nx,y\n", r"f\.csv:1: header lacks column\(s\) output"),
+    ("g.csv", "instruction,input,output\nx,y,z\nx,y\n", r"g\.csv:3: wrong number of columns"),
+    ("h.txt", "hello\n", "unsupported extension"),
+    ("i.jsonl", "\n\n", "holds no rows"),
+]
+
+
+@pytest.mark.parametrize("name,text,needle", MALFORMED)
+def test_malformed_files_name_file_and_line(tmp_path, name, text, needle):
+    with pytest.raises(DataError, match=needle):
+        data.read_rows(_write(tmp_path, name, text))
+
+
+def test_csv_and_jsonl_load(tmp_path):
+    rows = [{"instruction": "Rewrite.", "input": "Hello there.", "output": "Good morrow."}]
+    j = _write(tmp_path, "ok.jsonl", "\n".join(json.dumps(r) for r in rows) + "\n")
+    c = _write(tmp_path, "ok.csv", "instruction,input,output\nRewrite.,Hello there.,Good morrow.\n")
+    assert data.load_dataset_file(j)[0] == data.load_dataset_file(c)[0] == rows[0]
