@@ -5,7 +5,7 @@ PYTHON ?= python3
 STAMP  := $(VENV)/.installed-stamp
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: venv demo test lint notebooks-check lock clean
+.PHONY: venv demo test lint lock clean bench
 
 venv: $(STAMP)
 
@@ -33,3 +33,6 @@ lock: venv
 
 clean:
 	rm -rf $(VENV) runs
+
+bench: venv
+	$(PY) bench/throughput.py

@@ -144,8 +144,8 @@ def training_arguments(config: RunConfig, device: torch.device, progress: bool =
         fp16=on_gpu and dtype == "float16",
         include_num_input_tokens_seen="non_padding",
         # Prefix tuning caches break with gradient checkpointing; it is rejected in config.
-        gradient_checkpointing=config.gradient_checkpointing and config.quantization == "none",
-        gradient_checkpointing_kwargs={"use_reentrant": False},
+        activation_checkpointing=config.gradient_checkpointing and config.quantization == "none",
+        activation_checkpointing_kwargs={"use_reentrant": False},
         ddp_find_unused_parameters=False,
         dataloader_num_workers=0,
     )

@@ -1,0 +1,40 @@
+import pytest
+from peftlab.config import RunConfig
+from peftlab.memory import GiB, estimate, nf4_bytes_per_param, weights_bytes
+
+QWEN3B = "Qwen/Qwen2.5-3B-Instruct"
+
+
+def test_nf4_bytes_per_param():
+    # 4 bits + 8-bit absmax per 64 weights + fp32 per 256 blocks (QLoRA section 3)
+    assert nf4_bytes_per_param(True) == pytest.approx(4.127 / 8, abs=1e-3)
+    assert nf4_bytes_per_param(False) == pytest.approx(4.5 / 8)
+
+
+def test_weights_by_format():
+    bf16 = weights_bytes(QWEN3B, "bfloat16")
+    assert bf16 == 2 * 3_085_938_688
+    nf4 = weights_bytes(QWEN3B, "nf4")
+    assert 0.25 * bf16 < nf4 < 0.4 * bf16  # embeddings stay 16-bit
+
+
+def test_breakdown_is_consistent():
+    est = estimate(QWEN3B, RunConfig(r=16), seq_len=256, batch_size=4)
+    parts = [est.base_weights, est.trainable_weights, est.gradients, est.optimizer, est.activations, est.logits, est.runtime]
+    assert est.total == pytest.approx(sum(parts))
+    assert est.trainable_weights == 4 * 3_686_400 and est.optimizer == 8 * 3_686_400
+    assert "total" in est.table()
+
+
+def test_what_each_switch_saves():
+    base = RunConfig(r=16, per_device_train_batch_size=4)
+    plain = estimate(QWEN3B, base, seq_len=512)
+    ckpt = estimate(QWEN3B, RunConfig(r=16, gradient_checkpointing=True), seq_len=512)
+    qlora = estimate(QWEN3B, RunConfig(method="qlora", r=16), seq_len=512)
+    small = estimate(QWEN3B, RunConfig(r=16, per_device_train_batch_size=1), seq_len=512)
+    full = estimate(QWEN3B, RunConfig(method="full"), seq_len=512)
+    assert ckpt.activations < plain.activations / 5
+    assert qlora.base_weights < plain.base_weights / 2.5
+    assert qlora.trainable_params == plain.trainable_params
+    assert small.activations == pytest.approx(plain.activations / 4)
+    assert full.gradients + full.optimizer > 5 * GiB > plain.gradients + plain.optimizer
