@@ -34,3 +34,21 @@ def plot_loss(history, path: str | Path | None = None, title: str = "Training lo
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=120)
     return fig
+
+
+def plot_rank_errors(errors: dict[int, float], true_rank: int | None = None, path: str | Path | None = None):
+    """Relative approximation error against rank k (log scale)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ks, errs = zip(*sorted(errors.items()))
+    ax.semilogy(ks, errs, marker="o")
+    if true_rank:
+        ax.axvline(true_rank, color="grey", linestyle="--", label=f"true rank {true_rank}")
+        ax.legend()
+    ax.set_xlabel("rank k of the approximation")
+    ax.set_ylabel("relative Frobenius error")
+    ax.set_title("Truncated SVD: error against rank")
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=120)
+    return fig
