@@ -1,3 +1,5 @@
+import json
+
 import pytest
 from peftlab.cli import main
 
@@ -34,3 +36,7 @@ def test_train_and_generate_end_to_end(tiny_dir, tmp_path, capsys):
     assert "=== Summary ===" in capsys.readouterr().out
     assert main(["generate", "--config", "shakespeare-tiny", "--adapter", str(out / "adapter"), "Good morning."]) == 0
     assert "Good morning.\n  -> " in capsys.readouterr().out
+    assert main(["eval", "--config", "shakespeare-tiny", "--adapter", str(out / "adapter")]) == 0
+    scores = json.loads(capsys.readouterr().out)
+    assert scores["perplexity"] > 1 and 0 <= scores["chrf"] <= 100
+

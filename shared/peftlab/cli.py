@@ -33,28 +33,32 @@ def cmd_train(args) -> int:
     return 0
 
 
-def cmd_eval(args) -> int:
-    from . import adapters, metrics, models, train
+def _model_and_tokenizer(args, config: RunConfig):
+    """The base model with --adapter on it, if given, and its tokenizer."""
+    from . import adapters, models
 
-    config = _config(args)
-    tokenizer = models.load_tokenizer(config.model_name)
-    model = models.load_model(config)
+    model, tokenizer = models.load(config)
     if args.adapter:
         model = adapters.load_adapter(model, args.adapter)
-    _, _, eval_ds, stats, rows = train.load_data(config, tokenizer)
+    return model, tokenizer
+
+
+def cmd_eval(args) -> int:
+    from . import metrics, train
+
+    config = _config(args)
+    model, tokenizer = _model_and_tokenizer(args, config)
+    _, _, eval_ds, _, rows = train.load_data(config, tokenizer)
     result = metrics.evaluate_model(model, tokenizer, eval_ds, rows, system_prompt=config.system_prompt)
     print(json.dumps({k: v for k, v in result.items() if k != "generations"}, indent=2))
     return 0
 
 
 def cmd_generate(args) -> int:
-    from . import adapters, metrics, models
+    from . import metrics
 
     config = _config(args)
-    tokenizer = models.load_tokenizer(config.model_name)
-    model = models.load_model(config)
-    if args.adapter:
-        model = adapters.load_adapter(model, args.adapter)
+    model, tokenizer = _model_and_tokenizer(args, config)
     rows = [{"instruction": args.instruction, "input": text, "output": ""} for text in args.text]
     for text, out in zip(args.text, metrics.generate(model, tokenizer, rows, max_new_tokens=args.max_new_tokens)):
         print(f"{text}\n  -> {out}")
