@@ -78,3 +78,9 @@ def test_csv_and_jsonl_load(tmp_path):
     j = _write(tmp_path, "ok.jsonl", "\n".join(json.dumps(r) for r in rows) + "\n")
     c = _write(tmp_path, "ok.csv", "instruction,input,output\nRewrite.,Hello there.,Good morrow.\n")
     assert data.load_dataset_file(j)[0] == data.load_dataset_file(c)[0] == rows[0]
+
+
+def test_echo_rows_answer_with_the_input():
+    rows = [{"instruction": "Rewrite.", "input": "Hello.", "output": "Good morrow."},
+            {"instruction": "Say hi.", "input": "", "output": "Hi."}]
+    assert data.echo_rows(rows) == [{"instruction": "Rewrite.", "input": "Hello.", "output": "Hello."}]

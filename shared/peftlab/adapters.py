@@ -150,6 +150,21 @@ def lora_counts_on_meta(model_name: str, config: RunConfig) -> ParamCounts:
     return count_parameters(wrapped)
 
 
+def efficiency_table(model_name: str, ranks=(4, 8, 16, 32), target_sets=None) -> list[dict]:
+    """Trainable parameters of LoRA against full fine-tuning, computed on the meta device."""
+    from .models import meta_model
+
+    target_sets = target_sets or {"q,v": ["q_proj", "v_proj"], "q,v,o": ["q_proj", "v_proj", "o_proj"],
+                                  "all linear": "all-linear"}
+    total = meta_model(model_name).num_parameters()
+    rows = [{"method": "full fine-tuning", "targets": "all", "r": None, "trainable": total, "percent": 100.0}]
+    for name, targets in target_sets.items():
+        for r in ranks:
+            c = lora_counts_on_meta(model_name, RunConfig(r=r, target_modules=targets))
+            rows.append({"method": "LoRA", "targets": name, "r": r, "trainable": c.trainable, "percent": c.percent})
+    return rows
+
+
 def adapter_modules(model, adapter_name: str = "default") -> dict[str, int]:
     """{module name: rank} for every LoRA-family module holding `adapter_name`."""
     out = {}

@@ -124,6 +124,16 @@ def to_messages(row: dict[str, str], system_prompt: str | None = None, with_answ
     return messages
 
 
+def echo_rows(rows) -> list[dict[str, str]]:
+    """The same rows with the answer replaced by the input sentence itself.
+
+    The tiny model is pre-trained on these (it learns to answer with the
+    input), and the session measures forgetting with them: perplexity of
+    the base model's own behaviour on held-out sentences, before and after.
+    """
+    return [{**dict(r), "output": r["input"]} for r in rows if r.get("input", "").strip()]
+
+
 def _ids(tokenizer, messages, add_generation_prompt: bool) -> list[int]:
     out = tokenizer.apply_chat_template(
         messages, tokenize=True, add_generation_prompt=add_generation_prompt, return_dict=True

@@ -15,6 +15,14 @@ def _pyplot():
     return plt
 
 
+def _save(fig, path: str | Path | None):
+    fig.tight_layout()
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=120)
+    return fig
+
+
 def plot_loss(history, path: str | Path | None = None, title: str = "Training loss"):
     """Train loss per logged step, held-out loss per epoch. Returns the figure."""
     plt = _pyplot()
@@ -29,11 +37,7 @@ def plot_loss(history, path: str | Path | None = None, title: str = "Training lo
     ax.set_ylabel("cross-entropy (nats/token)")
     ax.set_title(title)
     ax.legend()
-    fig.tight_layout()
-    if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=120)
-    return fig
+    return _save(fig, path)
 
 
 def plot_rank_errors(errors: dict[int, float], true_rank: int | None = None, path: str | Path | None = None):
@@ -48,7 +52,4 @@ def plot_rank_errors(errors: dict[int, float], true_rank: int | None = None, pat
     ax.set_xlabel("rank k of the approximation")
     ax.set_ylabel("relative Frobenius error")
     ax.set_title("Truncated SVD: error against rank")
-    fig.tight_layout()
-    if path is not None:
-        fig.savefig(path, dpi=120)
-    return fig
+    return _save(fig, path)

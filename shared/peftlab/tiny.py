@@ -142,17 +142,12 @@ def _echo_chats(tokenizer) -> list[list[int]]:
     before/after generations differ the way they do on Qwen2.5. Only the
     training split's inputs are used; held-out responses stay unseen.
     """
-    from .data import course_data_path, read_rows
+    from .data import course_data_path, echo_rows, read_rows, to_messages
 
-    chats = []
-    for row in read_rows(course_data_path("train")):
-        messages = [
-            {"role": "user", "content": f"{row['instruction']}\n\n{row['input']}"},
-            {"role": "assistant", "content": row["input"]},
-        ]
-        ids = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"]
-        chats.append(list(ids))
-    return chats
+    return [
+        list(tokenizer.apply_chat_template(to_messages(row), tokenize=True, return_dict=True)["input_ids"])
+        for row in echo_rows(read_rows(course_data_path("train")))
+    ]
 
 
 def pretrain(model, tokenizer, steps: int = PRETRAIN_STEPS, seed: int = 0) -> list[float]:
