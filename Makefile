@@ -5,7 +5,7 @@ PYTHON ?= python3
 STAMP  := $(VENV)/.installed-stamp
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: venv demo test lint lock clean bench
+.PHONY: venv demo test lint lock clean bench release
 
 venv: $(STAMP)
 
@@ -27,6 +27,9 @@ test: venv
 lint: venv
 	$(VENV)/bin/ruff check shared tests bench
 	$(PY) -m peftlab.notebooks check .
+
+release: venv
+	$(PY) -m peftlab.nbgrade release
 
 lock: venv
 	{ head -3 constraints.txt; $(PY) -m pip freeze --exclude-editable | sed 's/+cpu//'; } > constraints.new && mv constraints.new constraints.txt

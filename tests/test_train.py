@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from peftlab import adapters, casestudy, train
+from peftlab import adapters, casestudy, models, train
 from peftlab.config import RunConfig, preset
 
 
@@ -91,13 +91,23 @@ def test_qlora_nf4_on_cpu_trains_and_counts(tiny_dir, tmp_path):
     assert adapters.count_parameters(res.model) == adapters.count_parameters(plain)
 
 
-def test_qlora_merge_into_16bit_copy(tiny_dir, tmp_path):
+def test_qlora_merge_reproduces_the_trained_model(tiny_dir, tmp_path):
     pytest.importorskip("bitsandbytes")
-    cfg = _cfg(tmp_path, method="qlora", max_steps=4, eval_each_epoch=False, learning_rate=5e-3)
+    cfg = _cfg(tmp_path, method="qlora", max_steps=4, eval_each_epoch=False, learning_rate=5e-3,
+               compute_dtype="float32")
     res = train.train(cfg, progress=False)
     path = adapters.save_adapter(res.model, tmp_path / "qadapter")
     merged = adapters.merge_qlora(cfg, path, dtype=torch.float32)
     assert not hasattr(merged, "peft_config")
     assert not any("4bit" in type(m).__name__ for m in merged.modules())
-    ids = torch.tensor([[1, 2, 3, 4]])
-    assert torch.isfinite(merged(input_ids=ids).logits).all()
+    ids = torch.tensor([[1, 2, 3, 4, 5, 6]])
+    res.model.eval()
+    with torch.no_grad():
+        trained = res.model(input_ids=ids).logits
+        err_right = (merged(input_ids=ids).logits - trained).abs().max()
+        naive = adapters.load_adapter(models.load_model(cfg), path).merge_and_unload()
+        err_naive = (naive(input_ids=ids).logits - trained).abs().max()
+    # The dequantized merge is the trained model up to rounding (bitsandbytes' CPU 4-bit matmul
+    # itself differs from a float32 matmul with the dequantized weight by ~1e-2 here); the
+    # re-quantized merge is several times further off (0.018 against 0.14 when written).
+    assert err_right < 0.05 and err_right * 3 < err_naive

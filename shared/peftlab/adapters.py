@@ -212,11 +212,14 @@ def merge(model):
 
 
 def merge_qlora(config: RunConfig, adapter_dir: str | Path, dtype: torch.dtype | None = None):
-    """The right merge for a QLoRA adapter: into a 16-bit (or fp32) copy of the base.
+    """The right merge for a QLoRA adapter: into the *dequantized* base, in 16 (or 32) bits.
 
-    Merging into the 4-bit weights would re-quantize W + BA and round away
-    part of the update; the adapter was trained against the dequantized base,
-    so load that base unquantized and merge there.
+    The adapter was trained against dequantize(W_nf4), not against the original
+    W. Merging into the dequantized base reproduces the trained model (up to
+    float rounding). Merging into the 4-bit weights re-quantizes W + BA and
+    rounds part of the update away; merging into the original 16-bit W adds
+    the quantization error W - dequantize(W_nf4) that the adapter never saw.
+    Exercise 4 measures all three.
     """
     from .config import with_overrides
     from .models import load_model, pick_device, pick_dtype
@@ -224,11 +227,9 @@ def merge_qlora(config: RunConfig, adapter_dir: str | Path, dtype: torch.dtype |
     device = pick_device(config.device)
     if dtype is None:
         dtype = pick_dtype(device, config.compute_dtype if config.compute_dtype != "auto" else config.dtype)
-    full_cfg = with_overrides(
-        config, method="lora", quantization="none", dtype=str(dtype).replace("torch.", "")
-    )
-    base = load_model(full_cfg)
-    return merge(load_adapter(base, adapter_dir))
+    quantized = load_model(with_overrides(config, method="qlora", compute_dtype=str(dtype).removeprefix("torch.")))
+    base = quantized.dequantize()  # transformers: every Linear4bit back to nn.Linear in the compute dtype
+    return merge(load_adapter(base, adapter_dir)).to(dtype)
 
 
 def combine(model, adapters: list[str], weights: list[float], name: str, combination_type: str = "linear"):

@@ -165,3 +165,30 @@ def weights_bytes(model_name: str, fmt: str = "bfloat16", double_quant: bool = T
     if fmt == "nf4":
         return linear * nf4_bytes_per_param(double_quant) + other * 2
     return (linear + other) * DTYPE_BYTES[fmt]
+
+
+def measured_weights_bytes(model) -> int:
+    """Bytes a loaded model's weights really occupy: parameters, buffers and 4-bit quantization state.
+
+    `model.get_memory_footprint()` counts parameters and buffers only, so for a
+    bitsandbytes 4-bit model it misses the absmax constants and codebooks that
+    live in each weight's `quant_state`.
+    """
+    import torch
+
+    def state_bytes(state) -> int:
+        if state is None:
+            return 0
+        total = 0
+        for value in vars(state).values():
+            if torch.is_tensor(value):
+                total += value.numel() * value.element_size()
+            elif type(value).__name__ == "QuantState":
+                total += state_bytes(value)
+        return total
+
+    total = 0
+    for p in model.parameters():
+        total += p.numel() * p.element_size() + state_bytes(getattr(p, "quant_state", None))
+    total += sum(b.numel() * b.element_size() for b in model.buffers())
+    return total

@@ -16,7 +16,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-SKIP_DIRS = {".venv", ".git", ".ipynb_checkpoints", "runs", "node_modules", "autograded", "submitted", "feedback"}
+SKIP_DIRS = {".venv", ".git", ".ipynb_checkpoints", "runs", "node_modules", "autograded", "submitted", "feedback", "work"}
 NEEDS_PARAMETERS = ("sessions", "solutions", "exercises")
 NEEDS_NBGRADER = ("solutions", "exercises")
 

@@ -53,3 +53,20 @@ def plot_rank_errors(errors: dict[int, float], true_rank: int | None = None, pat
     ax.set_ylabel("relative Frobenius error")
     ax.set_title("Truncated SVD: error against rank")
     return _save(fig, path)
+
+
+def plot_sweep(rows, x: str, y: str, group: str, path: str | Path | None = None, logx: bool = True, title: str = ""):
+    """One line per value of `group`: y against x (rows are dicts or a DataFrame)."""
+    plt = _pyplot()
+    records = rows.to_dict("records") if hasattr(rows, "to_dict") else list(rows)
+    fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    for name in dict.fromkeys(r[group] for r in records):
+        pts = sorted((r[x], r[y]) for r in records if r[group] == name)
+        ax.plot(*zip(*pts), marker="o", label=str(name))
+    if logx:
+        ax.set_xscale("log", base=2)
+    ax.set_xlabel(x)
+    ax.set_ylabel(y)
+    ax.set_title(title or f"{y} against {x}")
+    ax.legend(title=group, fontsize=8)
+    return _save(fig, path)

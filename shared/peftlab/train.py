@@ -199,6 +199,11 @@ def train(
         processing_class=tokenizer,
         callbacks=cbs,
     )
+    if not progress:
+        # Without a progress bar transformers prints every log dict; the history keeps them instead.
+        from transformers.trainer_callback import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)
     checkpoint = None
     if resume:
         checkpoint = resume if isinstance(resume, str) else get_last_checkpoint(config.output_dir)

@@ -1,0 +1,87 @@
+"""CI gates of the exercises (nbgrader): no drift, no leak, solutions full marks, blanks zero.
+
+Each autograde runs the notebook headlessly in a scratch course directory, so
+these tests also prove every solution and every untouched release executes
+under nbgrader without crashing the grader.
+"""
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+from peftlab import nbgrade
+
+ROOT = Path(__file__).resolve().parent.parent
+ASSIGNMENTS = nbgrade.assignments(ROOT)
+
+
+def test_there_are_five_assignments():
+    assert ASSIGNMENTS == ["01_lora_from_scratch", "02_rank_alpha_sweep", "03_target_modules",
+                           "04_qlora_memory", "05_custom_dataset"]
+
+
+def test_release_is_what_nbgrader_generates():
+    assert nbgrade.drift(ROOT) == []
+
+
+def test_release_leaks_no_solution_or_hidden_test():
+    assert nbgrade.leaks(ROOT) == []
+
+
+def _copy_course(tmp_path):
+    course = tmp_path / "course"
+    for d in ("solutions", "exercises", "grading"):
+        shutil.copytree(ROOT / d, course / d, ignore=shutil.ignore_patterns("work"))
+    return course
+
+
+def test_drift_and_leak_are_detected(tmp_path):
+    course = _copy_course(tmp_path)
+    nb_path = course / "exercises" / "01_lora_from_scratch" / "lora_from_scratch.ipynb"
+    nb = json.loads(nb_path.read_text())
+    stub = next(c for c in nb["cells"] if "raise NotImplementedError()" in "".join(c["source"]))
+    stub["source"] = ["self.lora_B = nn.Parameter(torch.zeros(base.out_features, r, dtype=base.weight.dtype))\n"]
+    nb_path.write_text(json.dumps(nb, indent=1))
+    (course / "exercises" / "01_lora_from_scratch" / "stray.txt").write_text("x")
+    found = nbgrade.drift(course)
+    assert any("lora_from_scratch.ipynb: differs" in f for f in found)
+    assert any("stray.txt: not generated" in f for f in found)
+    assert any("leaked" in f and "lora_B = nn.Parameter" in f for f in nbgrade.leaks(course))
+
+
+@pytest.mark.parametrize("assignment", ASSIGNMENTS)
+def test_solution_full_marks_blank_zero(assignment):
+    (source,) = sorted((ROOT / "solutions" / assignment).glob("*.ipynb"))
+    full = nbgrade.autograde(ROOT, assignment, source, student="solution")
+    assert full.cells and full.auto_score == full.auto_max, full.summary()
+    assert full.auto_max >= 9 and full.manual, "every exercise carries autograded and hand-graded points"
+    blank = nbgrade.autograde(ROOT, assignment, ROOT / "exercises" / assignment / source.name, student="blank")
+    assert blank.auto_score == 0 and blank.auto_max == full.auto_max, blank.summary()
+    assert set(blank.cells) <= set(blank.errors), "every test cell of a blank notebook fails with a reason"
+
+
+def test_partial_solution_earns_its_points(tmp_path):
+    """Exercise 1 with only the rank-k factorization solved earns exactly that cell's 2 points."""
+    import nbformat
+
+    source = ROOT / "solutions" / "01_lora_from_scratch" / "lora_from_scratch.ipynb"
+    release = nbformat.read(ROOT / "exercises" / "01_lora_from_scratch" / source.name, as_version=4)
+    solved = {c.metadata["nbgrader"]["grade_id"]: c.source
+              for c in nbformat.read(source, as_version=4).cells if "nbgrader" in c.metadata}
+    for cell in release.cells:
+        if cell.metadata.get("nbgrader", {}).get("grade_id") == "rank_k":
+            cell.source = re.sub(r"\n\s*### (BEGIN|END) SOLUTION", "", solved["rank_k"])
+    partial = tmp_path / source.name
+    nbformat.write(release, partial)
+    grade = nbgrade.autograde(ROOT, "01_lora_from_scratch", partial, student="partial")
+    assert grade.cells["test_rank_k"] == (2.0, 2.0), grade.summary()
+    assert grade.auto_score == 2.0, grade.summary()
+
+
+def test_wrongly_named_notebook_is_a_clear_error(tmp_path):
+    bad = tmp_path / "my_homework.ipynb"
+    shutil.copy(ROOT / "exercises" / "05_custom_dataset" / "custom_dataset.ipynb", bad)
+    with pytest.raises(nbgrade.GradingError, match="name the file like one"):
+        nbgrade.autograde(ROOT, "05_custom_dataset", bad)
