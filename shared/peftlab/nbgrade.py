@@ -72,10 +72,18 @@ def settings(course: str | Path, cell_timeout: int = CELL_TIMEOUT_S, work: str =
     return c
 
 
+def _tools_on_path() -> None:
+    """nbgrader runs `alembic` from PATH: make this interpreter's scripts findable without an activated venv."""
+    bindir = str(Path(sys.executable).parent)
+    if bindir not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
+
+
 def _api(course: Path, **kw):
     from nbgrader.apps import NbGraderAPI
     from nbgrader.coursedir import CourseDirectory
 
+    _tools_on_path()
     config = settings(course, **kw)
     coursedir = CourseDirectory(config=config)
     return NbGraderAPI(coursedir=coursedir, config=config)
@@ -176,7 +184,7 @@ class Grade:
     student: str
     notebook: str
     cells: dict[str, tuple[float | None, float]] = field(default_factory=dict)  # id -> (auto score, max)
-    manual: dict[str, float] = field(default_factory=dict)  # id -> max points, graded by hand
+    manual: dict[str, tuple[float | None, float]] = field(default_factory=dict)  # id -> (0 if unanswered, max)
     errors: dict[str, str] = field(default_factory=dict)  # id -> "ExceptionName: message" of a failed cell
     log: str = ""
 
@@ -190,7 +198,7 @@ class Grade:
 
     def summary(self) -> str:
         lines = [f"{self.student} / {self.assignment}: {self.auto_score:g} of {self.auto_max:g} autograded points"
-                 + (f" (+{sum(self.manual.values()):g} graded by hand)" if self.manual else "")]
+                 + (f" (+{sum(m for _, m in self.manual.values()):g} graded by hand)" if self.manual else "")]
         for gid, (s, m) in self.cells.items():
             lines.append(f"  {gid:<28} {s if s is not None else '-':>4} / {m:g}")
             if gid in self.errors:
@@ -216,6 +224,7 @@ def read_grades(course: Path, assignment: str, student: str) -> list[Grade]:
     """Grades of one student's submission as stored in the course's gradebook."""
     from nbgrader.api import Gradebook
 
+    _tools_on_path()
     with Gradebook(settings(course).CourseDirectory.db_url) as gb:
         sub = gb.find_submission(assignment, student)
         out = []
@@ -223,7 +232,7 @@ def read_grades(course: Path, assignment: str, student: str) -> list[Grade]:
             g = Grade(assignment, student, nb.name)
             for grade in nb.grades:
                 if grade.cell.cell_type == "markdown":  # written answers are graded by hand
-                    g.manual[grade.name] = grade.max_score
+                    g.manual[grade.name] = (grade.auto_score, grade.max_score)
                 else:
                     g.cells[grade.name] = (grade.auto_score, grade.max_score)
             out.append(g)
