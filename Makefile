@@ -5,7 +5,7 @@ PYTHON ?= python3
 STAMP  := $(VENV)/.installed-stamp
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: venv demo test lint lock clean bench release
+.PHONY: venv demo test lint lock clean bench release grade
 
 venv: $(STAMP)
 
@@ -28,6 +28,11 @@ lint: venv
 	$(VENV)/bin/ruff check shared tests bench
 	$(PY) -m peftlab.notebooks check .
 
+# make grade ASSIGNMENT=05_custom_dataset SUBMISSIONS=~/Downloads/class [WORKERS=4]
+grade: venv
+	@test -n "$(ASSIGNMENT)" -a -n "$(SUBMISSIONS)" || { echo "usage: make grade ASSIGNMENT=<name> SUBMISSIONS=<folder or zip>"; exit 2; }
+	$(VENV)/bin/peftlab-grade $(ASSIGNMENT) $(SUBMISSIONS) $(if $(WORKERS),--workers $(WORKERS))
+
 release: venv
 	$(PY) -m peftlab.nbgrade release
 
@@ -37,5 +42,10 @@ lock: venv
 clean:
 	rm -rf $(VENV) runs
 
+# Full-size benchmarks (about 15 minutes on 2 cores), then the README's Performance section.
 bench: venv
 	$(PY) bench/throughput.py
+	$(PY) bench/memory.py
+	$(PY) bench/notebooks.py
+	$(PY) bench/grading.py
+	$(PY) bench/report.py

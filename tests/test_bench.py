@@ -18,3 +18,55 @@ def test_throughput_benchmark_smoke(tiny_dir, tmp_path, monkeypatch, capsys):
     assert len(record["results"]) == 2 and record["ratio"] > 0
     assert all(r["tokens"] > 0 for r in record["results"].values())
     assert "speed-up" in capsys.readouterr().out
+
+
+def test_grading_benchmark_smoke(tiny_dir, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    from peftlab import nbgrade
+
+    course = tmp_path / "course"
+    shutil.copytree(Path(__file__).parent / "fixtures" / "course", course)
+    nbgrade.release(course)
+    spec = importlib.util.spec_from_file_location("bench_grading", BENCH.parent / "grading.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "g.json"
+    code = module.main(["--root", str(course), "--assignment", "90_fixture", "--n", "2", "--workers", "2",
+                        "--out", str(out)])
+    record = json.loads(out.read_text())
+    assert code == 0 and record["identical"], "one worker and two must give the same grades"
+    assert record["runs"]["sequential"]["statuses"] == ["graded"] and record["ratio"] > 0
+    assert "submissions/min" in capsys.readouterr().out
+
+
+def _bench_module(name):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH.parent / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_memory_notebooks_and_report_smoke(tiny_dir, tmp_path, capsys):
+    bench = tmp_path / "bench"
+    memory = _bench_module("memory")
+    assert memory.main(["--size", "smoke", "--steps", "2", "--seq-len", "32", "--batch", "2",
+                        "--configs", "full fine-tuning,LoRA r=8 q+v", "--out", str(bench / "memory")]) == 0
+    record = json.loads((bench / "memory" / "records.json").read_text())
+    full, lora = record["records"]
+    assert full["trainable"] == full["total"] and 0 < lora["trainable"] < lora["total"]
+    assert all(r["peak_bytes"] > 0 and r["estimated_bytes"] > 0 and r["tokens_per_s"] > 0 for r in record["records"])
+    assert [p["model"] for p in record["predictions"]][-1] == "Qwen/Qwen2.5-7B-Instruct"
+    assert (bench / "memory" / "memory.png").stat().st_size > 1000
+
+    notebooks = _bench_module("notebooks")
+    assert notebooks.main(["--root", str(Path(__file__).parent / "fixtures" / "course"),
+                           "--out", str(bench / "notebooks.json")]) == 0
+    assert json.loads((bench / "notebooks.json").read_text())["notebooks"][0]["seconds"] > 0
+
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n\n## Performance\n\n<!-- performance:start -->\nold\n<!-- performance:end -->\n")
+    assert _bench_module("report").main(["--bench", str(bench), "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert "old" not in text and "| full fine-tuning |" in text and "fixture.ipynb" in text
+    assert "Largest estimator error" in text

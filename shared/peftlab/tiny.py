@@ -178,6 +178,13 @@ def pretrain(model, tokenizer, steps: int = PRETRAIN_STEPS, seed: int = 0) -> li
     return losses
 
 
+def _world_readable(directory: Path) -> None:
+    """mkdtemp and safetensors write owner-only; sandboxed grading kernels read the model as another user."""
+    directory.chmod(0o755)
+    for f in directory.iterdir():
+        f.chmod(0o644)
+
+
 def ensure_tiny_model(force: bool = False) -> Path:
     """Build the tiny model and tokenizer into the cache once; return the directory.
 
@@ -186,6 +193,8 @@ def ensure_tiny_model(force: bool = False) -> Path:
     """
     target = tiny_model_dir()
     if (target / "config.json").is_file() and not force:
+        if os.access(target, os.W_OK):
+            _world_readable(target)  # a build by an older version may be owner-only
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
@@ -195,6 +204,7 @@ def ensure_tiny_model(force: bool = False) -> Path:
         pretrain(model, tokenizer)
         tokenizer.save_pretrained(tmp)
         model.save_pretrained(tmp)
+        _world_readable(tmp)
         if force and target.exists():
             shutil.rmtree(target)
         try:

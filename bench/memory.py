@@ -1,0 +1,230 @@
+"""Memory and speed of full fine-tuning, LoRA and QLoRA, measured, against the estimator.
+
+    python bench/memory.py                 # ~100M-parameter Qwen2-shaped model, CPU (a few minutes)
+    python bench/memory.py --size smoke    # a 2-layer model, seconds (CI)
+    python bench/memory.py --model Qwen/Qwen2.5-0.5B-Instruct --device cuda   # any Qwen2.5 on a GPU
+
+Each configuration runs in its own process, so one run's allocations never
+inflate the next one's peak. A run loads the model, then trains `--steps`
+optimizer steps (AdamW) on fixed-length batches of `--seq-len` tokens; the
+peak is taken over the training steps only (resident high-water mark reset
+after loading on Linux CPUs, `max_memory_allocated` on CUDA). Step time and
+tokens/s exclude the first step. The estimator (`peftlab.memory.estimate`)
+predicts the same peak from the config alone; the error is
+(estimated - measured) / measured.
+
+Writes records.json, table.md and memory.png under --out (default runs/bench/memory).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+# Qwen2-shaped models built offline with the course tokenizer (random weights: memory and speed
+# do not depend on what the weights are).
+SIZES = {
+    "100m": dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                 num_key_value_heads=2),
+    "smoke": dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2),
+}
+ALL_LINEAR = "all-linear"
+CONFIGS = {
+    "full fine-tuning": dict(method="full"),
+    "LoRA r=8 q+v": dict(method="lora", r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"]),
+    "LoRA r=16 all linear": dict(method="lora", r=16, lora_alpha=32, target_modules=ALL_LINEAR),
+    "LoRA r=64 all linear": dict(method="lora", r=64, lora_alpha=128, target_modules=ALL_LINEAR),
+    "QLoRA NF4+DQ r=16 all linear": dict(method="qlora", r=16, lora_alpha=32, target_modules=ALL_LINEAR,
+                                         quant_type="nf4", double_quant=True),
+}
+# Bytes per parameter of the weights' training state, as the papers count them.
+THEORY = [
+    ("full fine-tuning, AdamW, mixed precision", "16", "bf16 weights 2 + fp32 master 4 + grads 2 + Adam m, v 8 "
+     "(ZeRO paper, Rajbhandari et al. 2020, section 3.1)"),
+    ("full fine-tuning, AdamW, fp32 (this CPU run)", "16", "weights 4 + grads 4 + Adam m, v 8"),
+    ("LoRA: frozen base in bf16", "2", "plus 16 per trainable LoRA parameter (fp32 weight, grad, Adam m, v)"),
+    ("QLoRA: frozen base in NF4 + double quantization", "0.516", "4 bits + 8-bit absmax per 64 + fp32 per 256 "
+     "blocks = 4.127 bits (Dettmers et al. 2023, section 3)"),
+]
+
+
+def build_model(size: str, cache: Path) -> Path:
+    """A Qwen2-shaped model of the given size with the course tokenizer, saved once."""
+    import torch
+    from peftlab import models
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    target = cache / f"bench-qwen2-{size}"
+    if (target / "config.json").is_file():
+        return target
+    tokenizer = models.load_tokenizer("tiny-qwen2")
+    config = Qwen2Config(**SIZES[size], vocab_size=len(tokenizer), tie_word_embeddings=True,
+                         max_position_embeddings=4096, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config)
+    tmp = Path(tempfile.mkdtemp(prefix=target.name, dir=cache))
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    tmp.rename(target)
+    return target
+
+
+def run_one(name: str, model_dir: str, device: str, steps: int, seq_len: int, batch: int) -> dict:
+    """One configuration, in this process: load, train, measure."""
+    import torch
+    from peftlab import adapters, memory, metrics, models
+    from peftlab.config import RunConfig
+
+    config = RunConfig(model_name=model_dir, device=device, lora_dropout=0.0, seed=0,
+                       per_device_train_batch_size=batch, **CONFIGS[name])
+    dev = models.pick_device(device)
+    model = models.load_model(config)
+    total_step = 1000
+    model = adapters.attach(model, config, total_step=total_step)
+    model.train()
+    counts = adapters.count_parameters(model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-4)
+    g = torch.Generator().manual_seed(0)
+    vocab = model.config.vocab_size
+    batches = [torch.randint(0, vocab, (batch, seq_len), generator=g).to(dev) for _ in range(steps)]
+    times = []
+    with metrics.track_peak_memory(dev) as peak:
+        for ids in batches:
+            start = time.perf_counter()
+            loss = model(input_ids=ids, labels=ids).loss
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - start)
+    step = sum(times[1:]) / max(1, len(times) - 1)
+    with tempfile.TemporaryDirectory() as tmp:
+        if hasattr(model, "peft_config"):
+            disk = adapters.dir_size(adapters.save_adapter(model, Path(tmp) / "adapter"))
+        else:
+            disk = sum(p.numel() * p.element_size() for p in model.parameters())  # a full checkpoint
+    est = memory.estimate(model_dir, config, seq_len=seq_len, batch_size=batch,
+                          device="cuda" if dev.type == "cuda" else "cpu")
+    return {
+        "config": name, "method": config.method, "device": dev.type, "steps": steps, "seq_len": seq_len,
+        "batch": batch, "trainable": counts.trainable, "total": counts.total,
+        "peak_bytes": peak.bytes, "peak_source": peak.source, "estimated_bytes": est.total,
+        "estimate": est.as_dict(), "error_pct": 100 * (est.total - peak.bytes) / peak.bytes,
+        "step_s": step, "tokens_per_s": batch * seq_len / step, "saved_bytes": disk,
+        "final_loss": float(loss),
+    }
+
+
+def predictions(seq_len: int = 512, batch: int = 4) -> list[dict]:
+    """The estimator's training peaks for Qwen2.5 sizes on a GPU (bf16, gradient checkpointing off)."""
+    from peftlab import memory
+    from peftlab.config import RunConfig
+
+    rows = []
+    for size in ("0.5B", "1.5B", "3B", "7B"):
+        name = f"Qwen/Qwen2.5-{size}-Instruct"
+        row = {"model": name}
+        for label, kw in [("full", dict(method="full")),
+                          ("LoRA r=16 all", dict(method="lora", r=16, target_modules=ALL_LINEAR)),
+                          ("QLoRA r=16 all", dict(method="qlora", r=16, target_modules=ALL_LINEAR,
+                                                  compute_dtype="bfloat16"))]:
+            cfg = RunConfig(dtype="bfloat16", per_device_train_batch_size=batch, **kw)
+            row[label] = memory.estimate(name, cfg, seq_len=seq_len, batch_size=batch, device="cuda").total
+        rows.append(row)
+    return rows
+
+
+def table(records: list[dict]) -> str:
+    GiB = 2**30
+    lines = ["| configuration | trainable | measured peak | estimated | error | step | tokens/s | saved |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in records:
+        lines.append(
+            f"| {r['config']} | {r['trainable']:,} ({100 * r['trainable'] / r['total']:.2f}%) "
+            f"| {r['peak_bytes'] / GiB:.2f} GiB | {r['estimated_bytes'] / GiB:.2f} GiB | {r['error_pct']:+.1f}% "
+            f"| {r['step_s']:.2f} s | {r['tokens_per_s']:,.0f} | {r['saved_bytes'] / 2**20:.1f} MiB |")
+    return "\n".join(lines)
+
+
+def plot(records: list[dict], path: Path) -> None:
+    from peftlab.plots import _pyplot, _save
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    names = [r["config"] for r in records]
+    x = range(len(names))
+    ax.bar([i - 0.2 for i in x], [r["peak_bytes"] / 2**30 for r in records], width=0.4, label="measured peak")
+    ax.bar([i + 0.2 for i in x], [r["estimated_bytes"] / 2**30 for r in records], width=0.4, label="estimated")
+    ax.set_xticks(list(x), names, rotation=20, ha="right", fontsize=8)
+    ax.set_ylabel("GiB")
+    ax.set_title("Training peak memory: measured vs estimated")
+    ax.legend()
+    _save(fig, path)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--size", choices=sorted(SIZES), default="100m")
+    parser.add_argument("--model", default=None, help="a local directory or hub name instead of --size")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated subset of: " + ", ".join(CONFIGS))
+    parser.add_argument("--out", default="runs/bench/memory")
+    parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: run one config here
+    args = parser.parse_args(argv)
+
+    if args.one:
+        print(json.dumps(run_one(args.one, args.model, args.device, args.steps, args.seq_len, args.batch)))
+        return 0
+
+    from peftlab import record
+    from peftlab.tiny import cache_root
+
+    model_dir = args.model or str(build_model(args.size, cache_root()))
+    records = []
+    for name in [c.strip() for c in args.configs.split(",") if c.strip()]:
+        if name not in CONFIGS:
+            parser.error(f"unknown config {name!r}; choose from {', '.join(CONFIGS)}")
+        cmd = [sys.executable, __file__, "--one", name, "--model", model_dir, "--device", args.device,
+               "--steps", str(args.steps), "--seq-len", str(args.seq_len), "--batch", str(args.batch)]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            print(f"{name}: failed\n{proc.stderr[-2000:]}", file=sys.stderr)
+            return 1
+        rec = json.loads(proc.stdout.strip().splitlines()[-1])
+        records.append(rec)
+        print(f"{name:<30} peak {rec['peak_bytes'] / 2**30:6.2f} GiB, estimated {rec['estimated_bytes'] / 2**30:6.2f} GiB "
+              f"({rec['error_pct']:+.1f}%), {rec['step_s']:.2f} s/step, {rec['tokens_per_s']:,.0f} tokens/s", flush=True)
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    result = {"model": model_dir, "size": args.model or args.size, "hardware": record.hardware(),
+              "cpu_count": os.cpu_count(), "versions": record.versions(), "commit": record.git_commit(),
+              "conditions": {"device": args.device, "steps": args.steps, "seq_len": args.seq_len,
+                             "batch": args.batch, "optimizer": "torch AdamW", "dtype": "float32 on CPU"},
+              "records": records, "theory": THEORY, "predictions": predictions()}
+    (out / "records.json").write_text(json.dumps(result, indent=2))
+    (out / "table.md").write_text(table(records) + "\n")
+    plot(records, out / "memory.png")
+    print(table(records))
+    worst = max(abs(r["error_pct"]) for r in records)
+    print(f"largest estimator error: {worst:.1f}% (target: within 15%)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
