@@ -38,6 +38,10 @@ SIZES = {
                   num_key_value_heads=2),
 }
 ALL_LINEAR = "all-linear"
+# glibc keeps freed large blocks in its heap, so a CPU process's resident peak can exceed its live
+# tensors by gigabytes, depending on allocation order. Serving blocks of 64 KiB and up with mmap
+# returns them to the OS when freed, so the resident peak tracks what training really holds.
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536"}
 CONFIGS = {
     "full fine-tuning": dict(method="full"),
     "LoRA r=8 q+v": dict(method="lora", r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"]),
@@ -201,7 +205,7 @@ def main(argv=None) -> int:
             parser.error(f"unknown config {name!r}; choose from {', '.join(CONFIGS)}")
         cmd = [sys.executable, __file__, "--one", name, "--model", model_dir, "--device", args.device,
                "--steps", str(args.steps), "--seq-len", str(args.seq_len), "--batch", str(args.batch)]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **MALLOC_ENV})
         if proc.returncode != 0:
             print(f"{name}: failed\n{proc.stderr[-2000:]}", file=sys.stderr)
             return 1

@@ -191,6 +191,8 @@ def test_every_student_gets_the_expected_status_and_points(graded, submissions):
     assert "cell limit" in rows["loop"]["notes"] and "dropped" in rows["chatty"]["notes"]
     assert "restored" in rows["edited"]["notes"]
     assert rows["full"]["pending_by_hand"] == "1" and rows["blank"]["pending_by_hand"] == "0"
+    for step in ("submitted", "autograded"):  # where the formgrader looks, for grading answers by hand
+        assert (batch.work / step / "full" / ASSIGNMENT / NB).is_file()
 
 
 @needs_bwrap

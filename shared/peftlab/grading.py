@@ -647,6 +647,15 @@ class Batch:
         return self.work / f"{self.assignment}-grades.csv"
 
     def _finish(self, sub: Submission, out: Outcome, scratch: Path | None) -> None:
+        # Where nbgrader's formgrader (grading/nbgrader_config.py) looks for them, for grading by hand.
+        for step, src in (("submitted", sub.path),
+                          ("autograded", scratch and scratch / "course" / "autograded" / sub.student / self.assignment
+                           / self.notebook)):
+            dest = self.work / step / sub.student / self.assignment / self.notebook
+            shutil.rmtree(dest.parent, ignore_errors=True)
+            if src and Path(src).is_file():
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(src, dest)
         fb = self.work / "feedback" / self.assignment / sub.student / (Path(self.notebook).stem + ".html")
         if out.feedback and Path(out.feedback).is_file():
             fb.parent.mkdir(parents=True, exist_ok=True)

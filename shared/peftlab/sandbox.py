@@ -97,29 +97,46 @@ def bwrap_args(policy: Policy, cwd: str | None = None) -> list[str]:
     args = [bwrap_path() or "bwrap", "--die-with-parent", "--new-session", *unshare,
             "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--perms", "1777", "--tmpfs", "/tmp",
             "--perms", "1777", "--tmpfs", "/var/tmp", "--perms", "1777", "--tmpfs", "/dev/shm", "--clearenv"]
-    for path in policy.hide:
-        if Path(path).exists():
-            args += ["--perms", "0755", "--tmpfs", path]
-    # Directories leading to a re-exposed path inside a hidden one must be traversable by the
-    # sandbox's user; bubblewrap would otherwise create them root-only.
-    made = set()
-    for path in [*policy.expose, *policy.writable]:
-        for hidden in policy.hide:
-            if Path(path).is_relative_to(hidden) and Path(path) != Path(hidden):
-                for parent in reversed(Path(path).relative_to(hidden).parents):
-                    ancestor = str(Path(hidden) / parent)
-                    if parent != Path(".") and ancestor not in made:
-                        made.add(ancestor)
-                        args += ["--perms", "0755", "--dir", ancestor]
-    for path in policy.expose:
-        if Path(path).exists():
-            args += ["--ro-bind", path, path]
-    for path in policy.writable:
-        args += ["--bind", path, path]
+    args += _mounts(policy)
     for key, value in _env(policy).items():
         args += ["--setenv", key, value]
     if cwd:
         args += ["--chdir", cwd]
+    return args
+
+
+def _mounts(policy: Policy) -> list[str]:
+    """Hide, then re-expose, then bind writable: in that order, parents first.
+
+    A mount point inside a tmpfs (the sandbox's /tmp, or a hidden directory)
+    needs its parent directories created there; bubblewrap would make them
+    root-only, which the sandbox's user could not traverse, so they are made
+    explicitly with mode 0755.
+    """
+    roots = [Path("/tmp"), Path("/var/tmp"), Path("/dev/shm")]
+    made: set[Path] = set()
+    args: list[str] = []
+
+    def parents_of(path: Path) -> None:
+        inside = [r for r in roots if path != r and path.is_relative_to(r)]
+        if not inside:
+            return
+        root = max(inside, key=lambda r: len(r.parts))
+        for rel in reversed(path.relative_to(root).parents):
+            if rel != Path(".") and root / rel not in made:
+                made.add(root / rel)
+                args.extend(["--perms", "0755", "--dir", str(root / rel)])
+
+    for path in sorted({Path(p) for p in policy.hide if Path(p).exists()}, key=lambda p: len(p.parts)):
+        parents_of(path)
+        args.extend(["--perms", "0755", "--tmpfs", str(path)])
+        roots.append(path)
+    for path in [Path(p) for p in policy.expose if Path(p).exists()]:
+        parents_of(path)
+        args.extend(["--ro-bind", str(path), str(path)])
+    for path in map(Path, policy.writable):
+        parents_of(path)
+        args.extend(["--bind", str(path), str(path)])
     return args
 
 
