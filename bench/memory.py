@@ -19,6 +19,7 @@ Writes records.json, table.md and memory.png under --out (default runs/bench/mem
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import subprocess
@@ -93,6 +94,14 @@ def run_one(name: str, model_dir: str, device: str, steps: int, seq_len: int, ba
                        per_device_train_batch_size=batch, **CONFIGS[name])
     dev = models.pick_device(device)
     model = models.load_model(config)
+    # transformers may leave weights as views of the memory-mapped checkpoint (zero copy), which the
+    # resident peak then counts as file pages, or not at all until touched. Copy them into ordinary
+    # memory so every configuration holds its weights the same way, and drop the mapping.
+    with torch.no_grad():
+        for p in model.parameters():
+            if type(p).__name__ != "Params4bit":
+                p.data = p.data.clone()
+    gc.collect()
     total_step = 1000
     model = adapters.attach(model, config, total_step=total_step)
     model.train()
@@ -104,11 +113,13 @@ def run_one(name: str, model_dir: str, device: str, steps: int, seq_len: int, ba
     batches = [torch.randint(0, vocab, (batch, seq_len), generator=g).to(dev) for _ in range(steps)]
     times = []
     with metrics.track_peak_memory(dev) as peak:
-        for ids in batches:
+        for n, ids in enumerate(batches, start=1):
             start = time.perf_counter()
             loss = model(input_ids=ids, labels=ids).loss
             loss.backward()
             optimizer.step()
+            if n == len(batches):
+                state = _training_state_bytes(model, optimizer)  # weights, grads and AdamW moments, all alive
             optimizer.zero_grad(set_to_none=True)
             if dev.type == "cuda":
                 torch.cuda.synchronize()
@@ -127,8 +138,37 @@ def run_one(name: str, model_dir: str, device: str, steps: int, seq_len: int, ba
         "peak_bytes": peak.bytes, "peak_source": peak.source, "estimated_bytes": est.total,
         "estimate": est.as_dict(), "error_pct": 100 * (est.total - peak.bytes) / peak.bytes,
         "step_s": step, "tokens_per_s": batch * seq_len / step, "saved_bytes": disk,
+        "state_bytes": state, "state_bytes_per_param": state / counts.total,
+        "base_linear_bytes_per_param": _linear_bytes_per_param(model),
         "final_loss": float(loss),
     }
+
+
+def _training_state_bytes(model, optimizer) -> int:
+    """Bytes of the weights (4-bit state included), their gradients and the optimizer's moments."""
+    import torch
+    from peftlab import memory
+
+    grads = sum(p.grad.numel() * p.grad.element_size() for p in model.parameters() if p.grad is not None)
+    moments = sum(t.numel() * t.element_size() for s in optimizer.state.values() for t in s.values()
+                  if torch.is_tensor(t) and t.dim() > 0)
+    return memory.measured_weights_bytes(model) + grads + moments
+
+
+def _linear_bytes_per_param(model) -> float:
+    """Measured bytes per weight of the decoder's frozen (base) linear layers, quantization state included."""
+    import torch
+    from peftlab.memory import measured_weights_bytes
+
+    total, count = 0, 0
+    for name, module in model.named_modules():
+        leaf = name.rsplit(".", 1)[-1]
+        if ".layers." in name and leaf == "base_layer" or (type(module).__name__ == "Linear4bit"):
+            if isinstance(module, torch.nn.Linear):
+                total += measured_weights_bytes(module) - (module.bias.numel() * module.bias.element_size()
+                                                           if module.bias is not None else 0)
+                count += module.in_features * module.out_features
+    return total / count if count else float("nan")
 
 
 def predictions(seq_len: int = 512, batch: int = 4) -> list[dict]:
@@ -188,6 +228,8 @@ def main(argv=None) -> int:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated subset of: " + ", ".join(CONFIGS))
     parser.add_argument("--out", default="runs/bench/memory")
+    parser.add_argument("--allocator-check", action=argparse.BooleanOptionalAction, default=True,
+                        help="also run LoRA r=16 with glibc's default malloc settings, for comparison")
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: run one config here
     args = parser.parse_args(argv)
 
@@ -214,9 +256,20 @@ def main(argv=None) -> int:
         print(f"{name:<30} peak {rec['peak_bytes'] / 2**30:6.2f} GiB, estimated {rec['estimated_bytes'] / 2**30:6.2f} GiB "
               f"({rec['error_pct']:+.1f}%), {rec['step_s']:.2f} s/step, {rec['tokens_per_s']:,.0f} tokens/s", flush=True)
 
+    allocator = None
+    if args.allocator_check and "LoRA r=16 all linear" in CONFIGS:
+        # The same LoRA run with glibc's default settings: how much freed memory the heap keeps resident.
+        cmd = [sys.executable, __file__, "--one", "LoRA r=16 all linear", "--model", model_dir, "--device",
+               args.device, "--steps", str(args.steps), "--seq-len", str(args.seq_len), "--batch", str(args.batch)]
+        env = {k: v for k, v in os.environ.items() if k not in MALLOC_ENV}
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if proc.returncode == 0:
+            allocator = json.loads(proc.stdout.strip().splitlines()[-1])["peak_bytes"]
+            print(f"LoRA r=16 all linear with glibc's default malloc settings: peak {allocator / 2**30:.2f} GiB")
+
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    result = {"model": model_dir, "size": args.model or args.size, "hardware": record.hardware(),
+    result = {"default_malloc_lora16_peak_bytes": allocator,"model": model_dir, "size": args.model or args.size, "hardware": record.hardware(),
               "cpu_count": os.cpu_count(), "versions": record.versions(), "commit": record.git_commit(),
               "conditions": {"device": args.device, "steps": args.steps, "seq_len": args.seq_len,
                              "batch": args.batch, "optimizer": "torch AdamW", "dtype": "float32 on CPU"},

@@ -31,8 +31,10 @@ def section(bench: Path) -> str:
     out = []
     if mem:
         hw, v, c = mem["hardware"], mem["versions"], mem["conditions"]
+        commit = mem.get("commit") or "unknown"
+        where = f"`{commit[:10]}`" + (" with uncommitted changes" if commit.endswith("-dirty") else "")
         out += [
-            f"Measured by `make bench` at commit `{(mem.get('commit') or 'uncommitted')[:10]}` on {hw['platform']}, "
+            f"Measured by `make bench` at commit {where} on {hw['platform']}, "
             f"{mem['cpu_count']} CPU cores, no GPU; torch {v.get('torch')}, transformers {v.get('transformers')}, "
             f"peft {v.get('peft')}, bitsandbytes {v.get('bitsandbytes')}.", "",
             "### Memory and speed of one training step",
@@ -46,23 +48,45 @@ def section(bench: Path) -> str:
         ]
         recs = {r["config"]: r for r in mem["records"]}
         worst = max(abs(r["error_pct"]) for r in mem["records"])
-        out.append(f"Largest estimator error: {worst:.1f}% (target: within 15%).")
+        out.append(f"Largest estimator error: {worst:.1f}% (target: within 15%). The runs set "
+                   "`MALLOC_MMAP_THRESHOLD_=65536` so that glibc returns freed blocks to the system and the resident "
+                   "peak tracks live memory, and copy the weights out of the checkpoint's memory map after loading.")
+        if mem.get("default_malloc_lora16_peak_bytes") and "LoRA r=16 all linear" in recs:
+            out.append(f"With glibc's default settings the LoRA r=16 run peaked at "
+                       f"{mem['default_malloc_lora16_peak_bytes'] / GiB:.2f} GiB instead of "
+                       f"{recs['LoRA r=16 all linear']['peak_bytes'] / GiB:.2f} GiB: freed memory kept by the heap, "
+                       "which a CPU user sees too.")
         full = recs.get("full fine-tuning")
         lora = recs.get("LoRA r=8 q+v")
         qlora = recs.get("QLoRA NF4+DQ r=16 all linear")
+        pred7 = next((p for p in mem["predictions"] if "7B" in p["model"]), None)
         if full and lora:
             out += ["", f"Full fine-tuning needs {full['peak_bytes'] / lora['peak_bytes']:.1f}x the peak memory of LoRA "
-                    f"r=8 on q+v here. The LoRA paper reports 3x for GPT-3 175B (1.2 TB to 350 GB, Hu et al. 2021, "
-                    "section 4.2); the ratio grows with model size, because the runtime and activations that both "
-                    "pay are a smaller share of a larger model's memory."]
-        if qlora and lora:
-            out += [f"QLoRA's NF4 base trains {qlora['step_s'] / recs['LoRA r=16 all linear']['step_s']:.1f}x slower "
-                    "per step than LoRA with the same adapter on this CPU (bitsandbytes dequantizes every weight on "
-                    "each use and its CPU path is not optimized); QLoRA reports a 65B model going from more than "
-                    "780 GB to under 48 GB of GPU memory (Dettmers et al. 2023, abstract)."]
+                    "r=8 on q+v here. The LoRA paper reports 3x for GPT-3 175B (1.2 TB to 350 GB, Hu et al. 2021, "
+                    "section 4.2). The ratio grows with model size: gradients and AdamW states grow with the "
+                    "parameters (h^2 per layer), activations and runtime, which both pay, only with h"
+                    + (f"; the estimator predicts {pred7['full'] / pred7['LoRA r=16 all']:.1f}x for Qwen2.5-7B "
+                       "against LoRA r=16 on all linear layers (table below)." if pred7 else ".")]
+        lora16 = recs.get("LoRA r=16 all linear")
+        if qlora and lora16:
+            out += [f"QLoRA with the same adapter as LoRA r=16 peaked at {qlora['peak_bytes'] / GiB:.2f} GiB against "
+                    f"{lora16['peak_bytes'] / GiB:.2f} GiB ({(lora16['peak_bytes'] - qlora['peak_bytes']) / GiB:.2f} GiB "
+                    "less) and took "
+                    f"{qlora['step_s'] / lora16['step_s']:.2f}x its step time on this CPU (the 4-bit weights are "
+                    "dequantized at every use). QLoRA reports a 65B model going from more than 780 GB to under "
+                    "48 GB of GPU memory (Dettmers et al. 2023, abstract)."]
         out += ["", "Bytes per parameter of the weights' training state, in theory:", "",
                 "| setting | bytes/param | breakdown |", "|---|---:|---|"]
         out += [f"| {a} | {b} | {c_} |" for a, b, c_ in mem["theory"]]
+        if all("state_bytes_per_param" in r for r in mem["records"]):
+            out += ["", "and measured on the tensors after the last optimizer step (weights with their 4-bit "
+                    "quantization state, gradients, AdamW moments, divided by all parameters; the frozen base "
+                    "linear layers alone in the last column):", "",
+                    "| configuration | training state, bytes/param | frozen base linears, bytes/weight |", "|---|---:|---:|"]
+            for r in mem["records"]:
+                base = r["base_linear_bytes_per_param"]
+                out.append(f"| {r['config']} | {r['state_bytes_per_param']:.2f} | "
+                           f"{'-' if base != base else f'{base:.3f}'} |")
         out += ["", "The estimator's training peaks for Qwen2.5 on a GPU (bf16, batch 4 x 512 tokens, no "
                 "gradient checkpointing), before anything is downloaded:", "",
                 "| model | full fine-tuning | LoRA r=16 all linear | QLoRA r=16 all linear |", "|---|---:|---:|---:|"]

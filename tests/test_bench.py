@@ -50,12 +50,15 @@ def _bench_module(name):
 def test_memory_notebooks_and_report_smoke(tiny_dir, tmp_path, capsys):
     bench = tmp_path / "bench"
     memory = _bench_module("memory")
-    assert memory.main(["--size", "smoke", "--steps", "2", "--seq-len", "32", "--batch", "2",
+    assert memory.main(["--size", "smoke", "--steps", "2", "--seq-len", "32", "--batch", "2", "--no-allocator-check",
                         "--configs", "full fine-tuning,LoRA r=8 q+v", "--out", str(bench / "memory")]) == 0
     record = json.loads((bench / "memory" / "records.json").read_text())
     full, lora = record["records"]
     assert full["trainable"] == full["total"] and 0 < lora["trainable"] < lora["total"]
     assert all(r["peak_bytes"] > 0 and r["estimated_bytes"] > 0 and r["tokens_per_s"] > 0 for r in record["records"])
+    # fp32 AdamW: weight 4 + gradient 4 + two moments 8 bytes per parameter; a frozen fp32 base weight is 4
+    assert abs(full["state_bytes_per_param"] - 16) < 0.1
+    assert abs(lora["base_linear_bytes_per_param"] - 4) < 1e-9
     assert [p["model"] for p in record["predictions"]][-1] == "Qwen/Qwen2.5-7B-Instruct"
     assert (bench / "memory" / "memory.png").stat().st_size > 1000
 

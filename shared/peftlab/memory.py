@@ -15,11 +15,21 @@ so each trainable LoRA parameter costs 4 (weight) + 4 (grad) + 8 (AdamW m and v)
 weight dtype: 16 bytes/param in fp32, 8 in bf16 (16 with fp32 master weights,
 the mixed-precision recipe the ZeRO paper counts).
 
-Activations are per token per layer, in units of the hidden size; the
-coefficients below count the tensors a Qwen2 decoder layer saves for backward
-(norm inputs and outputs, q/k/v, attention output, gate, up, SiLU, product).
+Activations are the tensors a Qwen2 decoder layer saves for backward, per
+token (h = hidden size, i = MLP size; see `saved_per_token`): attention keeps
+q and the key/value heads repeated to h, and its output (4h); the MLP keeps
+gate, SiLU and up outputs (3i); each RMSNorm keeps its input (2h). A linear
+layer keeps its input only if its weight trains: full fine-tuning adds the
+inputs of every projection (3h + i) and the norms' outputs (2h); LoRA adds
+the inputs of the adapted projections and its rank-r intermediates.
 Gradient checkpointing keeps only each layer's input, plus one layer's worth
 while it is recomputed.
+
+The peak comes at the start of backward, when every activation is alive; by
+the end of backward the activations are freed and the gradients allocated
+(Trainer and the benchmark free gradients before each forward, `set_to_none`).
+So the peak holds the larger of the two, not their sum. Checked against
+measurements by `bench/memory.py` (README, Performance).
 """
 
 from __future__ import annotations
@@ -53,10 +63,8 @@ class MemoryEstimate:
 
     @property
     def total(self) -> float:
-        return (
-            self.base_weights + self.trainable_weights + self.gradients + self.optimizer
-            + self.activations + self.logits + self.runtime
-        )
+        transient = max(self.gradients, self.activations + self.logits)  # see the module docstring
+        return self.base_weights + self.trainable_weights + self.optimizer + transient + self.runtime
 
     def as_dict(self) -> dict:
         return {**asdict(self), "total": self.total}
@@ -65,17 +73,38 @@ class MemoryEstimate:
         rows = [
             ("base weights", self.base_weights),
             ("trainable weights", self.trainable_weights),
-            ("gradients", self.gradients),
             ("AdamW states", self.optimizer),
-            ("activations", self.activations),
-            ("logits + loss", self.logits),
+            ("gradients (a)", self.gradients),
+            ("activations (b)", self.activations),
+            ("logits + loss (b)", self.logits),
             ("runtime", self.runtime),
-            ("total", self.total),
+            ("total, max(a, b)", self.total),
         ]
         width = max(len(r[0]) for r in rows)
         lines = [f"{name:<{width}}  {value / GiB:9.3f} GiB" for name, value in rows]
         lines.insert(-1, "-" * (width + 15))
         return "\n".join(lines)
+
+
+LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def saved_per_token(cfg, config: RunConfig) -> int:
+    """Values one decoder layer saves for backward, per token (see the module docstring)."""
+    h, i = cfg.hidden_size, cfg.intermediate_size
+    saved = 2 * h + 4 * h + 3 * i  # two RMSNorm inputs; attention q, k, v (repeated) and output; MLP
+    if config.method == "full":
+        trained = set(LINEARS)
+        saved += 2 * h  # trainable RMSNorm weights: each norm also keeps its normalized output
+    elif config.method in ("lora", "qlora", "dora", "adalora"):
+        targets = config.target_modules
+        trained = set(LINEARS) if targets in ("all-linear", None) else {t.rsplit(".", 1)[-1] for t in targets}
+        saved += len(trained & set(LINEARS)) * config.r  # the rank-r intermediate of each adapter
+    else:
+        trained = set()
+    saved += h * bool(trained & {"q_proj", "k_proj", "v_proj"})  # the attention input (shared by q, k, v)
+    saved += h * ("o_proj" in trained) + h * bool(trained & {"gate_proj", "up_proj"}) + i * ("down_proj" in trained)
+    return saved
 
 
 def _split_params(model) -> tuple[int, int]:
@@ -132,11 +161,10 @@ def estimate(
         n = counts.trainable
         trainable_w, grads, optim = n * 4.0, n * 4.0, n * 8.0
 
-    h, i = cfg.hidden_size, cfg.intermediate_size
-    kv = cfg.num_key_value_heads * (h // cfg.num_attention_heads)
+    h = cfg.hidden_size
     layers = cfg.num_hidden_layers
     tokens = b * seq_len
-    per_layer_token = abytes * (10 * h + 4 * i + 4 * kv)  # tensors saved for backward
+    per_layer_token = abytes * saved_per_token(cfg, config)
     if config.gradient_checkpointing:
         acts = tokens * layers * h * abytes + tokens * per_layer_token
     else:
