@@ -114,7 +114,9 @@ def section(bench: Path) -> str:
         out += ["### Grading", "",
                 f"{grd['n']} submissions of `{grd['assignment']}`, sandboxed (`bench/grading.py`): "
                 f"{seq['per_minute']:.1f} submissions/min with 1 worker, {par['per_minute']:.1f} with "
-                f"{par['workers']} ({grd['ratio']:.2f}x); grades identical: {'yes' if grd['identical'] else 'NO'}.", ""]
+                f"{par['workers']} ({grd['ratio']:.2f}x); grades identical: {'yes' if grd['identical'] else 'NO'}. "
+                f"At the parallel rate a class of 100 takes about {100 / par['per_minute']:.0f} minutes on this "
+                "machine.", ""]
     if not out:
         return "No benchmark records yet: run `make bench`."
     return "\n".join(out).strip()
