@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import sys
 import tempfile
@@ -26,23 +25,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def make_class(root: Path, assignment: str, n: int, dest: Path) -> None:
-    """Student notebooks: the release with the solution regions filled in, or untouched."""
+    """Student notebooks: the release with every solution filled in, or untouched."""
     import nbformat
+    from peftlab import nbgrade
 
-    (source,) = sorted((root / "solutions" / assignment).glob("*.ipynb"))
-    release = nbformat.read(root / "exercises" / assignment / source.name, as_version=4)
-    solved = {c.metadata["nbgrader"]["grade_id"]: c.source
-              for c in nbformat.read(source, as_version=4).cells
-              if c.metadata.get("nbgrader", {}).get("solution")}
+    solved = nbgrade.fill_solutions(root, assignment)
+    blank = nbgrade.fill_solutions(root, assignment, only=set())
     dest.mkdir(parents=True, exist_ok=True)
     for i in range(n):
-        nb = nbformat.from_dict(json.loads(json.dumps(release)))
-        if i % 2 == 0:
-            for cell in nb.cells:
-                gid = cell.metadata.get("nbgrader", {}).get("grade_id")
-                if gid in solved:
-                    cell.source = re.sub(r"\n?[ \t]*### (BEGIN|END) SOLUTION", "", solved[gid])
-        nbformat.write(nb, dest / f"student{i:03d}.ipynb")
+        nbformat.write(solved if i % 2 == 0 else blank, dest / f"student{i:03d}.ipynb")
 
 
 def main(argv=None) -> int:

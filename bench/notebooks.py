@@ -4,7 +4,7 @@
 
 Each notebook runs with papermill in a scratch copy of its folder (so run
 outputs never land in the repository), with the CI parameters: the offline
-tiny model on the CPU. Times include the kernel's start (about 1.3 s).
+tiny model on the CPU. Times include starting the kernel.
 """
 
 from __future__ import annotations

@@ -345,7 +345,6 @@ def run_worker(job: dict) -> Outcome:
     config.InsertCanaries.seed = job["canary_seed"]
     config.InsertCanaries.count = job["canaries"]
     config.GuardedExecute.max_output_bytes = job["max_output_bytes"]
-    config.Execute.extra_arguments = ["--HistoryManager.hist_file=:memory:"]
 
     from nbgrader.apps import NbGraderAPI
     from nbgrader.coursedir import CourseDirectory

@@ -180,6 +180,23 @@ def leaks(root: str | Path) -> list[str]:
     return out
 
 
+def fill_solutions(root: str | Path, assignment: str, only: set[str] | None = None):
+    """The released notebook of `assignment` with its solution cells (all, or the grade ids in `only`)
+    filled in from the source, markers removed: what a student who solved them submits."""
+    import nbformat
+
+    root = Path(root)
+    (source,) = sorted((root / SOURCE / assignment).glob("*.ipynb"))
+    solved = {c.metadata["nbgrader"]["grade_id"]: re.sub(r"\n?[ \t]*### (BEGIN|END) SOLUTION", "", c.source)
+              for c in nbformat.read(source, as_version=4).cells if c.metadata.get("nbgrader", {}).get("solution")}
+    nb = nbformat.read(root / RELEASE / assignment / source.name, as_version=4)
+    for cell in nb.cells:
+        gid = cell.metadata.get("nbgrader", {}).get("grade_id")
+        if gid in solved and (only is None or gid in only):
+            cell.source = solved[gid]
+    return nb
+
+
 # ------------------------------------------------------------------- grading
 @dataclass
 class Grade:
