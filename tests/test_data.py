@@ -84,3 +84,13 @@ def test_echo_rows_answer_with_the_input():
     rows = [{"instruction": "Rewrite.", "input": "Hello.", "output": "Good morrow."},
             {"instruction": "Say hi.", "input": "", "output": "Hi."}]
     assert data.echo_rows(rows) == [{"instruction": "Rewrite.", "input": "Hello.", "output": "Hello."}]
+
+
+def test_non_utf8_file_names_the_line_and_byte(tmp_path):
+    # "café" in Latin-1 on line 3: byte 0xE9 is not valid UTF-8.
+    good = '{"instruction": "x", "output": "y"}\n'
+    path = tmp_path / "latin1.jsonl"
+    path.write_bytes((good * 2 + '{"instruction": "x", "output": "caf\u00e9"}\n').encode("latin-1"))
+    offset = len(good.encode()) * 2 + len('{"instruction": "x", "output": "caf')
+    with pytest.raises(DataError, match=rf"latin1\.jsonl:3: not UTF-8 text \(byte {offset}, byte 36 of the line"):
+        data.read_rows(path)

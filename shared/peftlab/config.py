@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +29,76 @@ QUANTIZATIONS = ("none", "4bit", "8bit")
 
 
 class ConfigError(ValueError):
-    """A run configuration that cannot work; the message names the field and the fix."""
+    """A run configuration that cannot work; the message names the field and the fix.
+
+    `field` is the RunConfig field at fault (None for errors about a whole file),
+    so a YAML loader can add the line it was written on.
+    """
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field
+
+
+# YAML 1.1 spellings of booleans, so a value that arrives as a string still means what it says.
+_TRUE = ("true", "yes", "on", "y", "1")
+_FALSE = ("false", "no", "off", "n", "0")
+
+
+def _type_name(hint: Any) -> str:
+    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false", dict: "a mapping"}
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if args:  # Optional[X]
+        return f"{names[args[0]]} or null"
+    return names.get(hint, str(hint))
+
+
+def _coerce(value: Any, hint: Any) -> Any:
+    """`value` as the annotated type `hint`, where the meaning is unambiguous; TypeError otherwise.
+
+    '1e-3' is a float (YAML 1.1 reads it as a string), 8.0 is the integer 8, 'yes'
+    is True; 'abc' is no number and 2.5 is no integer.
+    """
+    args = typing.get_args(hint)
+    if args:  # X | None
+        if value is None:
+            return None
+        (hint,) = [a for a in args if a is not type(None)]
+    if hint is Any:
+        return value
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
+            return value.strip().lower() in _TRUE
+        raise TypeError
+    if isinstance(value, bool) or value is None:  # True is an int to Python, not to a reader
+        raise TypeError
+    if hint is int:
+        if isinstance(value, int):
+            return value
+        number = float(value.strip()) if isinstance(value, str) else value
+        if isinstance(number, (int, float)) and math.isfinite(number) and float(number).is_integer():
+            return int(number)
+        raise TypeError
+    if hint is float:
+        number = float(value.strip()) if isinstance(value, str) else value
+        if isinstance(number, (int, float)) and math.isfinite(number):
+            return float(number)
+        raise TypeError
+    if hint is str:
+        if isinstance(value, (int, float)):  # e.g. output_dir=2024
+            return str(value)
+        if isinstance(value, str):
+            return value
+        raise TypeError
+    if hint is dict:
+        if isinstance(value, dict):
+            return value
+        raise TypeError
+    raise TypeError
 
 
 def _help(text: str, default: Any = dataclasses.MISSING, factory: Any = dataclasses.MISSING):
@@ -112,6 +183,14 @@ class RunConfig:
     )
     eval_each_epoch: bool = _help("Evaluate held-out loss at the end of every epoch.", True)
     logging_steps: int = _help("Log loss every N optimizer steps.", 1)
+    save_strategy: str = _help(
+        "'epoch' keeps a checkpoint at the end of every epoch (so resume works); 'no' keeps none.", "epoch"
+    )
+    train_sampling_strategy: str = _help(
+        "Order of training examples: 'random', 'sequential', or 'group_by_length' (batches of similar "
+        "lengths, less padding).",
+        "random",
+    )
     output_dir: str = _help("Where the adapter, checkpoints, plots and run record go.", "runs/shakespeare")
 
     def __post_init__(self) -> None:
@@ -122,7 +201,9 @@ class RunConfig:
         """Reject impossible combinations with a message that names the field and the fix."""
 
         def fail(name: str, why: str) -> None:
-            raise ConfigError(f"RunConfig.{name}={getattr(self, name)!r}: {why}")
+            raise ConfigError(f"RunConfig.{name}={getattr(self, name)!r}: {why}", field=name)
+
+        self._coerce_fields()
 
         if self.method not in METHODS:
             fail("method", f"unknown method; choose one of {', '.join(METHODS)}.")
@@ -140,6 +221,12 @@ class RunConfig:
             if self.quantization == "8bit":
                 fail("quantization", "QLoRA means a 4-bit base; use method='lora' for an 8-bit base.")
             self.quantization = "4bit"
+        if self.method == "lora" and self.quantization == "4bit":
+            # One spelling per run, so two records of the same run never disagree.
+            fail(
+                "quantization",
+                "LoRA on a 4-bit base is QLoRA: write method='qlora' (it implies quantization='4bit').",
+            )
         if self.method == "full" and self.quantization != "none":
             fail("quantization", "quantized weights cannot be trained directly; use method='qlora'.")
         if self.method in PROMPT_FAMILY and self.quantization != "none":
@@ -196,12 +283,31 @@ class RunConfig:
             fail("max_train_samples", "must be None or at least 1.")
         if self.logging_steps < 1:
             fail("logging_steps", "must be at least 1.")
+        if self.save_strategy not in ("epoch", "no"):
+            fail("save_strategy", "choose 'epoch' or 'no'.")
+        if self.train_sampling_strategy not in ("random", "sequential", "group_by_length"):
+            fail("train_sampling_strategy", "choose 'random', 'sequential' or 'group_by_length'.")
         if self.method == "adalora" and self.max_steps > 0:
             if self.adalora_tinit + self.adalora_tfinal >= self.max_steps:
                 fail(
                     "adalora_tfinal",
                     f"tinit + tfinal must leave steps for pruning within max_steps={self.max_steps}.",
                 )
+
+    def _coerce_fields(self) -> None:
+        """Give every field its annotated type, or say which field, which value and what type."""
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            try:
+                setattr(self, f.name, _coerce(value, hints[f.name]))
+            except (TypeError, ValueError, OverflowError):
+                example = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+                raise ConfigError(
+                    f"RunConfig.{f.name}={value!r}: expected {_type_name(hints[f.name])} "
+                    f"(the default is {example!r}); `peftlab help-config` describes every field.",
+                    field=f.name,
+                ) from None
 
     # --------------------------------------------------------------- plumbing
     def to_dict(self) -> dict[str, Any]:
@@ -229,33 +335,59 @@ class RunConfig:
         return "\n".join(out)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any], source: str = "config") -> RunConfig:
+    def from_dict(
+        cls, values: dict[str, Any], source: str | None = None, origins: dict[str, str] | None = None
+    ) -> RunConfig:
+        """Build and validate; errors start with `source`, or with `origins[field]` (e.g. 'c.yaml, line 4')."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
             raise ConfigError(
-                f"{source}: unknown field(s) {', '.join(unknown)}; `peftlab train --help-config` lists them."
+                f"{source or 'config'}: unknown field(s) {', '.join(unknown)}; `peftlab help-config` lists them."
             )
-        return cls(**values)
+        try:
+            return cls(**values)
+        except ConfigError as exc:
+            where = (origins or {}).get(exc.field or "", source)
+            if where is None:
+                raise
+            raise ConfigError(f"{where}: {exc}", field=exc.field) from None
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: list[str] | None = None) -> RunConfig:
         """Load a YAML file (or a preset name), then apply `key=value` overrides."""
         path_str = str(path)
+        origins: dict[str, str] = {}
         if path_str in PRESETS:
             values = dict(PRESETS[path_str])
         else:
             path = Path(path)
             if not path.is_file():
                 raise ConfigError(f"{path}: no such config file; presets are {', '.join(PRESETS)}.")
+            text = path.read_text()
             try:
-                values = yaml.safe_load(path.read_text()) or {}
+                values = yaml.safe_load(text) or {}
             except yaml.YAMLError as exc:
                 raise ConfigError(f"{path}: not valid YAML ({exc}).") from None
             if not isinstance(values, dict):
                 raise ConfigError(f"{path}: expected a mapping of field: value at the top level.")
-        values.update(parse_overrides(overrides or []))
-        return cls.from_dict(values, source=path_str)
+            origins = {key: f"{path}, line {line}" for key, line in _key_lines(text).items()}
+        extra = parse_overrides(overrides or [])
+        origins.update({key: f"override {key}={raw}" for key, raw in _raw_overrides(overrides or []).items()})
+        values.update(extra)
+        return cls.from_dict(values, source=path_str, origins=origins)
+
+
+def _key_lines(text: str) -> dict[str, int]:
+    """{top-level key: 1-based line} of a YAML mapping, so errors can point at the line."""
+    node = yaml.compose(text)
+    if not isinstance(node, yaml.MappingNode):
+        return {}
+    return {k.value: k.start_mark.line + 1 for k, _ in node.value if isinstance(k, yaml.ScalarNode)}
+
+
+def _raw_overrides(items: list[str]) -> dict[str, str]:
+    return {key.strip(): raw for key, _, raw in (item.partition("=") for item in items)}
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:

@@ -59,10 +59,17 @@ def read_rows(path: str | Path) -> list[dict[str, str]]:
         raise DataError(f"{path}: no such file.")
     suffix = path.suffix.lower()
     rows: list[dict[str, str]] = []
+    raw = path.read_bytes()
     try:
-        text = path.read_text(encoding="utf-8")
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not UTF-8 text (byte {exc.start}); save the file as UTF-8.") from None
+        # Name the line (as every other data error does) and the column, then the byte offset.
+        line_start = raw.rfind(b"\n", 0, exc.start) + 1
+        lineno = raw.count(b"\n", 0, exc.start) + 1
+        raise DataError(
+            f"{path}:{lineno}: not UTF-8 text (byte {exc.start}, byte {exc.start - line_start + 1} of the line: "
+            f"{raw[exc.start:exc.end]!r}); save the file as UTF-8."
+        ) from None
     if suffix in (".jsonl", ".json"):
         for lineno, line in enumerate(text.splitlines(), start=1):
             if not line.strip():

@@ -1,4 +1,4 @@
-"""Predict peak training memory before anything is loaded.
+"""Peak training memory: predicted before anything is loaded, and measured while training.
 
     peak ~= base weights + trainable weights + gradients + AdamW states
             + activations (+ logits) + runtime
@@ -34,6 +34,10 @@ measurements by `bench/memory.py` (README, Performance).
 
 from __future__ import annotations
 
+import os
+import threading
+import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 from .config import RunConfig
@@ -220,3 +224,82 @@ def measured_weights_bytes(model) -> int:
         total += p.numel() * p.element_size() + state_bytes(getattr(p, "quant_state", None))
     total += sum(b.numel() * b.element_size() for b in model.buffers())
     return total
+
+
+# ------------------------------------------------------- measured peak memory
+def _rss_peak_bytes() -> int | None:
+    """VmHWM (resident high-water mark) of this process, Linux only."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def _reset_rss_peak() -> bool:
+    """Reset VmHWM to the current RSS (Linux: write 5 to clear_refs)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+@dataclass
+class PeakMemory:
+    bytes: int = 0
+    source: str = ""
+
+    @property
+    def gib(self) -> float:
+        return self.bytes / 2**30
+
+    @property
+    def mib(self) -> float:
+        return self.bytes / 2**20
+
+
+@contextmanager
+def track_peak_memory(device="cpu"):
+    """Peak memory during the block: CUDA max_memory_allocated, or the process's resident peak.
+
+    On Linux the resident high-water mark is reset at entry, so the number is the
+    peak of this phase, not of model loading before it. Elsewhere a sampling
+    thread polls psutil every 10 ms.
+    """
+    import torch
+
+    device = torch.device(device)
+    result = PeakMemory()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        yield result
+        torch.cuda.synchronize(device)
+        result.bytes, result.source = torch.cuda.max_memory_allocated(device), "cuda max_memory_allocated"
+        return
+    if _reset_rss_peak() and _rss_peak_bytes() is not None:
+        yield result
+        result.bytes, result.source = _rss_peak_bytes() or 0, "process resident peak (VmHWM)"
+        return
+    import psutil
+
+    proc, stop, peak = psutil.Process(os.getpid()), threading.Event(), [0]
+
+    def poll():
+        while not stop.is_set():
+            peak[0] = max(peak[0], proc.memory_info().rss)
+            time.sleep(0.01)
+
+    thread = threading.Thread(target=poll, daemon=True)
+    thread.start()
+    try:
+        yield result
+    finally:
+        stop.set()
+        thread.join()
+        result.bytes, result.source = peak[0], "process resident peak (sampled)"

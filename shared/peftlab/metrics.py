@@ -1,4 +1,4 @@
-"""Held-out perplexity, BLEU/chrF, peak memory, throughput, batched generation.
+"""Held-out perplexity, BLEU/chrF and batched generation (peak memory is measured in `memory.py`).
 
 Perplexity is exp(mean token cross-entropy) over tokens that carry loss on
 data the model never trained on. A training loss of 2.245 nats/token is a
@@ -9,11 +9,6 @@ seen: only the held-out number says how well it generalizes.
 from __future__ import annotations
 
 import math
-import os
-import threading
-import time
-from contextlib import contextmanager
-from dataclasses import dataclass
 
 import torch
 
@@ -109,80 +104,3 @@ def evaluate_model(model, tokenizer, tokenized, rows: list[dict], n_generate: in
     preds = generate(model, tokenizer, rows, **gen_kwargs)
     scores = bleu_chrf(preds, [r["output"] for r in rows])
     return {"loss": loss, "perplexity": perplexity_from_loss(loss), **scores, "generations": preds}
-
-
-# ------------------------------------------------------------------- memory
-def _rss_peak_bytes() -> int | None:
-    """VmHWM (resident high-water mark) of this process, Linux only."""
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
-
-
-def _reset_rss_peak() -> bool:
-    """Reset VmHWM to the current RSS (Linux: write 5 to clear_refs)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        return True
-    except OSError:
-        return False
-
-
-@dataclass
-class PeakMemory:
-    bytes: int = 0
-    source: str = ""
-
-    @property
-    def gib(self) -> float:
-        return self.bytes / 2**30
-
-    @property
-    def mib(self) -> float:
-        return self.bytes / 2**20
-
-
-@contextmanager
-def track_peak_memory(device: torch.device | str = "cpu"):
-    """Peak memory during the block: CUDA max_memory_allocated, or the process's resident peak.
-
-    On Linux the resident high-water mark is reset at entry, so the number is the
-    peak of this phase, not of model loading before it. Elsewhere a sampling
-    thread polls psutil every 10 ms.
-    """
-    device = torch.device(device)
-    result = PeakMemory()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        yield result
-        torch.cuda.synchronize(device)
-        result.bytes, result.source = torch.cuda.max_memory_allocated(device), "cuda max_memory_allocated"
-        return
-    if _reset_rss_peak() and _rss_peak_bytes() is not None:
-        yield result
-        result.bytes, result.source = _rss_peak_bytes() or 0, "process resident peak (VmHWM)"
-        return
-    import psutil
-
-    proc, stop, peak = psutil.Process(os.getpid()), threading.Event(), [0]
-
-    def poll():
-        while not stop.is_set():
-            peak[0] = max(peak[0], proc.memory_info().rss)
-            time.sleep(0.01)
-
-    thread = threading.Thread(target=poll, daemon=True)
-    thread.start()
-    try:
-        yield result
-    finally:
-        stop.set()
-        thread.join()
-        result.bytes, result.source = peak[0], "process resident peak (sampled)"

@@ -9,6 +9,7 @@ AdaLoRA actually reallocate its ranks.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import time
@@ -19,8 +20,8 @@ import torch
 from transformers import TrainerCallback
 
 from . import adapters, data, models
-from .config import RunConfig
-from .metrics import PeakMemory, track_peak_memory
+from .config import ConfigError, RunConfig, with_overrides
+from .memory import PeakMemory, track_peak_memory
 
 
 def world_size() -> int:
@@ -115,7 +116,7 @@ def load_data(config: RunConfig, tokenizer):
     return train_ds, train_stats, eval_ds, eval_stats, list(eval_rows)
 
 
-def training_arguments(config: RunConfig, device: torch.device, progress: bool = True, **overrides):
+def training_arguments(config: RunConfig, device: torch.device, progress: bool = True):
     from transformers import TrainingArguments
 
     dtype = str(models.pick_dtype(device, config.dtype)).removeprefix("torch.")
@@ -135,21 +136,22 @@ def training_arguments(config: RunConfig, device: torch.device, progress: bool =
         data_seed=config.seed,
         logging_steps=config.logging_steps,
         eval_strategy="epoch" if config.eval_each_epoch else "no",
-        save_strategy="epoch",
+        save_strategy=config.save_strategy,
         save_total_limit=2,
         report_to="none",
         disable_tqdm=not progress,
         use_cpu=device.type == "cpu",
         bf16=on_gpu and dtype == "bfloat16",
         fp16=on_gpu and dtype == "float16",
+        train_sampling_strategy=config.train_sampling_strategy,
         include_num_input_tokens_seen="non_padding",
-        # Prefix tuning caches break with gradient checkpointing; it is rejected in config.
+        # A k-bit base got checkpointing (or not) from prepare_model_for_kbit_training in
+        # models.load_model; Trainer must not switch it on a second time.
         activation_checkpointing=config.gradient_checkpointing and config.quantization == "none",
         activation_checkpointing_kwargs={"use_reentrant": False},
         ddp_find_unused_parameters=False,
         dataloader_num_workers=0,
     )
-    kwargs.update(overrides)
     return TrainingArguments(**kwargs)
 
 
@@ -161,17 +163,28 @@ def train(
     tokenizer=None,
     callbacks: list | None = None,
     pad_to: int | None = None,
-    **training_overrides,
+    **config_changes,
 ) -> TrainResult:
     """Fine-tune `config.model_name` with `config.method` on the configured data.
 
     `resume=True` continues from the newest checkpoint in output_dir (a path
     picks one). `pad_to` pads every batch to a fixed length: the naive
-    baseline the throughput benchmark measures against.
+    baseline the throughput benchmark measures against. Keyword arguments
+    such as `save_strategy="no"` change RunConfig fields, so the result's
+    config (and the record written from it) holds every setting the run used.
     """
     from transformers import Trainer, set_seed
     from transformers.trainer_utils import get_last_checkpoint
 
+    if config_changes:
+        known = {f.name for f in dataclasses.fields(RunConfig)}
+        for key in config_changes:
+            if key not in known:
+                raise ConfigError(
+                    f"train({key}=...): not a RunConfig field; every training setting goes through RunConfig "
+                    "so that the run record holds it (`peftlab help-config` lists the fields)."
+                )
+        config = with_overrides(config, **config_changes)
     set_seed(config.seed)
     if tokenizer is None:
         tokenizer = models.load_tokenizer(config.model_name)
@@ -189,7 +202,7 @@ def train(
     if config.method == "adalora":
         ada = AdaLoraCallback(model)
         cbs.append(ada)
-    args = training_arguments(config, device, progress, **training_overrides)
+    args = training_arguments(config, device, progress)
     trainer = Trainer(
         model=model,
         args=args,
