@@ -40,3 +40,100 @@ def test_train_and_generate_end_to_end(tiny_dir, tmp_path, capsys):
     scores = json.loads(capsys.readouterr().out)
     assert scores["perplexity"] > 1 and 0 <= scores["chrf"] <= 100
 
+
+
+# One value per annotated type that no reading can turn into that type.
+BAD_BY_TYPE = {"int": "abc", "float": "two", "bool": "maybe", "str": "[a, b]", "dict": "abc",
+               "Any": "{a: 1}", "str | None": "[a, b]", "int | None": "2.5"}
+
+
+def _fields():
+    import dataclasses
+
+    from peftlab.config import RunConfig
+
+    return [(f.name, str(f.type)) for f in dataclasses.fields(RunConfig)]
+
+
+@pytest.mark.parametrize("name,type_name", _fields())
+def test_every_field_rejects_a_bad_value_without_a_traceback(name, type_name, capsys):
+    value = BAD_BY_TYPE[type_name]  # a new field type needs a bad value here
+    assert main(["params", "--config", "shakespeare-reference", f"{name}={value}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"peftlab params: error: override {name}={value}: RunConfig.{name}="), err
+    assert "Traceback" not in err and err.count("\n") == 1
+
+
+def test_yaml_values_are_coerced_and_bad_ones_name_the_line(tmp_path, capsys):
+    good = tmp_path / "good.yaml"
+    good.write_text("model_name: Qwen/Qwen2.5-3B-Instruct\nlearning_rate: 1e-4\nr: 16\nuse_rslora: yes\n")
+    from peftlab.config import RunConfig
+
+    config = RunConfig.from_yaml(good, ["lora_alpha=3.2e1"])
+    assert (config.learning_rate, config.r, config.use_rslora, config.lora_alpha) == (1e-4, 16, True, 32.0)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model_name: Qwen/Qwen2.5-3B-Instruct\n\nnum_train_epochs: two\n")
+    assert main(["params", "--config", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert f"{bad}, line 3: RunConfig.num_train_epochs='two': expected a number" in err
+
+
+def test_issue_examples_through_a_real_process(tmp_path):
+    """The exact commands that used to end in a TypeError traceback."""
+    import subprocess
+    import sys
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "peftlab.cli", "params", "--config", "shakespeare-reference",
+                               *args], capture_output=True, text=True, timeout=600)
+
+    ok = run("learning_rate=1e-3")
+    assert ok.returncode == 0, ok.stderr
+    for arg in ("lora_alpha=abc", "num_train_epochs=two"):
+        proc = run(arg)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr
+        assert f"RunConfig.{arg.split('=')[0]}=" in proc.stderr
+
+
+def _command_mentions():
+    """Every `peftlab <command> [--option ...]` written in the package, READMEs, notebooks and Makefile."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    files = [*root.glob("shared/peftlab/**/*.py"), *root.glob("*.md"), *root.glob("*/**/README.md"),
+             *root.glob("sessions/**/*.ipynb"), *root.glob("solutions/**/*.ipynb"),
+             *root.glob("exercises/**/*.ipynb"), root / "Makefile"]
+    mention = re.compile(r"(?<![\w./-])peftlab ([a-z][\w-]*)(.*)")
+    out = []
+    for path in files:
+        for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+            for m in mention.finditer(line):
+                if m.group(1) in ("import", "is"):  # prose and Python, not commands
+                    continue
+                rest = re.split(r"[`#\"']|\\n", m.group(2))[0]  # the command ends with its code span or string
+                out.append((f"{path.relative_to(root)}:{lineno}", m.group(1), re.findall(r"--[\w-]+", rest)))
+    return out
+
+
+def test_every_command_named_in_messages_and_docs_exists():
+    from peftlab.cli import build_parser
+
+    commands = build_parser()._subparsers._group_actions[0].choices
+    mentions = _command_mentions()
+    assert {"train", "params", "estimate", "help-config"} <= {cmd for _, cmd, _ in mentions}  # the grep works
+    for where, cmd, options in mentions:
+        assert cmd in commands, f"{where}: `peftlab {cmd}` is not a command; commands are {sorted(commands)}"
+        for option in options:
+            assert option in commands[cmd]._option_string_actions, f"{where}: `peftlab {cmd} {option}` does not exist"
+
+
+def test_help_advertises_only_real_commands():
+    import re
+
+    from peftlab.cli import build_parser
+
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices
+    advertised = re.search(r"`peftlab ([^`]*)`", parser.description).group(1).split(" | ")
+    assert sorted(advertised) == sorted(commands)

@@ -1,4 +1,4 @@
-"""`peftlab train | eval | generate | params | estimate | demo | build-tiny`.
+"""`peftlab train | eval | generate | params | estimate | build-tiny | help-config`.
 
 Every subcommand reads the same RunConfig: a YAML file or preset name via
 --config, then `key=value` overrides, e.g.
