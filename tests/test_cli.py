@@ -137,3 +137,9 @@ def test_help_advertises_only_real_commands():
     commands = parser._subparsers._group_actions[0].choices
     advertised = re.search(r"`peftlab ([^`]*)`", parser.description).group(1).split(" | ")
     assert sorted(advertised) == sorted(commands)
+
+
+def test_misspelt_target_module_is_named_before_any_weights_load(capsys):
+    assert main(["params", "--config", "shakespeare-reference", "target_modules=[q_projj, v_proj]"]) == 2
+    err = capsys.readouterr().err
+    assert "no module of Qwen2ForCausalLM is named 'q_projj'" in err and "q_proj, up_proj, v_proj" in err

@@ -1,5 +1,6 @@
 """The LoRA invariants, each named and tested on the tiny model."""
 
+import pytest
 import torch
 from peftlab import adapters
 from peftlab.config import RunConfig
@@ -134,3 +135,17 @@ def test_combine_rejects_unequal_ranks_for_linear(tiny_model, tmp_path):
     adapters.load_adapter(model, tmp_path / "r8", adapter_name="r8")
     with pytest.raises(adapters.AdapterError, match="equal ranks"):
         adapters.combine(model, ["default", "r8"], [0.5, 0.5], "mix")
+
+
+@pytest.mark.parametrize(
+    "targets,needle",
+    [(["q_projj"], "no module of Qwen2ForCausalLM is named 'q_projj'"),
+     (["q_proj", "mlp"], "'mlp' names Qwen2MLP, not a linear layer")],
+)
+def test_target_modules_are_checked_against_the_model(tiny_model, targets, needle):
+    from peftlab.config import ConfigError
+
+    with pytest.raises(ConfigError, match=needle) as exc:
+        adapters.attach(tiny_model, RunConfig(target_modules=targets))
+    assert "linear layers are down_proj, gate_proj, k_proj, lm_head, o_proj, q_proj, up_proj, v_proj" in str(exc.value)
+    assert not hasattr(tiny_model, "peft_config")  # rejected before peft touched the model

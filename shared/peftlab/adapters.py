@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from .config import LORA_FAMILY, RunConfig
+from .config import LORA_FAMILY, ConfigError, RunConfig
 
 
 class AdapterError(ValueError):
@@ -89,10 +89,38 @@ def peft_config(config: RunConfig, total_step: int | None = None):
     raise AdapterError(f"no peft config for method {m!r}")
 
 
+def check_target_modules(model, config: RunConfig) -> None:
+    """Every name in target_modules must name linear layers of `model`, matched as peft matches.
+
+    peft takes a name as a module's full name or the part after a dot
+    ('q_proj' matches 'model.layers.0.self_attn.q_proj'). Checked here, before
+    peft fails with NoMatchingPeftModuleError, so the error lists the names that exist.
+    """
+    if config.method not in LORA_FAMILY or config.target_modules == "all-linear":
+        return
+    modules = dict(model.named_modules())
+    linear = sorted({name.rsplit(".", 1)[-1] for name, m in modules.items() if isinstance(m, torch.nn.Linear)})
+    for target in config.target_modules:
+        hits = [m for name, m in modules.items() if name == target or name.endswith("." + target)]
+        if not hits:
+            why = f"no module of {type(model).__name__} is named {target!r}"
+        elif not all(isinstance(m, torch.nn.Linear) for m in hits):
+            kinds = sorted({type(m).__name__ for m in hits if not isinstance(m, torch.nn.Linear)})
+            why = f"{target!r} names {', '.join(kinds)}, not a linear layer"
+        else:
+            continue
+        raise ConfigError(
+            f"RunConfig.target_modules={config.target_modules!r}: {why}; this model's linear layers are "
+            f"{', '.join(linear)} (or use 'all-linear').",
+            field="target_modules",
+        )
+
+
 def attach(model, config: RunConfig, total_step: int | None = None):
     """Wrap `model` for `config.method`; for 'full', make every weight trainable."""
     from peft import get_peft_model
 
+    check_target_modules(model, config)
     pcfg = peft_config(config, total_step)
     if pcfg is None:
         for p in model.parameters():
@@ -142,6 +170,7 @@ def lora_counts_on_meta(model_name: str, config: RunConfig) -> ParamCounts:
     from .models import meta_model
 
     base = meta_model(model_name)
+    check_target_modules(base, config)
     pcfg = peft_config(config, total_step=max(1000, config.adalora_tinit + config.adalora_tfinal + 1))
     if pcfg is None:
         return count_parameters(base)
