@@ -52,6 +52,33 @@ def test_device_and_dtype_choice():
             models.pick_device("cuda")
 
 
+DTYPE_RULE = [
+    # (requested, device, bf16 supported, resolved)
+    ("auto", "cpu", None, "float32"),
+    ("auto", "cuda", True, "bfloat16"),
+    ("auto", "cuda", False, "float16"),
+    ("auto", "mps", None, "float16"),
+    ("float16", "cpu", None, "float16"),
+]
+
+
+@pytest.mark.parametrize("requested,device,bf16,resolved", DTYPE_RULE)
+def test_auto_dtype_rule(requested, device, bf16, resolved):
+    assert models.resolve_dtype(requested, device, bf16) == resolved
+
+
+def test_every_user_of_the_dtype_rule_agrees():
+    from peftlab.memory import estimate
+
+    qlora = RunConfig(method="qlora", compute_dtype="auto")
+    assert models.run_dtypes(qlora, "cuda", bf16_supported=True) == ("bfloat16", "bfloat16")
+    assert models.run_dtypes(RunConfig(compute_dtype="float16"), "cpu") == ("float32", "float16")
+    # The estimator predicts for a bf16 GPU on "cuda" and for float32 on "cpu": 2 and 4 bytes per weight.
+    on_gpu = estimate("Qwen/Qwen2.5-0.5B", RunConfig(method="full"), seq_len=8, device="cuda")
+    on_cpu = estimate("Qwen/Qwen2.5-0.5B", RunConfig(method="full"), seq_len=8, device="cpu")
+    assert on_cpu.base_weights == 2 * on_gpu.base_weights == 4 * 494_032_768
+
+
 def test_quantization_config_uses_transformers5_api():
     q = models.quantization_config(RunConfig(method="qlora", double_quant=True), torch.bfloat16)
     assert q.load_in_4bit and q.bnb_4bit_quant_type == "nf4" and q.bnb_4bit_use_double_quant

@@ -251,11 +251,11 @@ def merge_qlora(config: RunConfig, adapter_dir: str | Path, dtype: torch.dtype |
     Exercise 4 measures all three.
     """
     from .config import with_overrides
-    from .models import load_model, pick_device, pick_dtype
+    from .models import load_model, pick_device, run_dtypes
 
     device = pick_device(config.device)
     if dtype is None:
-        dtype = pick_dtype(device, config.compute_dtype if config.compute_dtype != "auto" else config.dtype)
+        dtype = getattr(torch, run_dtypes(config, device.type)[1])
     quantized = load_model(with_overrides(config, method="qlora", compute_dtype=str(dtype).removeprefix("torch.")))
     base = quantized.dequantize()  # transformers: every Linear4bit back to nn.Linear in the compute dtype
     return merge(load_adapter(base, adapter_dir)).to(dtype)

@@ -140,13 +140,12 @@ def estimate(
     the libraries, about 0.45 GiB).
     """
     from .adapters import lora_counts_on_meta
-    from .models import meta_model, model_config
+    from .models import meta_model, model_config, run_dtypes
 
     cfg = model_config(model_name)
     b = batch_size or config.per_device_train_batch_size
-    dtype = config.dtype if config.dtype != "auto" else ("bfloat16" if device == "cuda" else "float32")
+    dtype, compute = run_dtypes(config, device, bf16_supported=True)  # predict for a bf16-capable GPU
     wbytes = DTYPE_BYTES[dtype]
-    compute = config.compute_dtype if config.compute_dtype != "auto" else dtype
     abytes = DTYPE_BYTES[compute] if config.quantization == "4bit" else wbytes
 
     linear, other = _split_params(meta_model(cfg))

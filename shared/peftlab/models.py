@@ -132,15 +132,30 @@ def pick_device(requested: str = "auto") -> torch.device:
     return torch.device("cpu")
 
 
-def pick_dtype(device: torch.device, requested: str = "auto") -> torch.dtype:
-    """bf16 on GPUs that support it (Ampere+), fp16 on older GPUs and MPS, fp32 on CPU."""
+def resolve_dtype(requested: str, device_type: str, bf16_supported: bool | None = None) -> str:
+    """The course's one 'auto' dtype rule, as a name: bf16 on GPUs that support it (Ampere+),
+    fp16 on older GPUs and MPS, fp32 on CPU. `bf16_supported=None` asks the local GPU;
+    the memory estimator passes True to predict for a GPU it does not have."""
     if requested != "auto":
-        return getattr(torch, requested)
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "mps":
-        return torch.float16
-    return torch.float32
+        return requested
+    if device_type == "cuda":
+        if bf16_supported is None:
+            bf16_supported = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        return "bfloat16" if bf16_supported else "float16"
+    if device_type == "mps":
+        return "float16"
+    return "float32"
+
+
+def run_dtypes(config: RunConfig, device_type: str, bf16_supported: bool | None = None) -> tuple[str, str]:
+    """(weight dtype, 4-bit compute dtype) of `config` on `device_type`; compute 'auto' follows the weights."""
+    weights = resolve_dtype(config.dtype, device_type, bf16_supported)
+    return weights, weights if config.compute_dtype == "auto" else config.compute_dtype
+
+
+def pick_dtype(device: torch.device, requested: str = "auto") -> torch.dtype:
+    """`resolve_dtype` as a torch dtype for a real device."""
+    return getattr(torch, resolve_dtype(requested, device.type))
 
 
 def quantization_config(config: RunConfig, compute_dtype: torch.dtype):
@@ -180,8 +195,7 @@ def load_model(config: RunConfig):
     from transformers import AutoModelForCausalLM
 
     device = pick_device(config.device)
-    dtype = pick_dtype(device, config.dtype)
-    compute = dtype if config.compute_dtype == "auto" else getattr(torch, config.compute_dtype)
+    dtype, compute = (getattr(torch, name) for name in run_dtypes(config, device.type))
     quant = quantization_config(config, compute)
     kwargs = {"dtype": dtype}
     if quant is not None:
