@@ -22,8 +22,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 # The session's defaults load Qwen2.5-3B; CI runs it on the tiny model (tests/test_session02.py).
 PARAMETERS = {
-    "sessions/02_peft_lora/session02_lora.ipynb": dict(model_name="tiny-qwen2", learning_rate=2e-3,
-                                                      num_train_epochs=2, n_samples=2),
+    "sessions/02_peft_lora/session02_lora.ipynb": dict(preset_name="shakespeare-tiny", num_train_epochs=2,
+                                                      n_samples=2),
 }
 
 

@@ -18,7 +18,15 @@ def test_torchrun_two_processes(tiny_dir, tmp_path):
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     record = json.loads((out / "record.json").read_text())
-    assert record["steps"] == 4
-    # two ranks each see their own shard: tokens counted across both processes
+    assert record["steps"] == 4 and record["world_size"] == 2
+    # Two ranks each see their own shard, and tokens are counted across both processes:
+    # 4 steps x batch 4 x accumulation 2 x 2 ranks = the 64 training pairs once, so the
+    # count is every non-padding token of the training set (one rank alone would see half).
+    assert record["data"]["train"]["examples"] == 64
+    assert record["tokens_seen"] == record["data"]["train"]["tokens"]
     assert record["after"]["perplexity"] > 0
-    assert proc.stdout.count("=== Summary ===") == 1  # printed by rank 0 only
+    # Only rank 0 writes the outputs and prints the summary; rank 1 says it left them.
+    assert proc.stdout.count("=== Summary ===") == 1
+    assert proc.stdout.count("rank 1 of 2: outputs are written by rank 0") == 1
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith("checkpoint-")) == [
+        "adapter", "config.yaml", "loss.png", "record.json"]

@@ -21,7 +21,7 @@ def _run(tmp_path, **params):
 
 def test_session02_headless_on_tiny_model(tiny_dir, tmp_path):
     out = tmp_path / "run"
-    _run(tmp_path, model_name="tiny-qwen2", learning_rate=2e-3, num_train_epochs=2, n_samples=2, output_dir=str(out))
+    _run(tmp_path, preset_name="shakespeare-tiny", num_train_epochs=2, n_samples=2, output_dir=str(out))
     record = json.loads((out / "record.json").read_text())
     losses = [loss for _, loss in record["history"]["train"]]
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3

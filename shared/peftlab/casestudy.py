@@ -27,6 +27,7 @@ def run(config: RunConfig, progress: bool = True, n_samples: int = 3, log=print)
     log("evaluating the base model on the held-out set ...")
     before = metrics.evaluate_model(model, tokenizer, eval_ds, eval_rows, system_prompt=config.system_prompt)
     result = train.train(config, progress=progress, model=model, tokenizer=tokenizer)
+    config = result.config  # the settings training really used
     counts = adapters.count_parameters(result.model)
     log("evaluating the fine-tuned model on the held-out set ...")
     after = metrics.evaluate_model(
@@ -34,10 +35,8 @@ def run(config: RunConfig, progress: bool = True, n_samples: int = 3, log=print)
     )
 
     out = Path(config.output_dir)
-    adapter_dir = train.save_outputs(result)
-    config.save(out / "config.yaml")
+    adapter_dir = out / "adapter"
     plot_path = out / "loss.png"
-    plot_loss(result.history, plot_path, title=f"{config.method} on {config.model_name}")
     samples = [
         {"input": r["input"], "reference": r["output"], "before": b, "after": a}
         for r, b, a in zip(eval_rows[:n_samples], before["generations"], after["generations"])
@@ -57,13 +56,22 @@ def run(config: RunConfig, progress: bool = True, n_samples: int = 3, log=print)
         before={k: v for k, v in before.items() if k != "generations"},
         after={k: v for k, v in after.items() if k != "generations"},
         samples=samples,
+        world_size=train.world_size(),
+        tokens_seen=result.tokens_seen,
         adapter_dir=str(adapter_dir),
-        adapter_bytes=adapters.dir_size(adapter_dir),
         plot=str(plot_path),
     )
+    if not train.is_main_process():
+        # Under torchrun every rank trains, but one writes: ranks writing the same
+        # files would race (record.json.tmp) and leave whichever finished last.
+        log(f"rank {train.rank()} of {train.world_size()}: outputs are written by rank 0")
+        return record
+    train.save_outputs(result)
+    config.save(out / "config.yaml")
+    plot_loss(result.history, plot_path, title=f"{config.method} on {config.model_name}")
+    record["adapter_bytes"] = adapters.dir_size(adapter_dir)
     record_path = write_record(record, out / "record.json")
-    if train.is_main_process():
-        log(summary(record, record_path))
+    log(summary(record, record_path))
     return record
 
 

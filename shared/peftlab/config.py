@@ -411,8 +411,8 @@ def with_overrides(config: RunConfig, **changes: Any) -> RunConfig:
     return RunConfig.from_dict(values)
 
 
-# The course's reference case study (Session 2): Qwen2.5-3B-Instruct, r=4,
-# alpha=16 on q/v/o, batch 4 x accumulation 2, lr 2e-4, 5 epochs.
+# The case study's recipe (Session 2) lives here and only here: the session
+# notebook, `make demo`, `peftlab train --config` and the README all read it.
 PRESETS: dict[str, dict[str, Any]] = {
     "shakespeare-reference": dict(
         model_name="Qwen/Qwen2.5-3B-Instruct",

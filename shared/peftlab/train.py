@@ -28,8 +28,13 @@ def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def rank() -> int:
+    """This process's rank under torchrun / accelerate (0 when run alone)."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
+    return rank() == 0
 
 
 def total_optimizer_steps(config: RunConfig, n_examples: int, n_processes: int | None = None) -> int:
