@@ -36,7 +36,6 @@ def test_what_each_switch_saves():
     full = estimate(QWEN3B, RunConfig(method="full"), seq_len=512)
     assert ckpt.activations < plain.activations / 5
     assert qlora.base_weights < plain.base_weights / 2.5
-    assert qlora.trainable_params == plain.trainable_params
     assert small.activations == pytest.approx(plain.activations / 4)
     assert full.gradients + full.optimizer > 5 * GiB > plain.gradients + plain.optimizer
 
