@@ -17,7 +17,35 @@ BAD = [
     (dict(method="adalora", max_steps=10, adalora_tinit=5, adalora_tfinal=5), "adalora_tfinal"),
     (dict(dtype="float8"), "dtype"),
     (dict(rank_pattern={"o_proj": -1}), "rank_pattern"),
+    (dict(method="lora", quantization="4bit"), r"write method='qlora'"),
+    (dict(save_strategy="steps"), "save_strategy"),
+    (dict(r="abc"), r"RunConfig.r='abc': expected an integer"),
+    (dict(r=2.5), "expected an integer"),
+    (dict(use_rslora="maybe"), "expected true or false"),
+    (dict(learning_rate=float("inf")), "expected a number"),
+    (dict(seed=True), "expected an integer"),
+    (dict(model_name=["a"]), "expected a string"),
 ]
+
+COERCED = [
+    # (field, value as YAML 1.1 or Python may deliver it, value after coercion)
+    ("learning_rate", "1e-3", 1e-3),
+    ("learning_rate", 1, 1.0),
+    ("r", "8", 8),
+    ("r", 8.0, 8),
+    ("max_steps", "1e2", 100),
+    ("use_rslora", "yes", True),
+    ("use_rslora", "Off", False),
+    ("max_train_samples", None, None),
+    ("max_train_samples", "16", 16),
+    ("output_dir", 2024, "2024"),
+]
+
+
+@pytest.mark.parametrize("name,value,expected", COERCED)
+def test_unambiguous_values_are_coerced_to_the_field_type(name, value, expected):
+    got = getattr(RunConfig(**{name: value}), name)
+    assert got == expected and type(got) is type(expected)
 
 
 @pytest.mark.parametrize("fields,needle", BAD)

@@ -111,3 +111,17 @@ def test_qlora_merge_reproduces_the_trained_model(tiny_dir, tmp_path):
     # itself differs from a float32 matmul with the dequantized weight by ~1e-2 here); the
     # re-quantized merge is several times further off (0.018 against 0.14 when written).
     assert err_right < 0.05 and err_right * 3 < err_naive
+
+
+def test_keyword_settings_go_through_the_config(tiny_dir, tmp_path):
+    """train(cfg, save_strategy="no") changes the RunConfig, so the record sees what the run did."""
+    from peftlab.config import ConfigError
+
+    cfg = _cfg(tmp_path, max_steps=2, eval_each_epoch=False)
+    res = train.train(cfg, progress=False, save_strategy="no", train_sampling_strategy="group_by_length")
+    assert (res.config.save_strategy, res.config.train_sampling_strategy) == ("no", "group_by_length")
+    assert (res.trainer.args.save_strategy, res.trainer.args.train_sampling_strategy) == ("no", "group_by_length")
+    assert not list((tmp_path / "run").glob("checkpoint-*"))
+    assert cfg.save_strategy == "epoch"  # the caller's config is not mutated
+    with pytest.raises(ConfigError, match=r"train\(eval_steps=\.\.\.\): not a RunConfig field"):
+        train.train(cfg, progress=False, eval_steps=5)
