@@ -18,11 +18,7 @@ from .config import ConfigError, RunConfig
 
 
 def _config(args) -> RunConfig:
-    if args.config:
-        return RunConfig.from_yaml(args.config, args.overrides)
-    from .config import parse_overrides
-
-    return RunConfig.from_dict(parse_overrides(args.overrides), source="command line")
+    return RunConfig.from_yaml(args.config or None, args.overrides)
 
 
 def cmd_train(args) -> int:

@@ -146,7 +146,8 @@ class RunConfig:
     num_virtual_tokens: int = _help("Prefix / P-tuning v2 / prompt tuning: virtual tokens.", 16)
     # --- quantization ---------------------------------------------------------
     quantization: str = _help(
-        "Load the frozen base in 'none', '4bit' or '8bit' (bitsandbytes). 'qlora' implies '4bit'.",
+        "Load the frozen base in 'none', '4bit' or '8bit' (bitsandbytes). method='qlora' implies '4bit'; "
+        "LoRA on a 4-bit base is spelt method='qlora' only.",
         "none",
     )
     quant_type: str = _help("4-bit data type: 'nf4' (QLoRA's NormalFloat) or 'fp4'.", "nf4")
@@ -354,11 +355,13 @@ class RunConfig:
             raise ConfigError(f"{where}: {exc}", field=exc.field) from None
 
     @classmethod
-    def from_yaml(cls, path: str | Path, overrides: list[str] | None = None) -> RunConfig:
-        """Load a YAML file (or a preset name), then apply `key=value` overrides."""
-        path_str = str(path)
+    def from_yaml(cls, path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
+        """Load a YAML file (or a preset name; None: the defaults), then apply `key=value` overrides."""
+        path_str = str(path) if path is not None else "command line"
         origins: dict[str, str] = {}
-        if path_str in PRESETS:
+        if path is None:
+            values = {}
+        elif path_str in PRESETS:
             values = dict(PRESETS[path_str])
         else:
             path = Path(path)
