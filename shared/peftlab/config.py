@@ -79,6 +79,8 @@ def _coerce(value: Any, hint: Any) -> Any:
     if hint is int:
         if isinstance(value, int):
             return value
+        if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+            return int(value)  # exact, however many digits
         number = float(value.strip()) if isinstance(value, str) else value
         if isinstance(number, (int, float)) and math.isfinite(number) and float(number).is_integer():
             return int(number)
@@ -415,7 +417,8 @@ def with_overrides(config: RunConfig, **changes: Any) -> RunConfig:
 
 
 # The case study's recipe (Session 2) lives here and only here: the session
-# notebook, `make demo`, `peftlab train --config` and the README all read it.
+# notebook (`preset_name`), `make demo` and `peftlab train --config` read it;
+# docs point here instead of restating it.
 PRESETS: dict[str, dict[str, Any]] = {
     "shakespeare-reference": dict(
         model_name="Qwen/Qwen2.5-3B-Instruct",
@@ -433,7 +436,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 # The same recipe on the offline tiny model: what `make demo` and CI run. One
 # change: a 150k-parameter base moves too little at 2e-4 in 40 steps to show
-# anything, so the tiny preset uses 2e-3 (the case study's notebook says so).
+# anything, so the tiny preset uses 2e-3 (the session notebook runs it on a CPU).
 PRESETS["shakespeare-tiny"] = dict(
     PRESETS["shakespeare-reference"],
     model_name="tiny-qwen2",
