@@ -163,6 +163,17 @@ def smollm_section(sml: dict) -> list[str]:
             f"answers correctly, {b['knowledge_accuracy']:.0%} before and {a['knowledge_accuracy']:.0%} after; "
             f"perplexity of general modern prose {b['general_text_perplexity']:.2f} before, "
             f"{a['general_text_perplexity']:.2f} after. {rec['steps']} optimizer steps in {rec['train_wall_s']:.0f} s.", ""]
+    from peftlab.casestudy import verdict
+
+    missed = [name for name, ok in [
+        ("demo time", sml["demo"]["wall_s"] <= 360),
+        ("notebook time", nb is None or nb["wall_s"] <= 480),
+        ("chrF margin over copying", margin > q["trained"]["chrF 95% CI"]),
+        ("archaic share", q["trained"]["archaic share"] >= 0.4),
+        ("estimator within 15%", abs(rec["estimated_peak_bytes"] / rec["peak_memory_bytes"] - 1) <= 0.15),
+    ] if not ok]
+    out += [f"Reading: {verdict(rec['quality'])} "
+            + (f"Targets not met in this run: {', '.join(missed)}." if missed else "All targets met in this run."), ""]
     if sml.get("sweep"):
         out += ["Recipes around the preset (trained model only, same data and seed):", "",
                 "| change from the preset | chrF | p vs copy | archaic share | training s |", "|---|---:|---:|---:|---:|"]

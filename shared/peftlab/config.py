@@ -310,9 +310,9 @@ PRESETS["shakespeare-tiny"] = dict(
 # peftlab.smollm): what `make demo` and the Session 2 notebook run without a GPU.
 # Changes to the reference recipe (bench/smollm.py, README Performance): bfloat16
 # weights (a training step took 3.7 s against 12 s in float32 on a CPU with AMX;
-# use dtype=float32 on CPUs without bf16 support), r=8 and lr 2e-3, because a
-# 135M model trained 40 steps at r=8, lr 1e-3 still mostly copied its input
-# (chrF 51.7 +- 8.4 against 49.0 for copying; 42% archaic outputs).
+# use dtype=float32 on CPUs without bf16 support), r=8 and lr 2e-3: in a first run on
+# 2 shared CPU cores, r=8 at lr 1e-3 still mostly copied its input (held-out chrF
+# 51.7 +- 8.4 against 49.0 for copying; 42% archaic outputs). At 2e-3: README, Performance.
 PRESETS["shakespeare-cpu"] = dict(
     PRESETS["shakespeare-reference"],
     model_name="smollm2-135m",
