@@ -54,7 +54,8 @@ def test_drift_and_leak_are_detected(tmp_path):
 
 
 @pytest.mark.parametrize("assignment", ASSIGNMENTS)
-def test_solution_full_marks_blank_zero(assignment):
+def test_solution_full_marks_blank_zero(assignment, tiny_dir):
+    # tiny_dir: the model is built before grading, as on a grading machine, not inside a graded notebook
     (source,) = sorted((ROOT / "solutions" / assignment).glob("*.ipynb"))
     full = nbgrade.autograde(ROOT, assignment, source, student="solution")
     assert full.cells and full.auto_score == full.auto_max, full.summary()
@@ -98,7 +99,7 @@ def _validate(assignment, notebook, name, tmp_path):
 
 
 @pytest.mark.parametrize("assignment", ASSIGNMENTS)
-def test_validate_passes_every_solution_and_fails_every_blank(assignment, tmp_path):
+def test_validate_passes_every_solution_and_fails_every_blank(assignment, tmp_path, tiny_dir):
     import nbformat
 
     (source,) = sorted((ROOT / "solutions" / assignment).glob("*.ipynb"))
