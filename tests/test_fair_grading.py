@@ -252,7 +252,7 @@ def graded(tiny_dir):
     only = [o for o in os.environ.get("PEFTLAB_GATE_ONLY", "").split(",") if o]
     start = time.perf_counter()
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        jobs = [job for job in _jobs() if not only or any(o in job[1] for o in only)]
+        jobs = [job for job in _jobs() if not only or any(o in job[1] or o in job[0] for o in only)]
         out = _Results({key: (cells, errors) for key, cells, errors in pool.map(_grade, jobs)})
     print(f"\nmutation gate: {len(out)} notebooks graded with {workers} workers in {time.perf_counter() - start:.0f} s")
     return out
