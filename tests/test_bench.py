@@ -73,3 +73,16 @@ def test_memory_notebooks_and_report_smoke(tiny_dir, tmp_path, capsys):
     text = readme.read_text()
     assert "old" not in text and "| full fine-tuning |" in text and "fixture.ipynb" in text
     assert "Largest estimator error" in text
+
+
+def test_exercise_cells_benchmark_smoke(tiny_dir, tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("exercise_cells", BENCH.parent / "exercise_cells.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "cells.json"
+    module.main(["--root", str(Path(__file__).parent / "fixtures" / "course"), "--out", str(out)])
+    (nb,) = json.loads(out.read_text())["notebooks"]
+    kinds = {c["kind"] for c in nb["cells"]}
+    assert {"test", "solution"} <= kinds and all(c["seconds"] >= 0 for c in nb["cells"])
+    assert nb["slowest"]["seconds"] == max(c["seconds"] for c in nb["cells"])
+    assert "slowest cell" in capsys.readouterr().out

@@ -23,7 +23,8 @@ def test_nan_is_never_close_to_a_number():
 
 
 def test_assert_close_message_names_size_and_place():
-    with pytest.raises(AssertionError, match=r"output: different; max \|difference\| 0.25 at index \(2,\)"):
+    with pytest.raises(AssertionError, match=r"output: different at index \(2,\): got 2.25, expected 2 "
+                                             r"\(\|difference\| 0.25"):
         checks.assert_close([0.0, 1.0, 2.25], [0.0, 1.0, 2.0], "output", hint="check the scaling")
     assert checks.assert_close([1.0], [1.0]) is None  # nbgrader reads a cell's last value as partial credit
 
@@ -60,3 +61,71 @@ def test_quiet_drops_stderr_but_not_errors(capsys):
     assert capsys.readouterr().err == ""
     with pytest.raises(ZeroDivisionError), checks.quiet():
         raise ZeroDivisionError
+
+
+def test_relative_difference_is_taken_at_the_element_shown():
+    # the largest absolute error is at index 1; a tiny expected value elsewhere has a huge relative error
+    result = checks.compare([1e-6 + 1e-4, 12.0], [1e-6, 10.0], rtol=1e-3)
+    assert result.where == (1,) and result.rel_diff_there == pytest.approx(0.2)
+    assert "relative difference there 0.2" in result.describe("x")
+
+
+@pytest.mark.parametrize(("make_actual", "words"), [
+    (lambda e: 0.390625 * e, "got about 0.3906 x expected everywhere: a scale factor is missing"),
+    (lambda e: 4.0 * e, "got about 4 x expected everywhere"),
+    (lambda e: -e, "sign is flipped"),
+    (lambda e: e.T.contiguous(), "transpose of the expected matrix"),
+    (lambda e: e + 0.5, r"off by the same \+0.5 everywhere"),
+])
+def test_common_mistakes_are_recognised(make_actual, words):
+    torch.manual_seed(0)
+    expected = torch.randn(6, 6)
+    with pytest.raises(AssertionError, match=words):
+        checks.assert_close(make_actual(expected), expected, "delta_weight")
+
+
+def test_transpose_of_a_rectangular_matrix_is_named():
+    expected = torch.arange(12.0).reshape(3, 4)
+    message = checks.compare(expected.T, expected).describe("B @ A")
+    assert "shape (4, 3) but expected shape (3, 4)" in message and "transpose" in message
+
+
+def test_nonzero_where_zero_is_expected():
+    expected = torch.zeros(4, 2)
+    with pytest.raises(AssertionError, match="must start at zero"):
+        checks.assert_close(torch.randn(4, 2), expected, "B @ A at init")
+    with pytest.raises(AssertionError, match=r"Fix `lora_linear`: lora_B: expected exactly zero everywhere, "
+                                             r"but 1 of 8 values are not"):
+        checks.assert_zero(torch.tensor([[0.0, 0.0, 0.0, 0.5], [0.0] * 4]), "lora_B", region="lora_linear")
+    checks.assert_zero(expected, "zeros")
+
+
+def test_baseline_separates_the_update_from_the_base_output():
+    torch.manual_seed(0)
+    base, update = torch.randn(3, 5), torch.randn(3, 5)
+    with pytest.raises(AssertionError, match="measured from the baseline, the update: got about 0.25 x expected"):
+        checks.assert_close(base + update / 4, base + update, "output", baseline=base)
+
+
+def test_failures_name_the_declared_cell_or_the_given_region(monkeypatch):
+    monkeypatch.setattr(checks, "_REGIONS", ())  # restored after the test
+    checks.depends_on("scaling_counts", "run_one")
+    with pytest.raises(AssertionError, match=r"^Fix `scaling_counts` or `run_one`: count: got 3"):
+        checks.assert_equal(3, 4, "count")
+    with pytest.raises(AssertionError, match=r"^Fix `sweep`: rows"):
+        checks.check(False, "rows", region="sweep")
+    with pytest.raises(ValueError, match="grade ids"):
+        checks.depends_on()
+
+
+def test_attempt_turns_a_failed_build_into_a_clear_failure(capsys):
+    def sweep():
+        raise NotImplementedError()
+
+    results = checks.attempt(sweep, region="sweep", name="results")
+    assert "could not be built" in capsys.readouterr().out
+    for use in (len, lambda r: r.eval_loss, lambda r: r["r"], lambda r: r < 1, iter):
+        with pytest.raises(AssertionError, match=r"Fix `sweep`: `results` was not built because NotImplementedError"):
+            use(results)
+    assert "missing" in repr(results)
+    assert checks.attempt(lambda x: x + 1, 1, region="sweep") == 2

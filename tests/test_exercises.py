@@ -6,7 +6,10 @@ under nbgrader without crashing the grader.
 """
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -51,7 +54,8 @@ def test_drift_and_leak_are_detected(tmp_path):
 
 
 @pytest.mark.parametrize("assignment", ASSIGNMENTS)
-def test_solution_full_marks_blank_zero(assignment):
+def test_solution_full_marks_blank_zero(assignment, tiny_dir):
+    # tiny_dir: the model is built before grading, as on a grading machine, not inside a graded notebook
     (source,) = sorted((ROOT / "solutions" / assignment).glob("*.ipynb"))
     full = nbgrade.autograde(ROOT, assignment, source, student="solution")
     assert full.cells and full.auto_score == full.auto_max, full.summary()
@@ -77,3 +81,39 @@ def test_wrongly_named_notebook_is_a_clear_error(tmp_path):
     shutil.copy(ROOT / "exercises" / "05_custom_dataset" / "custom_dataset.ipynb", bad)
     with pytest.raises(nbgrade.GradingError, match="name the file like one"):
         nbgrade.autograde(ROOT, "05_custom_dataset", bad)
+
+
+
+def _validate(assignment, notebook, name, tmp_path):
+    """`nbgrader validate` as JupyterLab's Validate button runs it for a student working in exercises/."""
+    import nbformat
+
+    work = tmp_path / assignment
+    shutil.copytree(ROOT / "exercises" / assignment, work)
+    nbformat.write(notebook, work / name)
+    bindir = Path(sys.executable).parent
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    # The shipped 180 s per-cell limit is checked below; here the limit is far above any cell so that the
+    # outcome does not depend on the machine's load (on a 2-core machine shared by several jobs, exercise
+    # 02's sweep cell has taken 176 s).
+    done = subprocess.run([str(bindir / "nbgrader"), "validate", str(work / name), "--Execute.timeout=3600"],
+                          cwd=ROOT / "exercises", env=env, capture_output=True, text=True, timeout=7200)
+    return done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("assignment", ASSIGNMENTS)
+def test_validate_passes_every_solution_and_fails_every_blank(assignment, tmp_path, tiny_dir):
+    import nbformat
+
+    (source,) = sorted((ROOT / "solutions" / assignment).glob("*.ipynb"))
+    out = _validate(assignment, nbgrade.fill_solutions(ROOT, assignment), source.name, tmp_path / "solved")
+    assert "Success! Your notebook passes all the tests." in out, out[-3000:]
+    blank = nbformat.read(ROOT / "exercises" / assignment / source.name, as_version=4)
+    out = _validate(assignment, blank, source.name, tmp_path / "blank")
+    assert "VALIDATION FAILED" in out and "Success!" not in out, out[-3000:]
+
+
+def test_validate_timeout_fits_the_cell_budget():
+    """Validate reads nbgrader_config.py from where JupyterLab started: the course root or exercises/."""
+    for config in (ROOT / "nbgrader_config.py", ROOT / "exercises" / "nbgrader_config.py"):
+        assert "c.Execute.timeout = 180" in config.read_text(), f"{config}: Validate needs 3x the 60 s cell budget"

@@ -1,0 +1,307 @@
+"""Fair grading: a wrong answer in one solution cell costs only the tests that depend on that cell.
+
+Every test cell of every exercise starts with `checks.depends_on("<grade id>", ...)`, naming the
+solution cells whose code it exercises. The mutation gate checks that declaration by grading, for
+every solution cell of every assignment:
+
+* the fully solved notebook with that one cell left as released (`raise NotImplementedError()`):
+  exactly the tests that declare the cell must lose points, and every other test keeps them;
+* realistic wrong answers of the right type (a missing alpha / r, B not zero at initialisation,
+  training loss reported as held-out loss, ...), so that code keeps running with a wrong value:
+  only declared tests lose points, at least one does, and its feedback names the cell to fix.
+
+Every graded notebook is independent, so they are graded once each, in parallel, and every test
+reads the shared results. Static checks keep test cells free of state that other cells use.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import re
+import symtable
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import nbformat
+import pytest
+from peftlab import nbgrade
+
+ROOT = Path(__file__).resolve().parent.parent
+ASSIGNMENTS = nbgrade.assignments(ROOT)
+DECLARATION = re.compile(r"^checks\.depends_on\((.*)\)\s*$")
+MARKER = re.compile(r"\n?[ \t]*### (BEGIN|END) SOLUTION")
+
+
+@dataclass(frozen=True)
+class Wrong:
+    """A realistic wrong answer: in solution cell `region` of `assignment`, `old` replaced by `new`."""
+
+    assignment: str
+    region: str
+    what: str
+    old: str
+    new: str
+
+    @property
+    def id(self) -> str:
+        return f"{self.assignment[:2]}-{self.region}-{self.what.replace(' ', '_')}"
+
+
+WRONG_ANSWERS = [
+    # 01: the LoRA layer, its injection, the rank-k factors
+    Wrong("01_lora_from_scratch", "lora_linear", "forward without alpha over r",
+          "return out + self.scaling * (self.dropout(x) @ self.lora_A.T @ self.lora_B.T)",
+          "return out + (self.dropout(x) @ self.lora_A.T @ self.lora_B.T)"),
+    Wrong("01_lora_from_scratch", "lora_linear", "B initialised randomly",
+          "nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))",
+          "nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))\n"
+          "        nn.init.kaiming_uniform_(self.lora_B, a=math.sqrt(5))"),
+    Wrong("01_lora_from_scratch", "lora_linear", "delta_weight transposed",
+          "return self.scaling * (self.lora_B @ self.lora_A)", "return self.scaling * (self.lora_A.T @ self.lora_B.T)"),
+    Wrong("01_lora_from_scratch", "add_lora", "wraps only the first target",
+          'name.rsplit(".", 1)[-1] in set(target_names)]', 'name.rsplit(".", 1)[-1] == target_names[0]]'),
+    Wrong("01_lora_from_scratch", "rank_k", "drops the singular values",
+          "return U[:, :k] * root, root[:, None] * Vh[:k]", "return U[:, :k], Vh[:k]"),
+    # 02: scaling and counts, one run, the sweep
+    Wrong("02_rank_alpha_sweep", "run_one", "training loss as held-out loss",
+          "loss = metrics.heldout_loss(result.model, result.eval_dataset, result.tokenizer)",
+          "loss = result.history.train[-1][1]"),
+    Wrong("02_rank_alpha_sweep", "scaling_counts", "rsLoRA ignored",
+          "return alpha / math.sqrt(r) if rslora else alpha / r", "return alpha / r"),
+    Wrong("02_rank_alpha_sweep", "scaling_counts", "counts only A",
+          "total += r * (module.in_features + module.out_features)", "total += r * module.in_features"),
+    Wrong("02_rank_alpha_sweep", "sweep", "first learning rate only",
+          "for lr in learning_rates:", "for lr in learning_rates[:1]:"),
+    # 03: target sets, budget ranks, per-module patterns, the dict mistake
+    Wrong("03_target_modules", "target_sets", "all linear without k_proj",
+          '"all linear": ["q_proj", "k_proj", "v_proj",', '"all linear": ["q_proj", "v_proj",'),
+    Wrong("03_target_modules", "rank_for_budget", "rank rounded up",
+          "return budget // per_rank", "return budget // per_rank + 1"),
+    Wrong("03_target_modules", "per_module", "no alpha_pattern",
+          'alpha_pattern={"q_proj": 32},', ""),
+    Wrong("03_target_modules", "dict_targets", "reports the intended ranks",
+          'LoraConfig(r=4, target_modules={"q_proj": 16, "v_proj": 2})',
+          'LoraConfig(r=4, target_modules=["q_proj", "v_proj"], rank_pattern={"q_proj": 16, "v_proj": 2})'),
+    # 04: 4-bit loading, memory prediction, measurement, merge
+    Wrong("04_qlora_memory", "load_4bit", "no double quantization",
+          "bnb_4bit_use_double_quant=True", "bnb_4bit_use_double_quant=False"),
+    Wrong("04_qlora_memory", "predict", "absmax constants forgotten", "return 0.5 + 4 / 64", "return 0.5"),
+    Wrong("04_qlora_memory", "predict", "embeddings counted in NF4",
+          "return (linear * nf4_bytes_per_param(True) + other * 2) / GiB",
+          "return (linear + other) * nf4_bytes_per_param(True) / GiB"),
+    Wrong("04_qlora_memory", "measured", "packed numel as weights",
+          "quantized = sum(m.in_features * m.out_features for m in model.modules()",
+          "quantized = sum(m.weight.numel() for m in model.modules()"),
+    Wrong("04_qlora_memory", "merge", "merged into the original W",
+          "return adapters.merge_qlora(config, adapter_dir, dtype=getattr(torch, compute_dtype))",
+          "return adapters.merge(adapters.load_adapter(models.load_model(with_overrides(\n"
+          '        config, method="lora", quantization="none", dtype=compute_dtype)), adapter_dir))'),
+    # 05: loading and validation, chat template and masking
+    Wrong("05_custom_dataset", "load_validate", "rows counted from 0",
+          "for n, row in enumerate(dataset, start=1):", "for n, row in enumerate(dataset):"),
+    Wrong("05_custom_dataset", "load_validate", "blank fields accepted",
+          "if not clean[name].strip():", "if not clean[name]:"),
+    Wrong("05_custom_dataset", "chat_mask", "prompt not masked",
+          "labels = [-100] * len(prompt) + full[len(prompt):]", "labels = list(full)"),
+    Wrong("05_custom_dataset", "chat_mask", "input not stripped",
+          'user += "\\n\\n" + row["input"].strip()', 'user += "\\n\\n" + row["input"]'),
+]
+
+
+# ------------------------------------------------------------------ reading the notebooks
+def _source(assignment: str) -> Path:
+    (source,) = sorted((ROOT / "solutions" / assignment).glob("*.ipynb"))
+    return source
+
+
+def _cells(assignment: str):
+    return nbformat.read(_source(assignment), as_version=4).cells
+
+
+def regions(assignment: str) -> list[str]:
+    """Grade ids of the solution code cells (written answers are graded by hand)."""
+    return [c.metadata["nbgrader"]["grade_id"] for c in _cells(assignment)
+            if c.cell_type == "code" and c.metadata.get("nbgrader", {}).get("solution")]
+
+
+def declared(assignment: str) -> dict[str, set[str]]:
+    """{test grade id: the solution cells its first line declares}; a missing declaration is an empty set."""
+    out = {}
+    for c in _cells(assignment):
+        meta = c.metadata.get("nbgrader", {})
+        if c.cell_type == "code" and meta.get("grade"):
+            match = DECLARATION.match(c.source.splitlines()[0] if c.source else "")
+            out[meta["grade_id"]] = set(ast.literal_eval(f"({match.group(1)},)")) if match else set()
+    return out
+
+
+def dependents(assignment: str, region: str) -> set[str]:
+    return {test for test, deps in declared(assignment).items() if region in deps}
+
+
+def mutant(wrong: Wrong):
+    """The solved notebook with `wrong` applied to its region (markers removed, as a student submits)."""
+    nb = nbgrade.fill_solutions(ROOT, wrong.assignment)
+    for c in nb.cells:
+        if c.metadata.get("nbgrader", {}).get("grade_id") == wrong.region:
+            assert c.source.count(wrong.old) == 1, f"{wrong.id}: {wrong.old!r} is not once in cell {wrong.region}"
+            c.source = c.source.replace(wrong.old, wrong.new)
+            return nb
+    raise AssertionError(f"{wrong.id}: no cell {wrong.region}")
+
+
+def stub(assignment: str, region: str):
+    """The solved notebook with one region left as released (NotImplementedError)."""
+    return nbgrade.fill_solutions(ROOT, assignment, only=set(regions(assignment)) - {region})
+
+
+# ------------------------------------------------------------------ static checks (fast)
+@pytest.mark.parametrize("assignment", ASSIGNMENTS)
+def test_every_test_cell_declares_the_cells_it_depends_on(assignment):
+    known = set(regions(assignment))
+    for test, deps in declared(assignment).items():
+        assert deps, f"{assignment}/{test}: the first line must be checks.depends_on(<solution cell ids>)"
+        assert deps <= known, f"{assignment}/{test}: declares unknown cells {sorted(deps - known)}; known {sorted(known)}"
+    for region in known:
+        assert dependents(assignment, region), f"{assignment}: no test declares a dependency on {region}"
+        assert any(w.region == region for w in WRONG_ANSWERS if w.assignment == assignment), (
+            f"{assignment}: add a realistic wrong answer for {region} to WRONG_ANSWERS")
+    assert sum(w.assignment == assignment for w in WRONG_ANSWERS) >= 3
+
+
+def _module_names(source: str) -> tuple[set[str], set[str]]:
+    """(names a cell binds at top level, global names it reads anywhere, functions included)."""
+    table = symtable.symtable(source, "cell", "exec")
+    bound = {sym.get_name() for sym in table.get_symbols() if sym.is_assigned() or sym.is_imported()}
+    read, todo = set(), [table]
+    while todo:
+        t = todo.pop()
+        top = t.get_type() == "module"
+        read |= {sym.get_name() for sym in t.get_symbols() if sym.is_referenced() and (top or sym.is_global())}
+        todo += t.get_children()
+    return bound, read
+
+
+@pytest.mark.parametrize("assignment", ASSIGNMENTS)
+def test_no_cell_uses_what_a_test_cell_built(assignment):
+    """A test cell only checks: no later cell reads a name it binds, so a failed test never breaks another."""
+    code = []
+    for c in _cells(assignment):
+        if c.cell_type == "code":
+            body = "\n".join(ln for ln in c.source.splitlines() if not ln.lstrip().startswith(("!", "%")))
+            code.append((c.metadata.get("nbgrader", {}), *_module_names(body)))
+    for i, (meta, built, _) in enumerate(code):
+        if not meta.get("grade"):
+            continue
+        live = set(built)
+        for other_meta, bound_there, read in code[i + 1:]:
+            leaked = (live & read) - bound_there
+            live -= bound_there  # rebound by a later cell: no longer the test's object
+            assert not leaked, (f"{assignment}/{meta['grade_id']} builds {sorted(leaked)}, which "
+                                f"{other_meta.get('grade_id', 'a later given cell')} reads: build it in a read-only "
+                                "cell before the tests")
+
+
+# ------------------------------------------------------------------ the mutation gate (grades notebooks)
+def _grade(job):
+    """Worker: autograde one notebook, return (job key, {test: (score, max)}, {test: error})."""
+    key, assignment, nb = job
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / _source(assignment).name
+        nbformat.write(nb, path)
+        grade = nbgrade.autograde(ROOT, assignment, path, student=re.sub(r"[^a-z0-9]", "", key.lower())[:40] or "s")
+    return key, grade.cells, grade.errors
+
+
+def _jobs():
+    jobs = [(w.id, w.assignment, mutant(w)) for w in WRONG_ANSWERS]
+    jobs += [(f"stub-{a}-{r}", a, stub(a, r)) for a in ASSIGNMENTS for r in regions(a)]
+    for key, nb in _own_data_notebooks().items():
+        jobs.append((key, "05_custom_dataset", nb))
+    return jobs
+
+
+def _own_data_notebooks():
+    """Exercise 05 as a student following its instructions submits it: own rows inline, or an own file named."""
+    solved = nbgrade.fill_solutions(ROOT, "05_custom_dataset")
+    rows = nbformat.from_dict(solved)
+    for c in rows.cells:
+        if c.source.startswith("# Your data set"):
+            c.source = "MY_ROWS = [\n" + "".join(
+                f'    {{"instruction": "Rewrite formally.", "input": "msg {i} pls", "output": "Message {i}, please."}},\n'
+                for i in range(6)) + "]"
+    own_file = nbformat.from_dict(solved)
+    for c in own_file.cells:
+        if "parameters" in c.metadata.get("tags", []):
+            c.source = c.source.replace('data_file = "formal_emails.csv"', 'data_file = "my_emails.jsonl"')
+    return {"own-rows-inline": rows, "own-file-not-submitted": own_file}
+
+
+@pytest.fixture(scope="module")
+def graded(tiny_dir):
+    """Every mutant graded once, in parallel.
+
+    PEFTLAB_GATE_WORKERS sets the workers (default: half the cores, at least 2); PEFTLAB_GATE_ONLY=02,05
+    grades only the assignments whose names contain one of these (the others' tests skip), for working on one.
+    """
+    workers = int(os.environ.get("PEFTLAB_GATE_WORKERS", max(2, (os.cpu_count() or 2) // 2)))
+    only = [o for o in os.environ.get("PEFTLAB_GATE_ONLY", "").split(",") if o]
+    start = time.perf_counter()
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        jobs = [job for job in _jobs() if not only or any(o in job[1] or o in job[0] for o in only)]
+        out = _Results({key: (cells, errors) for key, cells, errors in pool.map(_grade, jobs)})
+    print(f"\nmutation gate: {len(out)} notebooks graded with {workers} workers in {time.perf_counter() - start:.0f} s")
+    return out
+
+
+class _Results(dict):
+    def __missing__(self, key):
+        pytest.skip(f"{key} was not graded in this run (PEFTLAB_GATE_ONLY)")
+
+
+def _lost(cells) -> set[str]:
+    return {test for test, (score, max_score) in cells.items() if (score or 0.0) < max_score}
+
+
+@pytest.mark.parametrize(("assignment", "region"), [(a, r) for a in ASSIGNMENTS for r in regions(a)])
+def test_an_unsolved_cell_costs_exactly_its_declared_tests(graded, assignment, region):
+    cells, errors = graded[f"stub-{assignment}-{region}"]
+    assert _lost(cells) == dependents(assignment, region), (
+        f"{region} left unsolved: lost {sorted(_lost(cells))}, declared {sorted(dependents(assignment, region))}; "
+        f"errors: {errors}")
+
+
+@pytest.mark.parametrize("wrong", WRONG_ANSWERS, ids=lambda w: w.id)
+def test_a_wrong_answer_costs_only_its_tests_and_names_its_cell(graded, wrong):
+    cells, errors = graded[wrong.id]
+    lost = _lost(cells)
+    assert lost, f"{wrong.id}: no test noticed the wrong answer"
+    assert lost <= dependents(wrong.assignment, wrong.region), (
+        f"{wrong.id}: lost {sorted(lost)}, but only {sorted(dependents(wrong.assignment, wrong.region))} "
+        f"declare {wrong.region}; errors: {errors}")
+    for test in lost:
+        assert f"`{wrong.region}`" in errors.get(test, ""), f"{wrong.id}: {test}'s feedback does not name it: {errors}"
+    assert any(f"Fix `{wrong.region}`:" in errors[t] for t in lost), (
+        f"{wrong.id}: no feedback points at {wrong.region} alone: {errors}")
+
+
+def test_exercise02_names_training_loss(graded):
+    _, errors = graded[next(w.id for w in WRONG_ANSWERS if w.what == "training loss as held-out loss")]
+    assert "the last training loss" in errors["test_heldout_metric"], errors
+
+
+def test_exercise01_recognises_the_missing_scale_factor_and_nonzero_b(graded):
+    by_what = {w.what: graded[w.id][1] for w in WRONG_ANSWERS if w.assignment == "01_lora_from_scratch"}
+    assert "a scale factor is missing" in by_what["forward without alpha over r"]["test_lora_matches_peft"]
+    assert "lora_B at initialisation: expected exactly zero" in by_what["B initialised randomly"]["test_lora_init"]
+    assert "transpose" in by_what["delta_weight transposed"]["test_lora_matches_peft"]
+
+
+@pytest.mark.parametrize("key", ["own-rows-inline", "own-file-not-submitted"])
+def test_exercise05_grades_a_student_who_followed_the_instructions(graded, key):
+    cells, errors = graded[key]
+    assert not _lost(cells), f"{key}: {errors}"
