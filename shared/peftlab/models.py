@@ -132,12 +132,32 @@ def pick_device(requested: str = "auto") -> torch.device:
     return torch.device("cpu")
 
 
+def gpu_dtype(bf16_native: bool) -> torch.dtype:
+    """The weight dtype on a CUDA GPU: bf16 where the hardware has it, else float32, never float16.
+
+    Qwen2/2.5's activations exceed float16's range (65504) and turn into inf,
+    then NaN or "!!!!" output (QwenLM/Qwen3 issues #761, #868). A GPU without
+    bf16 (T4, V100) therefore trains in float32; a 3B model fits a T4 as QLoRA,
+    whose 4-bit base then computes in float32 too (compute_dtype 'auto').
+    """
+    return torch.bfloat16 if bf16_native else torch.float32
+
+
+def bf16_native(device: torch.device) -> bool:
+    """True on Ampere and newer (compute capability 8.0+).
+
+    Not `torch.cuda.is_bf16_supported()`: by default it counts emulation and
+    answers True on a T4 (compute capability 7.5), where bf16 runs emulated.
+    """
+    return torch.cuda.get_device_capability(device)[0] >= 8
+
+
 def pick_dtype(device: torch.device, requested: str = "auto") -> torch.dtype:
-    """bf16 on GPUs that support it (Ampere+), fp16 on older GPUs and MPS, fp32 on CPU."""
+    """bf16 on GPUs that have it (Ampere+), fp32 on older GPUs (see gpu_dtype), fp16 on MPS, fp32 on CPU."""
     if requested != "auto":
         return getattr(torch, requested)
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return gpu_dtype(bf16_native(device))
     if device.type == "mps":
         return torch.float16
     return torch.float32
