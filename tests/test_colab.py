@@ -294,3 +294,25 @@ def test_course_resolves_on_colab_versions_and_the_instructor_extra_does_not(tmp
     assert not names & {"nbgrader", "jupyterlab", "papermill", "trl"}
     broken = _resolve(tmp_path, f"{ROOT}[course]")
     assert broken.returncode != 0 and "ResolutionImpossible" in broken.stderr
+
+
+def test_min_constraints_are_pyprojects_lower_bounds():
+    import tomllib
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    floors = {}
+    for raw in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]:
+        req = Requirement(raw)
+        lower = [s.version for s in req.specifier if s.operator == ">="]
+        floors[req.name.lower().replace("_", "-")] = lower[0] if lower else None
+    pins = {}
+    for line in (ROOT / "constraints-min.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, version = line.split("==")
+            pins[name.lower().replace("_", "-")] = version
+    assert {"transformers", "peft", "accelerate", "datasets", "bitsandbytes", "huggingface-hub"} <= set(pins)
+    for name, version in pins.items():
+        if name == "torch":
+            continue  # CPU CI has torch 2.13.0 only; the floor is Colab's 2.11
+        assert Version(version) == Version(floors[name]), f"{name}: min {version}, pyproject >={floors[name]}"

@@ -326,7 +326,7 @@ def sync(root: str | Path = ".", write: bool = False) -> list[str]:
                 nbformat.write(nb, path)
     block = readme_block(url, student_notebooks)
     for path in sorted(root.glob("**/README.md")):
-        if {".venv", ".git", "runs"} & set(path.relative_to(root).parts):
+        if {".venv", ".venv-min", ".git", "runs"} & set(path.relative_to(root).parts):
             continue
         text = path.read_text()
         if MARKERS[0] not in text:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-SKIP_DIRS = {".venv", ".git", ".ipynb_checkpoints", "runs", "node_modules", "autograded", "submitted", "feedback", "work"}
+SKIP_DIRS = {".venv", ".venv-min", ".git", ".ipynb_checkpoints", "runs", "node_modules", "autograded", "submitted", "feedback", "work"}
 NEEDS_PARAMETERS = ("sessions", "solutions", "exercises")
 NEEDS_NBGRADER = ("solutions", "exercises")
 
