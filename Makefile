@@ -32,6 +32,7 @@ test: venv
 lint: venv
 	$(VENV)/bin/ruff check shared tests bench
 	$(PY) -m peftlab.notebooks check .
+	$(PY) -m peftlab.notebooks setup-cells --check
 
 # make grade ASSIGNMENT=05_custom_dataset SUBMISSIONS=~/Downloads/class [WORKERS=4]
 grade: venv
@@ -45,7 +46,7 @@ lock: venv
 	{ head -3 constraints.txt; $(PY) -m pip freeze --exclude-editable | sed 's/+cpu//'; } > constraints.new && mv constraints.new constraints.txt
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) .venv-min runs
 
 # Full-size benchmarks (about 15 minutes on 2 cores), then the README's Performance section.
 bench: venv

@@ -140,16 +140,36 @@ def pick_device(requested: str = "auto") -> torch.device:
     return torch.device("cpu")
 
 
+def bf16_native(device: torch.device | int | None = None) -> bool:
+    """True on Ampere and newer (compute capability 8.0+).
+
+    Not `torch.cuda.is_bf16_supported()`: by default it counts emulation and
+    answers True on a T4 (compute capability 7.5), where bf16 runs emulated.
+    """
+    return torch.cuda.get_device_capability(device)[0] >= 8
+
+
+def gpu_dtype(bf16: bool) -> torch.dtype:
+    """The weight dtype on a CUDA GPU: bf16 where the hardware has it, else float32, never float16.
+
+    Qwen2/2.5's activations exceed float16's range (65504) and turn into inf,
+    then NaN or "!!!!" output (QwenLM/Qwen3 issues #761, #868). A GPU without
+    bf16 (T4, V100) therefore trains in float32; a 3B model fits a T4 as QLoRA,
+    whose 4-bit base then computes in float32 too (compute_dtype 'auto').
+    """
+    return torch.bfloat16 if bf16 else torch.float32
+
+
 def resolve_dtype(requested: str, device_type: str, bf16_supported: bool | None = None) -> str:
-    """The course's one 'auto' dtype rule, as a name: bf16 on GPUs that support it (Ampere+),
-    fp16 on older GPUs and MPS, fp32 on CPU. `bf16_supported=None` asks the local GPU;
-    the memory estimator passes True to predict for a GPU it does not have."""
+    """The course's one 'auto' dtype rule, as a name: bf16 on GPUs that have it (Ampere+),
+    float32 on older GPUs (see gpu_dtype), fp16 on MPS, fp32 on CPU. `bf16_supported=None`
+    asks the local GPU; the memory estimator passes True to predict for a GPU it does not have."""
     if requested != "auto":
         return requested
     if device_type == "cuda":
         if bf16_supported is None:
-            bf16_supported = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-        return "bfloat16" if bf16_supported else "float16"
+            bf16_supported = torch.cuda.is_available() and bf16_native()
+        return str(gpu_dtype(bf16_supported)).removeprefix("torch.")
     if device_type == "mps":
         return "float16"
     return "float32"
@@ -163,7 +183,8 @@ def run_dtypes(config: RunConfig, device_type: str, bf16_supported: bool | None 
 
 def pick_dtype(device: torch.device, requested: str = "auto") -> torch.dtype:
     """`resolve_dtype` as a torch dtype for a real device."""
-    return getattr(torch, resolve_dtype(requested, device.type))
+    bf16 = bf16_native(device) if device.type == "cuda" and requested == "auto" else None
+    return getattr(torch, resolve_dtype(requested, device.type, bf16))
 
 
 def quantization_config(config: RunConfig, compute_dtype: torch.dtype):

@@ -2,6 +2,9 @@
 
     python -m peftlab.notebooks check [ROOT]   # CI gate, exit 1 on any problem
     python -m peftlab.notebooks strip FILE...  # remove outputs, keep tags + nbgrader
+    python -m peftlab.notebooks setup-cells --write|--check [ROOT]
+        # the Colab setup cell, badges and README links, from pyproject's
+        # [project.urls] Repository (peftlab.colab); --check is a CI gate
 
 Rules: valid nbformat 4; no outputs or execution counts; a python3
 kernelspec (papermill and nbgrader need one); every notebook under
@@ -16,7 +19,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-SKIP_DIRS = {".venv", ".git", ".ipynb_checkpoints", "runs", "node_modules", "autograded", "submitted", "feedback", "work"}
+SKIP_DIRS = {".venv", ".venv-min", ".git", ".ipynb_checkpoints", "runs", "node_modules", "autograded", "submitted", "feedback", "work"}
 NEEDS_PARAMETERS = ("sessions", "solutions", "exercises")
 NEEDS_NBGRADER = ("solutions", "exercises")
 
@@ -76,8 +79,35 @@ def strip(path: str | Path) -> None:
     nbformat.write(nb, path)
 
 
+def setup_cells(argv: list[str]) -> int:
+    """`setup-cells --write|--check [ROOT]`: see peftlab.colab."""
+    from .colab import ColabConfigError, sync
+
+    modes = [a for a in argv if a in ("--write", "--check")]
+    rest = [a for a in argv if a not in modes]
+    if len(modes) != 1 or len(rest) > 1:
+        print("usage: python -m peftlab.notebooks setup-cells --write|--check [ROOT]")
+        return 2
+    write = modes[0] == "--write"
+    try:
+        stale = sync(rest[0] if rest else ".", write=write)
+    except ColabConfigError as exc:
+        print(exc)
+        return 1
+    for path in stale:
+        print(f"{path}: {'rewritten' if write else 'Colab setup cell or links out of date'}")
+    if stale and not write:
+        print("run `python -m peftlab.notebooks setup-cells --write`, then "
+              "`python -m peftlab.nbgrade release` (exercises/ come from solutions/)")
+        return 1
+    print(f"setup cells: {len(stale)} file(s) {'rewritten' if write else 'out of date'}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "setup-cells":
+        return setup_cells(argv[1:])
     if not argv or argv[0] not in ("check", "strip"):
         print(__doc__)
         return 2

@@ -11,7 +11,7 @@ embedding matrix would hold 98% of the weights and every logits tensor would
 be 150x larger, so CPU tests would mostly measure the softmax. Instead we train
 a byte-level BPE on the course's own text with Qwen2's exact pre-tokenizer
 (same regex, byte-level alphabet, NFC), Qwen's special tokens and Qwen2.5's
-ChatML chat template (bundled in trl's wheel). Tokens differ, structure is the
+ChatML chat template (a copy of the one bundled in trl's wheel). Tokens differ, structure is the
 same: chat formatting, label masking and padding behave as with Qwen2.5.
 """
 
@@ -52,8 +52,11 @@ def tiny_model_dir() -> Path:
 
 
 def qwen25_chat_template() -> str:
-    """Qwen2.5's own chat template (trl ships a verbatim copy)."""
-    return (resources.files("trl") / "chat_templates" / "qwen2_5.jinja").read_text()
+    """Qwen2.5's own chat template: package data, a verbatim copy of trl's `chat_templates/qwen2_5.jinja`.
+
+    Copied rather than read from trl: trl needs datasets>=4.7, Colab ships 4.0.
+    """
+    return (resources.files("peftlab") / "data" / "qwen2_5_chat_template.jinja").read_text()
 
 
 def _course_corpus() -> list[str]:

@@ -95,6 +95,44 @@ class HistoryCallback(TrainerCallback):
         return [(e, sum(v) / len(v)) for e, v in sorted(sums.items())]
 
 
+class NonFiniteLossError(RuntimeError):
+    """Training stopped because the loss became NaN or infinite."""
+
+
+class StopOnNonFiniteLoss(TrainerCallback):
+    """Stop training at the first logged loss that is NaN or inf, instead of saving a garbage adapter.
+
+    Trainer averages the loss over `logging_steps` steps, and a NaN or inf in
+    any of them makes the average non-finite, so the stop comes at the first
+    log after it (every step with the course's logging_steps=1). It needs
+    `logging_nan_inf_filter=False`, which `training_arguments` sets: Trainer's
+    default replaces such losses in its logs by the window's average.
+    """
+
+    def __init__(self):
+        self.bad: tuple[int, float] | None = None  # (global step, loss) of the first non-finite loss
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)) and self.bad is None:
+            self.bad = (state.global_step, float(loss))
+            control.should_training_stop = True
+
+    def message(self, config: RunConfig, dtype: str) -> str:
+        step, loss = self.bad
+        in_fp16 = dtype == "float16" or (config.quantization != "none" and config.compute_dtype == "float16")
+        hint = (
+            "float16 overflows in Qwen2/2.5 (activations beyond 65504): use dtype='float32', or method='qlora' "
+            "with compute_dtype='float32' to fit memory, or a GPU with bfloat16"
+            if in_fp16
+            else f"lower learning_rate (now {config.learning_rate}) or check the data"
+        )
+        return (
+            f"training stopped at step {step}: the loss is {loss}, not a finite number, so the weights are "
+            f"no longer usable; do not save or resume from this run's checkpoints. Likely fix: {hint}."
+        )
+
+
 @dataclass
 class TrainResult:
     model: object
@@ -163,14 +201,31 @@ def training_arguments(config: RunConfig, device: torch.device, progress: bool =
         fp16=on_gpu and dtype == "float16",
         train_sampling_strategy=config.train_sampling_strategy,
         include_num_input_tokens_seen="non_padding",
-        # A k-bit base got checkpointing (or not) from prepare_model_for_kbit_training in
-        # models.load_model; Trainer must not switch it on a second time.
-        activation_checkpointing=config.gradient_checkpointing and config.quantization == "none",
-        activation_checkpointing_kwargs={"use_reentrant": False},
+        # Trainer's default hides NaN/inf losses from the logs; StopOnNonFiniteLoss needs to see them.
+        logging_nan_inf_filter=False,
         ddp_find_unused_parameters=False,
         dataloader_num_workers=0,
+        # A k-bit base got checkpointing (or not) from prepare_model_for_kbit_training in
+        # models.load_model; Trainer must not switch it on a second time.
+        **checkpointing_arguments(config.gradient_checkpointing and config.quantization == "none"),
     )
     return TrainingArguments(**kwargs)
+
+
+def checkpointing_arguments(enabled: bool, accepted: set[str] | None = None) -> dict:
+    """The gradient-checkpointing keywords this transformers' TrainingArguments accepts.
+
+    transformers 5.23 renamed `gradient_checkpointing` to `activation_checkpointing`;
+    Colab's 5.15 (and everything before 5.23) knows only the old name.
+    """
+    if accepted is None:
+        import dataclasses
+
+        from transformers import TrainingArguments
+
+        accepted = {f.name for f in dataclasses.fields(TrainingArguments)}
+    name = "activation_checkpointing" if "activation_checkpointing" in accepted else "gradient_checkpointing"
+    return {name: enabled, f"{name}_kwargs": {"use_reentrant": False}}
 
 
 def train(
@@ -215,7 +270,8 @@ def train(
         model = adapters.attach(model, config, total_step=total)
 
     history = HistoryCallback()
-    cbs = [history, *(callbacks or [])]
+    nan_guard = StopOnNonFiniteLoss()
+    cbs = [history, nan_guard, *(callbacks or [])]
     ada = None
     if config.method == "adalora":
         ada = AdaLoraCallback(model)
@@ -244,6 +300,9 @@ def train(
     with track_peak_memory(device) as peak:
         trainer.train(resume_from_checkpoint=checkpoint)
     wall = time.perf_counter() - start
+    if nan_guard.bad is not None:
+        dtype = str(models.pick_dtype(device, config.dtype)).removeprefix("torch.")
+        raise NonFiniteLossError(nan_guard.message(config, dtype))
     return TrainResult(
         model=trainer.model,
         tokenizer=tokenizer,
