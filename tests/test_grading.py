@@ -19,7 +19,10 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from peftlab import grading, nbgrade, sandbox
+from peftlab.grader import exercises, sandbox
+from peftlab.grader.batch import Batch
+from peftlab.grader.intake import import_submissions
+from peftlab.grader.settings import GRADING_PARAMETERS, Settings
 
 FIXTURE = Path(__file__).parent / "fixtures" / "course"
 ASSIGNMENT = "90_fixture"
@@ -33,7 +36,7 @@ pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the sandbox tes
 def course(tmp_path_factory):
     root = tmp_path_factory.mktemp("course")
     shutil.copytree(FIXTURE, root, dirs_exist_ok=True)
-    nbgrade.release(root)
+    exercises.release(root)
     return root
 
 
@@ -150,8 +153,8 @@ def submissions(course, tmp_path_factory):
 
 
 def _settings(workers):
-    params = {**grading.GRADING_PARAMETERS, "factor": 2}
-    return grading.Settings(workers=workers, cell_timeout=15, wall_timeout=120, memory_bytes=3 * 2**30,
+    params = {**GRADING_PARAMETERS, "factor": 2}
+    return Settings(workers=workers, cell_timeout=15, wall_timeout=120, memory_bytes=3 * 2**30,
                             max_processes=32, max_output_bytes=2**20, parameters=params, sandbox="bwrap")
 
 
@@ -169,7 +172,7 @@ needs_bwrap = pytest.mark.skipif(not sandbox.bwrap_path() and not os.environ.get
 def graded(course, submissions, tmp_path_factory):
     folder, _ = submissions
     work = folder.parent / "work-main"
-    batch = grading.Batch(course, ASSIGNMENT, work, _settings(workers=2), log=lambda *a: None)
+    batch = Batch(course, ASSIGNMENT, work, _settings(workers=2), log=lambda *a: None)
     results = batch.run([folder])
     return batch, results
 
@@ -220,8 +223,10 @@ def test_feedback_explains_and_hides_hidden_tests(graded):
 def test_plain_nbgrader_awards_the_forgery_full_marks(course, tmp_path):
     """Why the canaries exist: nbgrader alone trusts the student's kernel."""
     forged = _write(tmp_path, NB, _hostile(course, FORGERY, solve=()))
-    plain = nbgrade.autograde(course, ASSIGNMENT, forged, student="forger")
-    assert plain.auto_score == plain.auto_max == 3
+    # The grader's own path with its canaries and sandbox off is nbgrader alone.
+    plain = exercises.grade(course, ASSIGNMENT, forged, student="forger",
+                            settings=Settings(canaries=0, sandbox="none", parameters={**GRADING_PARAMETERS, "factor": 2}))
+    assert plain.status == "graded" and plain.auto_score == plain.auto_max == 3
 
 
 @needs_bwrap
@@ -231,8 +236,8 @@ def test_killed_batch_resumes_to_the_same_grades(course, submissions, graded, tm
     work = tmp_path / "work"
     cmd = [sys.executable, "-c", (
         "import sys; from pathlib import Path; from peftlab import grading; "
-        f"s = grading.Settings(**{json.dumps(_settings(1).__dict__)}); "
-        f"grading.Batch(Path({str(course)!r}), {ASSIGNMENT!r}, Path({str(work)!r}), s).run([{str(folder)!r}])")]
+        f"s = Settings(**{json.dumps(_settings(1).__dict__)}); "
+        f"Batch(Path({str(course)!r}), {ASSIGNMENT!r}, Path({str(work)!r}), s).run([{str(folder)!r}])")]
     proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
     done = 0
@@ -249,7 +254,7 @@ def test_killed_batch_resumes_to_the_same_grades(course, submissions, graded, tm
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert 6 <= done < len(expected), "the batch should be killed midway"
-    resumed = grading.Batch(course, ASSIGNMENT, work, _settings(2), log=lambda *a: None)
+    resumed = Batch(course, ASSIGNMENT, work, _settings(2), log=lambda *a: None)
     results = resumed.run([folder])
     assert len(results) == len(expected) - done, "finished students are not graded twice"
     # One worker, killed and resumed, against two workers uninterrupted: same CSV, byte for byte.
@@ -268,9 +273,9 @@ def test_import_rejects_bad_names_duplicates_and_oversized(tmp_path):
     (src / "bad name!.ipynb").write_text("{}")
     with zipfile.ZipFile(tmp_path / "more.zip", "w") as zf:
         zf.writestr("alice.ipynb", "{}")
-        zf.writestr("dave.ipynb", "x" * (grading.MAX_NOTEBOOK_BYTES + 1))
+        zf.writestr("dave.ipynb", "x" * (Settings.max_notebook_bytes + 1))
         zf.writestr("__MACOSX/._erin.ipynb", "junk")
-    subs = {s.student: s for s in grading.import_submissions([src, tmp_path / "more.zip"], NB, tmp_path / "staging")}
+    subs = {s.student: s for s in import_submissions([src, tmp_path / "more.zip"], NB, tmp_path / "staging")}
     assert {"alice", "bob", "carol", "dave"} <= set(subs)
     assert not subs["alice"].status and Path(subs["alice"].path).is_file()
     assert subs["dave"].status == "invalid" and "too large" in subs["dave"].reason
@@ -287,7 +292,7 @@ def test_wall_limit_stops_a_submission(course, tmp_path):
     _write(folder, "stuck.ipynb", _hostile(course, "while True:\n    pass"))
     settings = _settings(1)
     settings.cell_timeout, settings.wall_timeout = 120, 10
-    batch = grading.Batch(course, ASSIGNMENT, tmp_path / "work", settings, log=lambda *a: None)
+    batch = Batch(course, ASSIGNMENT, tmp_path / "work", settings, log=lambda *a: None)
     ((sub, out),) = batch.run([folder])
     assert out.status == "timeout" and "10 s wall limit" in out.reason
     assert _csv(batch.csv_path)["stuck"]["autograded"] == "0"
