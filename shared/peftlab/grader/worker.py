@@ -93,6 +93,7 @@ def policy_for(settings: Settings, hide: list[str], slot: int = 0) -> Policy:
         cpu_seconds=settings.wall_timeout, max_processes=settings.max_processes,
         max_file_bytes=settings.max_file_bytes, writable_bytes=settings.writable_bytes,
         uid=uid, bubblewrap=isolated,
+        env={"PEFTLAB_CACHE": str(cache_root())},  # inside, HOME is /tmp: name the model cache the grader built
     )
 
 
