@@ -271,6 +271,7 @@ def test_import_rejects_bad_names_duplicates_and_oversized(tmp_path):
     (src / "bob" / NB).write_text("{}")
     (src / "carol_fixture.ipynb").write_text("{}")
     (src / "bad name!.ipynb").write_text("{}")
+    (src / "zoë.ipynb").write_text("{}")  # letters of any script
     with zipfile.ZipFile(tmp_path / "more.zip", "w") as zf:
         zf.writestr("alice.ipynb", "{}")
         zf.writestr("dave.ipynb", "x" * (Settings.max_notebook_bytes + 1))
@@ -278,6 +279,7 @@ def test_import_rejects_bad_names_duplicates_and_oversized(tmp_path):
     subs = {s.student: s for s in import_submissions([src, tmp_path / "more.zip"], NB, tmp_path / "staging")}
     assert {"alice", "bob", "carol", "dave"} <= set(subs)
     assert not subs["alice"].status and Path(subs["alice"].path).is_file()
+    assert not subs["zoë"].status
     assert subs["dave"].status == "invalid" and "too large" in subs["dave"].reason
     bad = [s for s in subs.values() if s.status == "invalid" and s.student not in ("dave",)]
     reasons = " ".join(s.reason for s in bad)
@@ -311,13 +313,24 @@ def test_limits_apply_without_bubblewrap(monkeypatch):
 
 
 def test_bwrap_arguments_hide_and_expose_in_order(tmp_path):
-    hidden = tmp_path / "course"
-    (hidden / "shared").mkdir(parents=True)
-    policy = sandbox.Policy(hide=[str(hidden)], expose=[str(hidden / "shared")], writable=[str(tmp_path / "me")])
+    course = tmp_path / "course"
+    hidden = course / "solutions"
+    hidden.mkdir(parents=True)
+    (tmp_path / "me").mkdir()
+    (tmp_path / "me" / "data.csv").write_text("a,b\n")
+    (tmp_path / "me" / "link.csv").symlink_to(hidden / "secret.csv")
+    policy = sandbox.Policy(hide=[str(hidden)], expose=[str(course)])
     args = sandbox.bwrap_args(policy, cwd=str(tmp_path / "me"))
-    assert args.index(str(hidden)) < args.index("--ro-bind", args.index(str(hidden)))  # hide, then re-expose
-    assert ["--bind", str(tmp_path / "me"), str(tmp_path / "me")] == args[args.index("--bind"):args.index("--bind") + 3]
+    expose, hide = args.index(str(course)), args.index(str(hidden))
+    assert args[expose - 1] == "--ro-bind" and args[hide - 1] == "--tmpfs" and expose < hide  # outer, then inner
+    assert "/home" not in args and str(tmp_path / "me") not in args  # not exposed: not there at all
+    assert "--bind" not in args  # nothing of the host is writable but the kernel's socket folder
     assert "--clearenv" in args and ("--unshare-all" in args or "--unshare-net" in args)
+    # the kernel works in a tmpfs with the folder's regular files bound read-only; links are left out
+    assert ["--ro-bind", str(tmp_path / "me" / "data.csv"), f"{sandbox.WORKDIR}/data.csv"] == \
+        args[args.index(f"{sandbox.WORKDIR}/data.csv") - 2:args.index(f"{sandbox.WORKDIR}/data.csv") + 1]
+    assert not any("link.csv" in a for a in args)
+    assert args[args.index("/tmp") - 3:args.index("/tmp")] == ["--size", str(policy.writable_bytes), "--tmpfs"]
 
 
 # ------------------------------------------------------------------ malformed submissions, no kernel needed
@@ -343,7 +356,7 @@ def _duplicate(nb):
 
 
 def _extra(nb):
-    nb["cells"].append({"cell_type": "code", "execution_count": None, "outputs": [], "source": "pass",
+    nb["cells"].append({"cell_type": "code", "id": "bonus-cell", "execution_count": None, "outputs": [], "source": "pass",
                         "metadata": {"nbgrader": {"grade": True, "grade_id": "bonus", "locked": False, "points": 50,
                                                   "schema_version": 3, "solution": True, "task": False}}})
 

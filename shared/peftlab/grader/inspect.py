@@ -91,6 +91,7 @@ def _schema_problem(nb: dict) -> str:
 def load(path: str | Path, settings: Settings | None = None) -> tuple[dict | None, str]:
     """(notebook dict, '') for a valid nbformat 4 notebook with well-formed nbgrader metadata, else (None, why)."""
     import nbformat
+    from nbformat.validator import get_validator
 
     settings = settings or Settings()
     data = Path(path).read_bytes()
@@ -117,11 +118,14 @@ def load(path: str | Path, settings: Settings | None = None) -> tuple[dict | Non
     if nb.get("nbformat") != 4:
         return None, (f"nbformat {nb.get('nbformat')!r} is not supported; save it as nbformat 4 "
                       "(Jupyter and Colab do by default)")
-    try:
-        nbformat.validate(nb, version=4)
-    except nbformat.ValidationError as exc:
-        where = "/".join(map(str, getattr(exc, "absolute_path", []) or []))
-        return None, f"not a valid nbformat 4 notebook (at {where or 'top level'}: {exc.message[:200]})"
+    minor = nb.get("nbformat_minor")
+    if type(minor) is not int or not 0 <= minor <= nbformat.v4.nbformat_minor:
+        return None, f"nbformat_minor {minor!r} is not a known nbformat 4 version; save the notebook again in Jupyter"
+    # The schema alone: nbformat.validate() first "normalizes" the notebook and crashes on malformed ones.
+    error = next(iter(get_validator(version=4, version_minor=minor).iter_errors(nb)), None)
+    if error is not None:
+        where = "/".join(map(str, getattr(error, "absolute_path", []) or []))
+        return None, f"not a valid nbformat 4 notebook (at {where or 'top level'}: {str(error.message)[:200]})"
     problem = _schema_problem(nb)
     return (None, problem) if problem else (nb, "")
 
