@@ -40,7 +40,7 @@ grade: venv
 	$(VENV)/bin/peftlab-grade $(ASSIGNMENT) $(SUBMISSIONS) $(if $(WORKERS),--workers $(WORKERS))
 
 release: venv
-	$(PY) -m peftlab.nbgrade release
+	$(PY) -m peftlab.grader.exercises release
 
 lock: venv
 	{ head -3 constraints.txt; $(PY) -m pip freeze --exclude-editable | sed 's/+cpu//'; } > constraints.new && mv constraints.new constraints.txt

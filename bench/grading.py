@@ -27,10 +27,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 def make_class(root: Path, assignment: str, n: int, dest: Path) -> None:
     """Student notebooks: the release with every solution filled in, or untouched."""
     import nbformat
-    from peftlab import nbgrade
+    from peftlab.grader.exercises import fill_solutions
 
-    solved = nbgrade.fill_solutions(root, assignment)
-    blank = nbgrade.fill_solutions(root, assignment, only=set())
+    solved = fill_solutions(root, assignment)
+    blank = fill_solutions(root, assignment, only=set())
     dest.mkdir(parents=True, exist_ok=True)
     for i in range(n):
         nbformat.write(solved if i % 2 == 0 else blank, dest / f"student{i:03d}.ipynb")
@@ -45,7 +45,10 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default="runs/bench/grading.json")
     args = parser.parse_args(argv)
 
-    from peftlab import grading, record, sandbox
+    from peftlab import record
+    from peftlab.grader import sandbox
+    from peftlab.grader.batch import Batch
+    from peftlab.grader.settings import Settings
 
     root = Path(args.root).resolve()
     tmp = Path(tempfile.mkdtemp(prefix="peftlab-bench-grading-"))
@@ -53,8 +56,8 @@ def main(argv=None) -> int:
         make_class(root, args.assignment, args.n, tmp / "class")
         runs = {}
         for label, workers in (("sequential", 1), ("parallel", args.workers)):
-            settings = grading.Settings(workers=workers)
-            batch = grading.Batch(root, args.assignment, tmp / f"work-{label}", settings, log=lambda *a: None)
+            settings = Settings(workers=workers)
+            batch = Batch(root, args.assignment, tmp / f"work-{label}", settings, log=lambda *a: None)
             batch.prepare()  # course set-up is not part of the per-submission cost
             start = time.perf_counter()
             results = batch.run([tmp / "class"])

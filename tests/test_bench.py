@@ -23,11 +23,11 @@ def test_throughput_benchmark_smoke(tiny_dir, tmp_path, monkeypatch, capsys):
 def test_grading_benchmark_smoke(tiny_dir, tmp_path, monkeypatch, capsys):
     import shutil
 
-    from peftlab import nbgrade
+    from peftlab.grader import exercises
 
     course = tmp_path / "course"
     shutil.copytree(Path(__file__).parent / "fixtures" / "course", course)
-    nbgrade.release(course)
+    exercises.release(course)
     spec = importlib.util.spec_from_file_location("bench_grading", BENCH.parent / "grading.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -13,10 +13,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from peftlab import nbgrade
+from peftlab.grader import exercises
+from peftlab.grader.course import GradingError, assignments
 
 ROOT = Path(__file__).resolve().parent.parent
-ASSIGNMENTS = nbgrade.assignments(ROOT)
+ASSIGNMENTS = assignments(ROOT)
 
 
 def test_there_are_five_assignments():
@@ -25,11 +26,11 @@ def test_there_are_five_assignments():
 
 
 def test_release_is_what_nbgrader_generates():
-    assert nbgrade.drift(ROOT) == []
+    assert exercises.drift(ROOT) == []
 
 
 def test_release_leaks_no_solution_or_hidden_test():
-    assert nbgrade.leaks(ROOT) == []
+    assert exercises.leaks(ROOT) == []
 
 
 def _copy_course(tmp_path):
@@ -47,20 +48,20 @@ def test_drift_and_leak_are_detected(tmp_path):
     stub["source"] = ["self.lora_B = nn.Parameter(torch.zeros(base.out_features, r, dtype=base.weight.dtype))\n"]
     nb_path.write_text(json.dumps(nb, indent=1))
     (course / "exercises" / "01_lora_from_scratch" / "stray.txt").write_text("x")
-    found = nbgrade.drift(course)
+    found = exercises.drift(course)
     assert any("lora_from_scratch.ipynb: differs" in f for f in found)
     assert any("stray.txt: not generated" in f for f in found)
-    assert any("leaked" in f and "lora_B = nn.Parameter" in f for f in nbgrade.leaks(course))
+    assert any("leaked" in f and "lora_B = nn.Parameter" in f for f in exercises.leaks(course))
 
 
 @pytest.mark.parametrize("assignment", ASSIGNMENTS)
 def test_solution_full_marks_blank_zero(assignment, tiny_dir):
     # tiny_dir: the model is built before grading, as on a grading machine, not inside a graded notebook
     (source,) = sorted((ROOT / "solutions" / assignment).glob("*.ipynb"))
-    full = nbgrade.autograde(ROOT, assignment, source, student="solution")
+    full = exercises.grade(ROOT, assignment, source, student="solution")
     assert full.cells and full.auto_score == full.auto_max, full.summary()
     assert full.auto_max >= 9 and full.manual, "every exercise carries autograded and hand-graded points"
-    blank = nbgrade.autograde(ROOT, assignment, ROOT / "exercises" / assignment / source.name, student="blank")
+    blank = exercises.grade(ROOT, assignment, ROOT / "exercises" / assignment / source.name, student="blank")
     assert blank.auto_score == 0 and blank.auto_max == full.auto_max, blank.summary()
     assert set(blank.cells) <= set(blank.errors), "every test cell of a blank notebook fails with a reason"
 
@@ -70,8 +71,8 @@ def test_partial_solution_earns_its_points(tmp_path):
     import nbformat
 
     partial = tmp_path / "lora_from_scratch.ipynb"
-    nbformat.write(nbgrade.fill_solutions(ROOT, "01_lora_from_scratch", only={"rank_k"}), partial)
-    grade = nbgrade.autograde(ROOT, "01_lora_from_scratch", partial, student="partial")
+    nbformat.write(exercises.fill_solutions(ROOT, "01_lora_from_scratch", only={"rank_k"}), partial)
+    grade = exercises.grade(ROOT, "01_lora_from_scratch", partial, student="partial")
     assert grade.cells["test_rank_k"] == (2.0, 2.0), grade.summary()
     assert grade.auto_score == 2.0, grade.summary()
 
@@ -79,9 +80,8 @@ def test_partial_solution_earns_its_points(tmp_path):
 def test_wrongly_named_notebook_is_a_clear_error(tmp_path):
     bad = tmp_path / "my_homework.ipynb"
     shutil.copy(ROOT / "exercises" / "05_custom_dataset" / "custom_dataset.ipynb", bad)
-    with pytest.raises(nbgrade.GradingError, match="name the file like one"):
-        nbgrade.autograde(ROOT, "05_custom_dataset", bad)
-
+    with pytest.raises(GradingError, match="name the file like one"):
+        exercises.grade(ROOT, "05_custom_dataset", bad)
 
 
 def _validate(assignment, notebook, name, tmp_path):
@@ -106,7 +106,7 @@ def test_validate_passes_every_solution_and_fails_every_blank(assignment, tmp_pa
     import nbformat
 
     (source,) = sorted((ROOT / "solutions" / assignment).glob("*.ipynb"))
-    out = _validate(assignment, nbgrade.fill_solutions(ROOT, assignment), source.name, tmp_path / "solved")
+    out = _validate(assignment, exercises.fill_solutions(ROOT, assignment), source.name, tmp_path / "solved")
     assert "Success! Your notebook passes all the tests." in out, out[-3000:]
     blank = nbformat.read(ROOT / "exercises" / assignment / source.name, as_version=4)
     out = _validate(assignment, blank, source.name, tmp_path / "blank")

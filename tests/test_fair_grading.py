@@ -28,10 +28,11 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from peftlab import nbgrade
+from peftlab.grader import exercises
+from peftlab.grader.course import assignments
 
 ROOT = Path(__file__).resolve().parent.parent
-ASSIGNMENTS = nbgrade.assignments(ROOT)
+ASSIGNMENTS = assignments(ROOT)
 DECLARATION = re.compile(r"^checks\.depends_on\((.*)\)\s*$")
 MARKER = re.compile(r"\n?[ \t]*### (BEGIN|END) SOLUTION")
 
@@ -145,7 +146,7 @@ def dependents(assignment: str, region: str) -> set[str]:
 
 def mutant(wrong: Wrong):
     """The solved notebook with `wrong` applied to its region (markers removed, as a student submits)."""
-    nb = nbgrade.fill_solutions(ROOT, wrong.assignment)
+    nb = exercises.fill_solutions(ROOT, wrong.assignment)
     for c in nb.cells:
         if c.metadata.get("nbgrader", {}).get("grade_id") == wrong.region:
             assert c.source.count(wrong.old) == 1, f"{wrong.id}: {wrong.old!r} is not once in cell {wrong.region}"
@@ -156,7 +157,7 @@ def mutant(wrong: Wrong):
 
 def stub(assignment: str, region: str):
     """The solved notebook with one region left as released (NotImplementedError)."""
-    return nbgrade.fill_solutions(ROOT, assignment, only=set(regions(assignment)) - {region})
+    return exercises.fill_solutions(ROOT, assignment, only=set(regions(assignment)) - {region})
 
 
 # ------------------------------------------------------------------ static checks (fast)
@@ -213,7 +214,7 @@ def _grade(job):
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / _source(assignment).name
         nbformat.write(nb, path)
-        grade = nbgrade.autograde(ROOT, assignment, path, student=re.sub(r"[^a-z0-9]", "", key.lower())[:40] or "s")
+        grade = exercises.grade(ROOT, assignment, path, student=re.sub(r"[^a-z0-9]", "", key.lower())[:40] or "s")
     return key, grade.cells, grade.errors
 
 
@@ -227,7 +228,7 @@ def _jobs():
 
 def _own_data_notebooks():
     """Exercise 05 as a student following its instructions submits it: own rows inline, or an own file named."""
-    solved = nbgrade.fill_solutions(ROOT, "05_custom_dataset")
+    solved = exercises.fill_solutions(ROOT, "05_custom_dataset")
     rows = nbformat.from_dict(solved)
     for c in rows.cells:
         if c.source.startswith("# Your data set"):

@@ -19,7 +19,10 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from peftlab import grading, nbgrade, sandbox
+from peftlab.grader import exercises, sandbox
+from peftlab.grader.batch import Batch
+from peftlab.grader.intake import import_submissions
+from peftlab.grader.settings import GRADING_PARAMETERS, Settings
 
 FIXTURE = Path(__file__).parent / "fixtures" / "course"
 ASSIGNMENT = "90_fixture"
@@ -33,7 +36,7 @@ pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the sandbox tes
 def course(tmp_path_factory):
     root = tmp_path_factory.mktemp("course")
     shutil.copytree(FIXTURE, root, dirs_exist_ok=True)
-    nbgrade.release(root)
+    exercises.release(root)
     return root
 
 
@@ -150,8 +153,8 @@ def submissions(course, tmp_path_factory):
 
 
 def _settings(workers):
-    params = {**grading.GRADING_PARAMETERS, "factor": 2}
-    return grading.Settings(workers=workers, cell_timeout=15, wall_timeout=120, memory_bytes=3 * 2**30,
+    params = {**GRADING_PARAMETERS, "factor": 2}
+    return Settings(workers=workers, cell_timeout=15, wall_timeout=120, memory_bytes=3 * 2**30,
                             max_processes=32, max_output_bytes=2**20, parameters=params, sandbox="bwrap")
 
 
@@ -169,7 +172,7 @@ needs_bwrap = pytest.mark.skipif(not sandbox.bwrap_path() and not os.environ.get
 def graded(course, submissions, tmp_path_factory):
     folder, _ = submissions
     work = folder.parent / "work-main"
-    batch = grading.Batch(course, ASSIGNMENT, work, _settings(workers=2), log=lambda *a: None)
+    batch = Batch(course, ASSIGNMENT, work, _settings(workers=2), log=lambda *a: None)
     results = batch.run([folder])
     return batch, results
 
@@ -220,8 +223,10 @@ def test_feedback_explains_and_hides_hidden_tests(graded):
 def test_plain_nbgrader_awards_the_forgery_full_marks(course, tmp_path):
     """Why the canaries exist: nbgrader alone trusts the student's kernel."""
     forged = _write(tmp_path, NB, _hostile(course, FORGERY, solve=()))
-    plain = nbgrade.autograde(course, ASSIGNMENT, forged, student="forger")
-    assert plain.auto_score == plain.auto_max == 3
+    # The grader's own path with its canaries and sandbox off is nbgrader alone.
+    plain = exercises.grade(course, ASSIGNMENT, forged, student="forger",
+                            settings=Settings(canaries=0, sandbox="none", parameters={**GRADING_PARAMETERS, "factor": 2}))
+    assert plain.status == "graded" and plain.auto_score == plain.auto_max == 3
 
 
 @needs_bwrap
@@ -231,8 +236,8 @@ def test_killed_batch_resumes_to_the_same_grades(course, submissions, graded, tm
     work = tmp_path / "work"
     cmd = [sys.executable, "-c", (
         "import sys; from pathlib import Path; from peftlab import grading; "
-        f"s = grading.Settings(**{json.dumps(_settings(1).__dict__)}); "
-        f"grading.Batch(Path({str(course)!r}), {ASSIGNMENT!r}, Path({str(work)!r}), s).run([{str(folder)!r}])")]
+        f"s = Settings(**{json.dumps(_settings(1).__dict__)}); "
+        f"Batch(Path({str(course)!r}), {ASSIGNMENT!r}, Path({str(work)!r}), s).run([{str(folder)!r}])")]
     proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
     done = 0
@@ -249,7 +254,7 @@ def test_killed_batch_resumes_to_the_same_grades(course, submissions, graded, tm
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert 6 <= done < len(expected), "the batch should be killed midway"
-    resumed = grading.Batch(course, ASSIGNMENT, work, _settings(2), log=lambda *a: None)
+    resumed = Batch(course, ASSIGNMENT, work, _settings(2), log=lambda *a: None)
     results = resumed.run([folder])
     assert len(results) == len(expected) - done, "finished students are not graded twice"
     # One worker, killed and resumed, against two workers uninterrupted: same CSV, byte for byte.
@@ -266,13 +271,15 @@ def test_import_rejects_bad_names_duplicates_and_oversized(tmp_path):
     (src / "bob" / NB).write_text("{}")
     (src / "carol_fixture.ipynb").write_text("{}")
     (src / "bad name!.ipynb").write_text("{}")
+    (src / "zoë.ipynb").write_text("{}")  # letters of any script
     with zipfile.ZipFile(tmp_path / "more.zip", "w") as zf:
         zf.writestr("alice.ipynb", "{}")
-        zf.writestr("dave.ipynb", "x" * (grading.MAX_NOTEBOOK_BYTES + 1))
+        zf.writestr("dave.ipynb", "x" * (Settings.max_notebook_bytes + 1))
         zf.writestr("__MACOSX/._erin.ipynb", "junk")
-    subs = {s.student: s for s in grading.import_submissions([src, tmp_path / "more.zip"], NB, tmp_path / "staging")}
+    subs = {s.student: s for s in import_submissions([src, tmp_path / "more.zip"], NB, tmp_path / "staging")}
     assert {"alice", "bob", "carol", "dave"} <= set(subs)
     assert not subs["alice"].status and Path(subs["alice"].path).is_file()
+    assert not subs["zoë"].status
     assert subs["dave"].status == "invalid" and "too large" in subs["dave"].reason
     bad = [s for s in subs.values() if s.status == "invalid" and s.student not in ("dave",)]
     reasons = " ".join(s.reason for s in bad)
@@ -287,7 +294,7 @@ def test_wall_limit_stops_a_submission(course, tmp_path):
     _write(folder, "stuck.ipynb", _hostile(course, "while True:\n    pass"))
     settings = _settings(1)
     settings.cell_timeout, settings.wall_timeout = 120, 10
-    batch = grading.Batch(course, ASSIGNMENT, tmp_path / "work", settings, log=lambda *a: None)
+    batch = Batch(course, ASSIGNMENT, tmp_path / "work", settings, log=lambda *a: None)
     ((sub, out),) = batch.run([folder])
     assert out.status == "timeout" and "10 s wall limit" in out.reason
     assert _csv(batch.csv_path)["stuck"]["autograded"] == "0"
@@ -306,10 +313,342 @@ def test_limits_apply_without_bubblewrap(monkeypatch):
 
 
 def test_bwrap_arguments_hide_and_expose_in_order(tmp_path):
-    hidden = tmp_path / "course"
-    (hidden / "shared").mkdir(parents=True)
-    policy = sandbox.Policy(hide=[str(hidden)], expose=[str(hidden / "shared")], writable=[str(tmp_path / "me")])
+    course = tmp_path / "course"
+    hidden = course / "solutions"
+    hidden.mkdir(parents=True)
+    (tmp_path / "me").mkdir()
+    (tmp_path / "me" / "data.csv").write_text("a,b\n")
+    (tmp_path / "me" / "link.csv").symlink_to(hidden / "secret.csv")
+    policy = sandbox.Policy(hide=[str(hidden)], expose=[str(course)])
     args = sandbox.bwrap_args(policy, cwd=str(tmp_path / "me"))
-    assert args.index(str(hidden)) < args.index("--ro-bind", args.index(str(hidden)))  # hide, then re-expose
-    assert ["--bind", str(tmp_path / "me"), str(tmp_path / "me")] == args[args.index("--bind"):args.index("--bind") + 3]
+    expose, hide = args.index(str(course)), args.index(str(hidden))
+    assert args[expose - 1] == "--ro-bind" and args[hide - 1] == "--tmpfs" and expose < hide  # outer, then inner
+    assert "/home" not in args and str(tmp_path / "me") not in args  # not exposed: not there at all
+    assert "--bind" not in args  # nothing of the host is writable but the kernel's socket folder
     assert "--clearenv" in args and ("--unshare-all" in args or "--unshare-net" in args)
+    # the kernel works in a tmpfs with the folder's regular files bound read-only; links are left out
+    assert ["--ro-bind", str(tmp_path / "me" / "data.csv"), f"{sandbox.WORKDIR}/data.csv"] == \
+        args[args.index(f"{sandbox.WORKDIR}/data.csv") - 2:args.index(f"{sandbox.WORKDIR}/data.csv") + 1]
+    assert not any("link.csv" in a for a in args)
+    assert args[args.index("/tmp") - 3:args.index("/tmp")] == ["--size", str(policy.writable_bytes), "--tmpfs"]
+
+
+# ------------------------------------------------------------------ malformed submissions, no kernel needed
+def _release_json(course):
+    return json.loads((course / "exercises" / ASSIGNMENT / NB).read_text())
+
+
+def _meta(nb, gid):
+    return next(c for c in nb["cells"] if c["metadata"].get("nbgrader", {}).get("grade_id") == gid)["metadata"]
+
+
+def _string_meta(nb):
+    _meta(nb, "double")["nbgrader"] = "solution"
+
+
+def _list_id(nb):
+    _meta(nb, "double")["nbgrader"]["grade_id"] = ["double"]
+
+
+def _duplicate(nb):
+    cell = next(c for c in nb["cells"] if c["metadata"].get("nbgrader", {}).get("grade_id") == "halve")
+    nb["cells"].append(json.loads(json.dumps(cell)))
+
+
+def _extra(nb):
+    nb["cells"].append({"cell_type": "code", "id": "bonus-cell", "execution_count": None, "outputs": [], "source": "pass",
+                        "metadata": {"nbgrader": {"grade": True, "grade_id": "bonus", "locked": False, "points": 50,
+                                                  "schema_version": 3, "solution": True, "task": False}}})
+
+
+def _test_to_solution(nb):
+    _meta(nb, "test_halve")["nbgrader"].update(solution=True, locked=False)
+
+
+def _points(nb):
+    _meta(nb, "test_double")["nbgrader"]["points"] = 20
+
+
+MALFORMED = [  # (mutation, status, words the reason must hold)
+    (_string_meta, "invalid", ["cell 4", "metadata.nbgrader", "not of type 'object'"]),
+    (_list_id, "invalid", ["cell 4", "grade_id", "not of type 'string'"]),
+    (_duplicate, "invalid", ["duplicate grade ids", "'halve' in cells 6, 10"]),
+    (_extra, "tampered", ["extra graded cell 'bonus'", "50 points"]),
+    (_test_to_solution, "tampered", ["test_halve", "from a test cell into an answer cell"]),
+    (_points, "tampered", ["points of test_double changed from 2 to 20"]),
+]
+
+
+@pytest.mark.parametrize("mutate,status,words", MALFORMED, ids=[m[0].__name__.strip("_") for m in MALFORMED])
+def test_inspection_names_what_is_wrong(course, tmp_path, mutate, status, words):
+    from peftlab.grader.inspect import inspect
+
+    nb = _release_json(course)
+    mutate(nb)
+    path = tmp_path / NB
+    path.write_text(json.dumps(nb))
+    verdict = inspect(path, course / "exercises" / ASSIGNMENT / NB)
+    assert verdict.status == status, verdict.reason
+    for word in words:
+        assert word in verdict.reason
+
+
+def test_deep_or_huge_json_is_refused_before_parsing(course, tmp_path):
+    from peftlab.grader.inspect import inspect
+
+    release = course / "exercises" / ASSIGNMENT / NB
+    deep = tmp_path / "deep.ipynb"
+    deep.write_text("[" * 200_000 + "]" * 200_000)  # json.loads alone raises RecursionError on this
+    verdict = inspect(deep, release)
+    assert verdict.status == "invalid" and "nests 200000 levels" in verdict.reason
+    big = tmp_path / "big.ipynb"
+    big.write_text(json.dumps({"nbformat": 4, "pad": "x" * 2000}))
+    verdict = inspect(big, release, Settings(max_notebook_bytes=1000))
+    assert verdict.status == "invalid" and "too large" in verdict.reason
+
+
+def test_nbgrader_log_is_summarised_in_one_line():
+    from peftlab.grader.worker import summarise_log
+
+    log = ("[AutogradeApp | INFO] Copying files\n[AutogradeApp | WARNING] Attribute 'points' changed\n"
+           "Traceback (most recent call last):\n  File x\nValueError: duplicate grade id test_a\n"
+           "[AutogradeApp | ERROR] There was an error processing assignment\n")
+    line = summarise_log(log)
+    assert "\n" not in line and "There was an error processing assignment" in line
+    assert "2 error and 1 warning lines" in line
+
+
+# ------------------------------------------------------------------ fuzzing: random damage to a release notebook
+from hypothesis import HealthCheck, given  # noqa: E402
+from hypothesis import settings as hyp_settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_JUNK = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6), st.floats(allow_nan=True),
+                  st.text(max_size=20), st.just("x" * 300_000), st.lists(st.integers(), max_size=3),
+                  st.dictionaries(st.text(max_size=5), st.integers(), max_size=2), st.just([[[[[[[[1]]]]]]]]))
+
+
+def _paths(value, prefix=()):
+    """Every path into a JSON value: dict keys and list indices."""
+    yield prefix
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield from _paths(v, (*prefix, k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from _paths(v, (*prefix, i))
+
+
+@st.composite
+def damaged(draw, release: dict):
+    """A release notebook with 1-4 random edits: values retyped, keys dropped, cells duplicated or nested."""
+    nb = json.loads(json.dumps(release))
+    for _ in range(draw(st.integers(1, 4))):
+        paths = [p for p in _paths(nb) if p]
+        path = draw(st.sampled_from(paths))
+        parent = nb
+        for key in path[:-1]:
+            parent = parent[key]
+        action = draw(st.sampled_from(["retype", "drop", "duplicate", "nest"]))
+        if action == "retype":
+            parent[path[-1]] = draw(_JUNK)
+        elif action == "drop":
+            del parent[path[-1]]
+        elif action == "duplicate" and isinstance(parent, list):
+            parent.insert(path[-1], json.loads(json.dumps(parent[path[-1]])))
+        else:
+            parent[path[-1]] = [parent[path[-1]]]
+    return nb
+
+
+def test_inspection_never_raises_on_damaged_notebooks(course, tmp_path):
+    from peftlab.grader.inspect import inspect
+
+    release = course / "exercises" / ASSIGNMENT / NB
+
+    @hyp_settings(max_examples=150, deadline=None, database=None,
+                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @given(nb=damaged(_release_json(course)))
+    def check(nb):
+        path = tmp_path / NB
+        path.write_text(json.dumps(nb))
+        verdict = inspect(path, release)
+        assert verdict.status in ("", "invalid", "tampered")
+        assert verdict.status == "" or verdict.reason
+
+    check()
+
+
+@needs_bwrap
+def test_a_fuzzed_class_finishes_with_a_status_for_everyone(course, tmp_path):
+    """Damaged notebooks graded together with two honest students: every student gets a status, the
+    honest ones keep full marks. Small on purpose (each undamaged-enough notebook starts a kernel)."""
+    seen = []
+
+    @hyp_settings(max_examples=2, deadline=None, database=None,
+                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                         HealthCheck.function_scoped_fixture])
+    @given(mutants=st.lists(damaged(_release_json(course)), min_size=4, max_size=4))
+    def grade_class(mutants):
+        folder = tmp_path / f"class{len(seen)}"
+        folder.mkdir()
+        _write(folder, "honest1.ipynb", _solved(course))
+        _write(folder, "honest2.ipynb", _solved(course))
+        for i, nb in enumerate(mutants):
+            (folder / f"mutant{i}.ipynb").write_text(json.dumps(nb))
+        batch = Batch(course, ASSIGNMENT, tmp_path / f"work{len(seen)}", _settings(workers=2), log=lambda *a: None)
+        results = batch.run([folder])
+        rows = _csv(batch.csv_path)
+        assert set(rows) == {"honest1", "honest2", *(f"mutant{i}" for i in range(4))}
+        assert all(row["status"] for row in rows.values())
+        assert all(row["status"] == "graded" or row["reason"] for row in rows.values())
+        assert rows["honest1"]["autograded"] == rows["honest2"]["autograded"] == "3", rows
+        seen.append(sorted(o.status for _, o in results))
+
+    grade_class()
+    assert len(seen) == 2
+
+
+# ------------------------------------------------------------------ attacks on the grader through its files
+PLANT = """\
+import os
+def plant(target):
+    for folder in (os.getcwd(), {autograded!r}, "/tmp"):
+        try:
+            link = os.path.join(folder, {nb!r})
+            if os.path.lexists(link):
+                os.remove(link)
+            os.symlink(target, link)
+            print("PLANTED", folder)
+        except OSError as exc:
+            print("REFUSED", folder, type(exc).__name__)
+plant({target!r})
+def double(x):
+    return factor * x
+"""
+
+RECORDER = """\
+seen = []
+get_ipython().events.register("pre_run_cell", lambda info: seen.append(info.raw_cell))
+def double(x):
+    print("\\n".join(seen))
+    return factor * x
+"""
+
+RECORDED_HALVE = """\
+def halve(x):
+    raise ValueError("\\n".join(seen))
+"""
+
+FILLER = """\
+import os
+def fill(folder):
+    written = 0
+    try:
+        with open(os.path.join(folder, "fill.bin"), "wb") as fh:
+            for _ in range(4096):
+                fh.write(b"x" * 2**20)
+                fh.flush()
+                written += 2**20
+    except OSError:
+        pass
+    print("WROTE", folder, written)
+fill(os.getcwd())
+fill("/tmp")
+for path in ({root!r}, {other!r}, "/home"):
+    print("SEES" if os.path.exists(path) and os.listdir(path) else "EMPTY", path)
+print("ROOT HOLDS", sorted(os.listdir("/root")) if os.path.isdir("/root") else [])
+def double(x):
+    return factor * x
+"""
+
+
+@pytest.fixture(scope="module")
+def attacked(course, tmp_path_factory):
+    """A class of attacks on the grader's own files, with two honest students."""
+    folder = tmp_path_factory.mktemp("attacks")
+    work = folder.parent / "work-attacks"
+    outside = folder.parent / "outside-secret.txt"
+    outside.write_text("secret")
+    outside.chmod(0o600)
+    autograded = work / "scratch" / ASSIGNMENT / "{student}" / "course" / "autograded" / "{student}" / ASSIGNMENT
+    solution = course / "solutions" / ASSIGNMENT / NB
+    _write(folder, "honest1.ipynb", _solved(course))
+    _write(folder, "honest2.ipynb", _solved(course))
+    for student, target in (("plantdb", work / "gradebook.db"), ("plantout", outside)):
+        code = PLANT.format(autograded=str(autograded).format(student=student), nb=NB, target=str(target))
+        _write(folder, f"{student}.ipynb", _hostile(course, code))
+    recorder = _hostile(course, RECORDER, solve=())
+    _cell(recorder, "halve").source = RECORDED_HALVE
+    _write(folder, "recorder.ipynb", recorder)
+    _write(folder, "filler.ipynb", _hostile(course, FILLER.format(root=str(Path(__file__).resolve().parents[1] / "solutions"),
+                                                                   other=str(course / "solutions"))))
+    (folder / "linker").mkdir()
+    (folder / "linker" / NB).symlink_to(solution)  # unzip of a student's archive gives such folders
+    (folder / "mallory.ipynb").symlink_to(solution)
+    os.link(solution, folder / "hardy.ipynb")  # a second name for the course's solution
+    for mutate, _, _ in MALFORMED:
+        nb = _release_json(course)
+        mutate(nb)
+        (folder / f"bad{mutate.__name__}.ipynb").write_text(json.dumps(nb))
+    settings = _settings(workers=2)
+    settings.writable_bytes = 64 * 2**20
+    batch = Batch(course, ASSIGNMENT, work, settings, log=lambda *a: None)
+    batch.run([folder])
+    return batch, outside
+
+
+@needs_bwrap
+def test_no_submission_writes_or_reads_through_the_grader(attacked):
+    batch, outside = attacked
+    rows = _csv(batch.csv_path)
+    assert outside.read_text() == "secret" and (outside.stat().st_mode & 0o777) == 0o600
+    with sqlite3.connect(batch.work / "gradebook.db") as db:
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert db.execute("SELECT count(*) FROM peftlab_status").fetchone()[0] == len(rows)
+    for student in ("plantdb", "plantout"):
+        assert rows[student]["status"] == "graded" and rows[student]["autograded"] == "3"
+        html = (batch.work / "feedback" / ASSIGNMENT / student / "fixture.html").read_text()
+        assert "REFUSED" in html or "PLANTED" in html  # the attempt ran
+        graded = batch.work / "autograded" / student / ASSIGNMENT / NB
+        assert not graded.is_symlink() and json.loads(graded.read_text())["nbformat"] == 4
+    for student in ("linker", "mallory"):
+        assert rows[student]["status"] == "invalid" and "symbolic link" in rows[student]["reason"]
+    assert rows["hardy"]["status"] == "invalid" and "hard link" in rows["hardy"]["reason"]
+    assert "return x / 2" not in (batch.work / "feedback" / ASSIGNMENT / "linker" / "fixture.html").read_text()
+    assert rows["honest1"]["autograded"] == rows["honest2"]["autograded"] == "3"
+
+
+@needs_bwrap
+def test_writable_space_is_limited_and_other_checkouts_are_invisible(attacked):
+    batch, _ = attacked
+    html = (batch.work / "feedback" / ASSIGNMENT / "filler" / "fixture.html").read_text()
+    import re
+
+    written = [int(n) for n in re.findall(r"WROTE \S+ (\d+)", html)]
+    assert len(written) == 2 and sum(written) <= 64 * 2**20, written  # working folder and /tmp share one limit
+    seen = re.findall(r"(SEES|EMPTY) (/[^\s<]+)", html)  # printed lines, not the code that prints them
+    assert len(seen) == 3 and all(word == "EMPTY" for word, _ in seen), seen
+    # /root shows at most the folders above the Python installation and the model cache, never their neighbours
+    holds = re.search(r"ROOT HOLDS \[(.*?)\]", html.replace("&#x27;", "'")).group(1)
+    assert set(re.findall(r"'([^']*)'", holds)) <= {".pyenv", ".cache"}, holds
+
+
+@needs_bwrap
+def test_a_cell_recorder_leaks_no_hidden_test(attacked):
+    batch, _ = attacked
+    rows = _csv(batch.csv_path)
+    assert rows["recorder"]["status"] == "graded" and rows["recorder"]["autograded"] == "2"
+    html = (batch.work / "feedback" / ASSIGNMENT / "recorder" / "fixture.html").read_text()
+    assert "double(-3)" not in html and "HIDDEN" not in html
+    assert "line removed" in html  # the recorder did print the cells; the grader removed the hidden lines
+    assert "double(-3)" not in rows["recorder"]["reason"] + rows["recorder"]["notes"]
+
+
+@needs_bwrap
+def test_malformed_submissions_get_named_statuses_in_a_batch(attacked):
+    batch, _ = attacked
+    rows = _csv(batch.csv_path)
+    for mutate, status, words in MALFORMED:
+        row = rows[f"bad{mutate.__name__}"]
+        assert row["status"] == status and all(w in row["reason"] for w in words), row

@@ -315,7 +315,7 @@ def sync(root: str | Path = ".", write: bool = False) -> list[str]:
         rel = _repo_path(root, path)
         top = rel.split("/", 1)[0]
         if top not in ("sessions", "solutions"):
-            continue  # exercises/ is generated from solutions/ by `python -m peftlab.nbgrade release`
+            continue  # exercises/ is generated from solutions/ by `python -m peftlab.grader.exercises release`
         student_notebooks.append(_student_path(rel))
         nb = nbformat.read(path, as_version=nbformat.NO_CONVERT)
         before = nbformat.writes(nb)

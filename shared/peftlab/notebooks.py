@@ -98,7 +98,7 @@ def setup_cells(argv: list[str]) -> int:
         print(f"{path}: {'rewritten' if write else 'Colab setup cell or links out of date'}")
     if stale and not write:
         print("run `python -m peftlab.notebooks setup-cells --write`, then "
-              "`python -m peftlab.nbgrade release` (exercises/ come from solutions/)")
+              "`python -m peftlab.grader.exercises release` (exercises/ come from solutions/)")
         return 1
     print(f"setup cells: {len(stale)} file(s) {'rewritten' if write else 'out of date'}")
     return 0

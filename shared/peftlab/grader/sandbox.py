@@ -3,18 +3,25 @@
 The grader starts each submission's kernel through `SandboxKernelManager`,
 which wraps the kernel command as
 
-    python -m peftlab.sandbox POLICY_JSON -- bwrap ARGS -- python -m ipykernel_launcher -f ...
+    python -m peftlab.grader.sandbox POLICY_JSON -- bwrap ARGS -- python -m ipykernel_launcher -f ...
 
 The first step sets resource limits (address space, CPU seconds, processes,
 file size) and, when the grader runs as root, drops to a per-worker user id;
-then bubblewrap gives the kernel no network, a read-only system, an empty
-/tmp, empty directories over the hidden paths (instructor sources, the
-gradebook, other submissions, home directories) and one writable directory:
-the submission's own. The kernel talks to the grader over Unix sockets in a
-directory bound into the sandbox, since it has no network namespace to share.
+then bubblewrap gives the kernel no network and a new root that holds only the
+system folders (/usr, /etc, ...), the Python environment, the course package
+and the tiny model, all read-only: no course checkout, no home folder, no
+gradebook, no other submission. Its only writable space is one size-limited
+tmpfs at /tmp, which also holds its working folder (/tmp/work, with the
+assignment's data files bound read-only), and a small /dev/shm. Nothing the
+kernel writes lands in a folder the grader reads: the grader never follows a
+link the kernel could have made.
 
-Where bubblewrap is missing (macOS), only the resource limits apply and
-`warn_unsandboxed` says so loudly. See grading/README.md for the threat model.
+The kernel talks to the grader over Unix sockets in a private directory bound
+into the sandbox, since it has no network namespace to share.
+
+Where bubblewrap is missing (macOS), only the resource limits apply, the
+kernel works in a private copy of its folder, and `warn_unsandboxed` says so
+loudly. See grading/README.md for the threat model.
 """
 
 from __future__ import annotations
@@ -22,12 +29,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import sys
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-GiB = 2**30
+from .settings import Settings
+
 # Variables a kernel needs; everything else (tokens, keys, proxies) stays outside.
 KEEP_ENV = ("PATH", "LANG", "LC_ALL", "PEFTLAB_CACHE", "PYTHONHASHSEED")
 
@@ -36,14 +45,16 @@ KEEP_ENV = ("PATH", "LANG", "LC_ALL", "PEFTLAB_CACHE", "PYTHONHASHSEED")
 class Policy:
     """What one sandboxed kernel may do."""
 
-    hide: list[str] = field(default_factory=list)  # replaced by empty directories
-    expose: list[str] = field(default_factory=list)  # re-bound read-only after hiding
-    writable: list[str] = field(default_factory=list)  # bound read-write (the submission's directory)
-    memory_bytes: int = 8 * GiB  # RLIMIT_AS per process
-    cpu_seconds: int = 900  # RLIMIT_CPU per process
-    max_processes: int = 64  # RLIMIT_NPROC for the sandbox's user id
-    max_file_bytes: int = 256 * 2**20  # RLIMIT_FSIZE
+    hide: list[str] = field(default_factory=list)  # replaced by empty directories (inside exposed ones)
+    expose: list[str] = field(default_factory=list)  # bound read-only, besides the system folders
+    writable: list[str] = field(default_factory=list)  # bound read-write (the kernel's socket directory)
+    memory_bytes: int = Settings.memory_bytes  # RLIMIT_AS per process
+    cpu_seconds: int = Settings.wall_timeout  # RLIMIT_CPU per process
+    max_processes: int = Settings.max_processes  # RLIMIT_NPROC for the sandbox's user id
+    max_file_bytes: int = Settings.max_file_bytes  # RLIMIT_FSIZE
+    writable_bytes: int = Settings.writable_bytes  # size of the tmpfs at /tmp, the working folder included
     uid: int | None = None  # user id to run as when the grader is root
+    bubblewrap: bool = True  # isolate with bubblewrap when it is installed; False: resource limits only
     threads: int = 1  # BLAS/OpenMP threads: fixed, so results do not depend on the worker count
     env: dict[str, str] = field(default_factory=dict)
 
@@ -81,8 +92,17 @@ def _as_root(policy: Policy) -> bool:
     return os.geteuid() == 0 and policy.uid is not None
 
 
+SYSTEM = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc")
+WORKDIR = "/tmp/work"  # the kernel's working folder inside the sandbox
+SHM_BYTES = 64 * 2**20
+
+
 def bwrap_args(policy: Policy, cwd: str | None = None) -> list[str]:
     """bubblewrap's arguments for `policy` (the command follows them).
+
+    The kernel works in WORKDIR, where the regular files of `cwd` (the
+    assignment's data files) are bound read-only; `cwd` itself is never
+    writable in the sandbox.
 
     Unprivileged, bubblewrap needs a user namespace (--unshare-all includes one).
     As root it runs without one and the command drops to `policy.uid` inside,
@@ -94,55 +114,81 @@ def bwrap_args(policy: Policy, cwd: str | None = None) -> list[str]:
                    "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
     else:
         unshare = ["--unshare-all"]
-    args = [bwrap_path() or "bwrap", "--die-with-parent", "--new-session", *unshare,
-            "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--perms", "1777", "--tmpfs", "/tmp",
-            "--perms", "1777", "--tmpfs", "/var/tmp", "--perms", "1777", "--tmpfs", "/dev/shm", "--clearenv"]
+    args = [bwrap_path() or "bwrap", "--die-with-parent", "--new-session", *unshare]
+    for path in SYSTEM:
+        if os.path.islink(path):
+            args += ["--symlink", os.readlink(path), path]
+        elif os.path.isdir(path):
+            args += ["--ro-bind", path, path]
+    args += ["--dev", "/dev", "--proc", "/proc",
+             "--perms", "1777", "--size", str(policy.writable_bytes), "--tmpfs", "/tmp",
+             "--symlink", "/tmp", "/var/tmp",
+             "--perms", "1777", "--size", str(min(SHM_BYTES, policy.writable_bytes)), "--tmpfs", "/dev/shm",
+             "--clearenv"]
     args += _mounts(policy)
+    if cwd:
+        args += ["--perms", "0777", "--dir", WORKDIR]
+        for name in sorted(os.listdir(cwd)):
+            src = os.path.join(cwd, name)
+            if stat.S_ISREG(os.lstat(src).st_mode) and not name.endswith(".ipynb"):
+                args += ["--ro-bind", src, f"{WORKDIR}/{name}"]
     for key, value in _env(policy).items():
         args += ["--setenv", key, value]
     if cwd:
-        args += ["--chdir", cwd]
+        args += ["--chdir", WORKDIR]
     return args
 
 
-def _mounts(policy: Policy) -> list[str]:
-    """Hide, then re-expose, then bind writable: in that order, parents first.
+def _covered(path: Path, mounts: list[tuple[Path, str]]) -> tuple[Path, str]:
+    """The deepest mount holding `path` (bubblewrap's new root is a tmpfs)."""
+    best = (Path("/"), "tmpfs")
+    for mount, kind in mounts:
+        if path.is_relative_to(mount) and len(mount.parts) >= len(best[0].parts):
+            best = (mount, kind)
+    return best
 
-    A mount point inside a tmpfs (the sandbox's /tmp, or a hidden directory)
-    needs its parent directories created there; bubblewrap would make them
-    root-only, which the sandbox's user could not traverse, so they are made
-    explicitly with mode 0755.
+
+def _mounts(policy: Policy) -> list[str]:
+    """Exposed folders read-only and hidden ones as empty tmpfs, parents first, then the writable binds.
+
+    A mount point inside a tmpfs (the new root, /tmp, or a hidden directory)
+    needs its parent directories created there; bubblewrap would make some of
+    them root-only, which the sandbox's user could not traverse, so they are
+    made explicitly with mode 0755.
     """
-    roots = [Path("/tmp"), Path("/var/tmp"), Path("/dev/shm")]
+    mounts: list[tuple[Path, str]] = [(Path(p), "bind") for p in SYSTEM if os.path.isdir(p)]
+    mounts += [(Path("/tmp"), "tmpfs"), (Path("/dev/shm"), "tmpfs")]
     made: set[Path] = set()
     args: list[str] = []
 
     def parents_of(path: Path) -> None:
-        inside = [r for r in roots if path != r and path.is_relative_to(r)]
-        if not inside:
-            return
-        root = max(inside, key=lambda r: len(r.parts))
-        for rel in reversed(path.relative_to(root).parents):
-            if rel != Path(".") and root / rel not in made:
-                made.add(root / rel)
-                args.extend(["--perms", "0755", "--dir", str(root / rel)])
+        for parent in reversed(path.parents):
+            mount, kind = _covered(parent, mounts)
+            if kind == "tmpfs" and parent != mount and parent not in made:
+                made.add(parent)
+                args.extend(["--perms", "0755", "--dir", str(parent)])
 
-    for path in sorted({Path(p) for p in policy.hide if Path(p).exists()}, key=lambda p: len(p.parts)):
+    wanted = [(Path(p).resolve(), "bind") for p in policy.expose if Path(p).exists()]
+    wanted += [(Path(p).resolve(), "tmpfs") for p in policy.hide if Path(p).exists()]
+    for path, kind in sorted(wanted, key=lambda w: len(w[0].parts)):
+        mount, covering = _covered(path, mounts)
+        if kind == "bind" and covering == "bind":
+            continue  # already visible, read-only
+        if kind == "tmpfs" and covering == "tmpfs" and mount != path:
+            continue  # already invisible
         parents_of(path)
-        args.extend(["--perms", "0755", "--tmpfs", str(path)])
-        roots.append(path)
-    for path in [Path(p) for p in policy.expose if Path(p).exists()]:
-        parents_of(path)
-        args.extend(["--ro-bind", str(path), str(path)])
+        args.extend(["--ro-bind", str(path), str(path)] if kind == "bind" else ["--perms", "0755", "--tmpfs", str(path)])
+        mounts.append((path, kind))
     for path in map(Path, policy.writable):
         parents_of(path)
         args.extend(["--bind", str(path), str(path)])
+        mounts.append((path, "bind"))
     return args
 
 
 def wrap(cmd: list[str], policy: Policy, cwd: str | None = None) -> list[str]:
     """The full command line that runs `cmd` under `policy`."""
-    if bwrap_path():
+    if policy.bubblewrap and bwrap_path():
         drop = []
         if _as_root(policy):
             drop = [shutil.which("setpriv") or "setpriv", f"--reuid={policy.uid}", f"--regid={policy.uid}",
@@ -150,7 +196,7 @@ def wrap(cmd: list[str], policy: Policy, cwd: str | None = None) -> list[str]:
         inner = [*bwrap_args(policy, cwd), "--", *drop, *cmd]
     else:
         inner = cmd
-    return [sys.executable, "-m", "peftlab.sandbox", policy.to_json(), "--", *inner]
+    return [sys.executable, "-m", "peftlab.grader.sandbox", policy.to_json(), "--", *inner]
 
 
 def _apply_limits(policy: Policy, sandboxed: bool) -> None:
@@ -191,7 +237,7 @@ def _processes_of(uid: int) -> int:
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if len(argv) < 3 or argv[1] != "--":
-        sys.exit("usage: python -m peftlab.sandbox POLICY_JSON -- COMMAND...")
+        sys.exit("usage: python -m peftlab.grader.sandbox POLICY_JSON -- COMMAND...")
     policy = Policy(**json.loads(argv[0]))
     cmd = argv[2:]
     sandboxed = Path(cmd[0]).name == "bwrap"
@@ -203,20 +249,30 @@ def main(argv: list[str] | None = None) -> None:
 
 
 # ------------------------------------------------------- Jupyter integration
-ACTIVE_POLICY: Policy | None = None  # set by the grading worker before nbgrader starts a kernel
+def private_copy(folder: str, dest: str) -> None:
+    """Copy the regular files at the top of `folder` into `dest` as data (links and special files are skipped)."""
+    for name in sorted(os.listdir(folder)):
+        src = os.path.join(folder, name)
+        if stat.S_ISREG(os.lstat(src).st_mode) and not name.endswith(".ipynb"):
+            shutil.copyfile(src, os.path.join(dest, name), follow_symlinks=False)
 
 
-def _kernel_manager_class():
+def kernel_manager_class():
+    """A Jupyter kernel manager that starts every kernel under the policy in its `policy` config (JSON)."""
     from jupyter_client.manager import AsyncKernelManager
+    from traitlets import Unicode
 
     class SandboxKernelManager(AsyncKernelManager):
-        """Starts the kernel under ACTIVE_POLICY, talking over Unix sockets in a private directory."""
+        """Starts the kernel under `policy`, talking over Unix sockets in a private directory."""
+
+        policy = Unicode("{}", help="the sandbox Policy as JSON").tag(config=True)
 
         def __init__(self, **kwargs):
             super().__init__(**kwargs)
             import tempfile
 
             self._socket_dir = tempfile.mkdtemp(prefix="peftlab-kernel-")
+            self._private: str | None = None
             self.transport = "ipc"
             self.ip = os.path.join(self._socket_dir, "kernel")
             self.connection_file = os.path.join(self._socket_dir, "connection.json")
@@ -231,21 +287,34 @@ def _kernel_manager_class():
         interrupt_kernel = _async_interrupt_kernel
 
         async def _async_launch_kernel(self, kernel_cmd, **kw):
-            policy = ACTIVE_POLICY or Policy()
+            import tempfile
+
+            policy = Policy(**json.loads(self.policy))
             cwd = kw.get("cwd") or os.getcwd()
-            policy = Policy(**{**asdict(policy), "writable": [*policy.writable, cwd, self._socket_dir]})
+            policy = Policy(**{**asdict(policy), "writable": [*policy.writable, self._socket_dir]})
+            owned = [self._socket_dir]
+            if policy.bubblewrap and bwrap_path():
+                kw["cwd"] = self._socket_dir  # bubblewrap's own folder; the kernel's is WORKDIR
+            else:
+                # No sandbox: the kernel still never writes into a folder the grader reads.
+                self._private = tempfile.mkdtemp(prefix="peftlab-kernel-work-")
+                private_copy(cwd, self._private)
+                owned.append(self._private)
+                kw["cwd"] = self._private
             if policy.uid is not None and os.geteuid() == 0:
-                for path in (cwd, self._socket_dir):
+                for path in owned:  # folders this process just made: nothing in them is a link yet
                     for root, dirs, files in os.walk(path):
                         for name in [root, *(os.path.join(root, n) for n in dirs + files)]:
-                            os.chown(name, policy.uid, policy.uid)
+                            os.chown(name, policy.uid, policy.uid, follow_symlinks=False)
             kw["env"] = _env(policy)
             return await super()._async_launch_kernel(wrap(kernel_cmd, policy, cwd=cwd), **kw)
 
         async def _async_cleanup_resources(self, restart: bool = False) -> None:
             await super()._async_cleanup_resources(restart=restart)
             if not restart:
-                shutil.rmtree(self._socket_dir, ignore_errors=True)
+                shutil.rmtree(self._socket_dir, ignore_errors=True)  # rmtree removes links, never follows them
+                if self._private:
+                    shutil.rmtree(self._private, ignore_errors=True)
 
     return SandboxKernelManager
 

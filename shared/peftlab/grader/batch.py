@@ -1,0 +1,257 @@
+"""Grade a class's submissions: import, sandboxed parallel autograding, feedback, CSV.
+
+    peftlab-grade ASSIGNMENT SUBMISSIONS... [--workers N] [--work grading/work]
+    python -m peftlab.grader ASSIGNMENT SUBMISSIONS...          (the same)
+
+SUBMISSIONS are folders or zip files of notebooks named by student
+(`alice.ipynb`, or `alice/<notebook>.ipynb`), the way they come out of Colab,
+an LMS download or a JupyterHub exchange. Each submission is graded by
+`peftlab.grader.worker.autograde` in its own worker process (checked, then
+autograded by nbgrader with its kernel in a sandbox, `peftlab.grader.sandbox`,
+grading parameters injected after its `parameters` cell, canary cells that
+must fail mixed among the tests). Whatever a submission holds, it ends with a
+status and a reason; the batch goes on.
+
+The nbgrader gradebook (`WORK/gradebook.db`) is the record. Each student's
+grades and status are written in one transaction, so a batch killed midway and
+run again resumes: finished students are kept (matched by the submission's
+SHA-256), the rest are graded, nothing is counted twice. Feedback (HTML, hidden
+tests' code removed) lands in `WORK/feedback/ASSIGNMENT/`, grades in
+`WORK/ASSIGNMENT-grades.csv`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import stat
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import course as course_mod
+from .course import GradingError
+from .feedback import write_feedback
+from .gradebook import export_csv, finished, record
+from .intake import Submission, import_submissions, write_new
+from .outcome import Outcome
+from .settings import GRADING_PARAMETERS, GiB, Settings
+from .worker import Job, policy_for, use_bubblewrap
+
+
+def copy_out(src: Path, dest: Path, limit: int) -> bool:
+    """Copy a regular file the grader made, as data: never through a link, at most `limit` bytes."""
+    try:
+        fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return False
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > limit:
+            return False
+        with os.fdopen(fd, "rb", closefd=False) as fh:
+            data = fh.read(limit + 1)
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        return False
+    write_new(dest, data)
+    return True
+
+
+@dataclass
+class Batch:
+    root: Path
+    assignment: str
+    work: Path
+    settings: Settings = field(default_factory=Settings)
+    log: object = print
+
+    def __post_init__(self):
+        self.root, self.work = Path(self.root).resolve(), Path(self.work).resolve()
+        self.source = course_mod.source_notebook(self.root, self.assignment)
+        self.notebook = self.source.name
+        self.template: Path | None = None
+
+    def prepare(self) -> None:
+        """The gradebook with this assignment, and a scratch course that each worker copies."""
+        self.work.mkdir(parents=True, exist_ok=True)
+        secret = self.work / "canary-secret"
+        if not secret.exists():
+            write_new(secret, secrets.token_hex(16).encode())
+        template = self.work / "template" / self.assignment
+        shutil.rmtree(template, ignore_errors=True)
+        course_mod.scratch_course(self.root, [self.assignment], into=template)
+        course_mod.generate(template, self.assignment, db_folder=self.work)  # the class's gradebook
+        self.template = template
+
+    def _job(self, sub: Submission, slot: int, sources: list[str]) -> Job:
+        secret = (self.work / "canary-secret").read_text()
+        return Job(
+            student=sub.student, assignment=self.assignment, notebook=self.notebook, submission=sub.path,
+            scratch=str(self.work / "scratch" / self.assignment / sub.student), template=str(self.template),
+            settings=self.settings,
+            # The course (solutions, .git history, grading/), the grading folder and the submissions stay out.
+            policy=policy_for(self.settings, hide=[str(self.root), str(self.work), *sources], slot=slot),
+            canary_seed=hashlib.sha256(f"{secret}:{self.assignment}:{sub.student}:{sub.sha256}".encode()).hexdigest(),
+            notes=sub.notes,
+        )
+
+    def run(self, sources: list[str | Path], regrade: bool = False) -> list[tuple[Submission, Outcome]]:
+        sandboxed = use_bubblewrap(self.settings)
+        inputs = [str(Path(s).resolve().parent if Path(s).is_file() else Path(s).resolve()) for s in sources]
+        if self.template is None:
+            self.prepare()
+        if "tiny" in str(self.settings.parameters.get("model_name", "")):
+            from ..tiny import ensure_tiny_model
+
+            ensure_tiny_model()  # the sandbox cannot write the cache, so build the model first
+        subs = import_submissions(sources, self.notebook, self.work / "staging" / self.assignment, self.settings)
+        done = {} if regrade else finished(self.work, self.assignment)
+        todo, results = [], []
+        for sub in subs:
+            if done.get(sub.student) == sub.sha256:
+                continue
+            if sub.status:  # rejected on import: nothing to run
+                out = Outcome(student=sub.student, status=sub.status, reason=sub.reason, notes=sub.notes)
+                self._finish(sub, out, None)
+                results.append((sub, out))
+            else:
+                todo.append(sub)
+        skipped = len(subs) - len(todo) - len(results)
+        self.log(f"{self.assignment}: {len(subs)} submissions, {skipped} already graded, {len(results)} rejected "
+                 f"on import, {len(todo)} to grade with {self.settings.workers} worker(s)"
+                 f"{'' if sandboxed else ' WITHOUT a sandbox'}")
+        results += self._pool(todo, inputs)
+        export_csv(self.work, self.assignment, self.csv_path)
+        return results
+
+    @property
+    def csv_path(self) -> Path:
+        return self.work / f"{self.assignment}-grades.csv"
+
+    def _finish(self, sub: Submission, out: Outcome, scratch: Path | None) -> None:
+        # Where nbgrader's formgrader (grading/nbgrader_config.py) looks for them, for grading by hand.
+        limit = 4 * self.settings.max_notebook_bytes
+        graded = scratch and scratch / "course" / "autograded" / sub.student / self.assignment / self.notebook
+        for step, src in (("submitted", sub.path), ("autograded", graded)):
+            dest = self.work / step / sub.student / self.assignment / self.notebook
+            shutil.rmtree(dest.parent, ignore_errors=True)
+            if src:
+                copy_out(Path(src), dest, limit)
+        fb = self.work / "feedback" / self.assignment / sub.student / (Path(self.notebook).stem + ".html")
+        fb.unlink(missing_ok=True)
+        if not (out.feedback and copy_out(Path(out.feedback), fb, limit)):
+            write_feedback(None, self.template / course_mod.RELEASE / self.assignment / self.notebook,
+                           self.template / course_mod.SOURCE / self.assignment / self.notebook, out, self.assignment, fb)
+        record(self.work, self.assignment, sub, out)
+        if scratch is not None and out.status == "graded":
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    def _pool(self, todo: list[Submission], inputs: list[str]) -> list[tuple[Submission, Outcome]]:
+        from tqdm.auto import tqdm
+
+        pending, running, results = list(todo), {}, []
+        free = list(range(self.settings.workers))
+        bar = tqdm(total=len(todo), desc=f"grading {self.assignment}", unit="nb", disable=not todo)
+        while pending or running:
+            while pending and free:
+                sub, slot = pending.pop(0), free.pop(0)
+                job = self._job(sub, slot, inputs)
+                scratch = Path(job.scratch)
+                shutil.rmtree(scratch, ignore_errors=True)
+                scratch.mkdir(parents=True)
+                (scratch / "job.json").write_text(job.to_json())
+                log = (scratch / "worker.log").open("w")
+                proc = subprocess.Popen([sys.executable, "-m", "peftlab.grader.worker", str(scratch / "job.json")],
+                                        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                running[proc] = (sub, slot, scratch, time.monotonic(), log)
+            time.sleep(0.2)
+            for proc, (sub, slot, scratch, started, log) in list(running.items()):
+                over = time.monotonic() - started > self.settings.wall_timeout
+                if proc.poll() is None and not over:
+                    continue
+                if over and proc.poll() is None:
+                    os.killpg(proc.pid, 9)
+                    proc.wait()
+                log.close()
+                out = self._collect(sub, scratch, proc.returncode, over)
+                try:
+                    self._finish(sub, out, scratch)
+                except Exception as exc:  # one student's record must not stop the class
+                    out = Outcome(student=sub.student, status="error",
+                                  reason=f"recording the result failed ({type(exc).__name__}: {str(exc)[:200]})")
+                    self._finish(sub, out, None)
+                results.append((sub, out))
+                free.append(slot)
+                del running[proc]
+                bar.update(1)
+                bar.set_postfix_str(f"{sub.student}: {out.status}")
+        bar.close()
+        return results
+
+    def _collect(self, sub: Submission, scratch: Path, code: int, over: bool) -> Outcome:
+        result = scratch / "result.json"
+        if over:
+            return Outcome(student=sub.student, status="timeout",
+                           reason=f"still running after the {self.settings.wall_timeout} s wall limit; stopped")
+        if code == 0 and result.is_file() and not result.is_symlink():
+            try:
+                return Outcome(**json.loads(result.read_text()))
+            except (ValueError, TypeError) as exc:
+                return Outcome(student=sub.student, status="error", reason=f"unreadable worker result ({exc})")
+        tail = (scratch / "worker.log").read_text(errors="replace").strip().splitlines()[-3:]
+        return Outcome(student=sub.student, status="error",
+                       reason=f"grader worker exited with code {code}: {' | '.join(tail)[:400]}")
+
+
+def report(results: list[tuple[Submission, Outcome]]) -> str:
+    lines = [f"{'student':<24} {'status':<9} {'points':>7}  reason"]
+    for sub, out in sorted(results, key=lambda r: r[0].student):
+        lines.append(f"{sub.student:<24} {out.status:<9} {out.auto_score:>7g}  {out.reason[:90]}")
+    return "\n".join(lines)
+
+
+# -------------------------------------------------------------------- CLI
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="peftlab-grade", description=__doc__.split("\n\n")[0])
+    parser.add_argument("assignment", help="assignment folder name under solutions/, e.g. 05_custom_dataset")
+    parser.add_argument("submissions", nargs="+", help="folders, zip files or notebooks of submissions")
+    parser.add_argument("--work", default=None, help="grading folder (default: grading/work of the course)")
+    parser.add_argument("--workers", type=int, default=Settings.workers, help="parallel submissions (default: cores)")
+    parser.add_argument("--cell-timeout", type=int, default=Settings.cell_timeout, help="seconds per cell")
+    parser.add_argument("--wall-timeout", type=int, default=Settings.wall_timeout, help="seconds per submission")
+    parser.add_argument("--memory-gib", type=float, default=Settings.memory_bytes / GiB,
+                        help="address-space limit of a kernel process")
+    parser.add_argument("--sandbox", choices=("auto", "bwrap", "none"), default=Settings.sandbox)
+    parser.add_argument("--regrade", action="store_true", help="grade again even if already in the gradebook")
+    parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                        help="grading parameter injected after the parameters cell (repeatable)")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from ..config import parse_overrides
+
+    try:
+        root = course_mod.course_root()
+        params = {**GRADING_PARAMETERS, **parse_overrides(args.param)}
+        settings = Settings(workers=max(1, args.workers), cell_timeout=args.cell_timeout,
+                            wall_timeout=args.wall_timeout, memory_bytes=int(args.memory_gib * GiB),
+                            parameters=params, sandbox=args.sandbox)
+        batch = Batch(root, args.assignment, Path(args.work or root / "grading" / "work"), settings)
+        results = batch.run(args.submissions, regrade=args.regrade)
+    except GradingError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(report(results))
+    print(f"grades: {batch.csv_path}\nfeedback: {batch.work / 'feedback' / args.assignment}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,189 @@
+"""The course's exercises under nbgrader: release, and the CI gates.
+
+    python -m peftlab.grader.exercises release            # regenerate exercises/ from solutions/
+    python -m peftlab.grader.exercises check              # CI: no drift, no leak, solutions full marks, blanks zero
+    python -m peftlab.grader.exercises grade A NOTEBOOK   # grade one notebook of assignment A, print the score
+
+`grade` and the gates grade with `peftlab.grader.worker.autograde`, the path
+that grades students (same checks, sandbox, parameters, canaries and limits).
+"""
+
+from __future__ import annotations
+
+import filecmp
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from .course import RELEASE, SOURCE, GradingError, assignments, course_root, scratch_course, source_notebook
+from .outcome import Outcome
+from .settings import Settings
+from .worker import Job, autograde, policy_for
+
+_REGION = re.compile(r"### BEGIN (SOLUTION|HIDDEN TESTS)\n(.*?)### END \1", re.S)
+
+
+def release(root: str | Path) -> list[Path]:
+    """Regenerate exercises/<assignment>/ for every assignment; return the written folders."""
+    root = Path(root)
+    course = scratch_course(root)
+    written = []
+    try:
+        for name in assignments(root):
+            dest = root / RELEASE / name
+            shutil.rmtree(dest, ignore_errors=True)
+            shutil.copytree(course / RELEASE / name, dest)
+            written.append(dest)
+    finally:
+        shutil.rmtree(course, ignore_errors=True)
+    return written
+
+
+def drift(root: str | Path) -> list[str]:
+    """Differences between the committed exercises/ and what nbgrader generates now."""
+    root = Path(root)
+    course = scratch_course(root)
+    out = []
+    try:
+        for name in assignments(root):
+            fresh, committed = course / RELEASE / name, root / RELEASE / name
+            if not committed.is_dir():
+                out.append(f"{committed}: missing; run `python -m peftlab.grader.exercises release`")
+                continue
+            fresh_files = {p.relative_to(fresh) for p in fresh.rglob("*") if p.is_file()}
+            committed_files = {p.relative_to(committed) for p in committed.rglob("*") if p.is_file()}
+            for rel in sorted(fresh_files - committed_files):
+                out.append(f"{committed / rel}: missing from the release")
+            for rel in sorted(committed_files - fresh_files):
+                out.append(f"{committed / rel}: not generated from {SOURCE}/ (stale or hand-made)")
+            for rel in sorted(fresh_files & committed_files):
+                if not filecmp.cmp(fresh / rel, committed / rel, shallow=False):
+                    out.append(f"{committed / rel}: differs from what nbgrader generates from {SOURCE}/{name}")
+        extra = {d.name for d in (root / RELEASE).iterdir() if d.is_dir()} - set(assignments(root))
+        out += [f"{root / RELEASE / d}: no matching assignment in {SOURCE}/" for d in sorted(extra)]
+    finally:
+        shutil.rmtree(course, ignore_errors=True)
+    if out:
+        out.append("fix: edit the notebook in solutions/, then run `python -m peftlab.grader.exercises release`")
+    return out
+
+
+def leaks(root: str | Path) -> list[str]:
+    """Solution code or hidden tests that appear in a released notebook."""
+    root = Path(root)
+    out = []
+    for name in assignments(root):
+        secret, public = set(), set()
+        for nb_path in (root / SOURCE / name).glob("*.ipynb"):
+            for cell in json.loads(nb_path.read_text())["cells"]:
+                text = "".join(cell["source"])
+                for _, body in _REGION.findall(text):
+                    secret |= {ln.strip() for ln in body.splitlines() if len(ln.strip()) > 12}
+                public |= {ln.strip() for ln in _REGION.sub("", text).splitlines()}
+        secret -= public  # a line the student is shown anyway is no leak
+        for nb_path in (root / RELEASE / name).glob("*.ipynb"):
+            text = nb_path.read_text()
+            if "BEGIN SOLUTION" in text or "BEGIN HIDDEN TESTS" in text:
+                out.append(f"{nb_path}: holds a BEGIN SOLUTION / BEGIN HIDDEN TESTS marker")
+            released = {
+                ln.strip() for cell in json.loads(text)["cells"] for ln in "".join(cell["source"]).splitlines()
+            }
+            for line in sorted(secret & released):
+                out.append(f"{nb_path}: solution or hidden-test line leaked: {line[:80]!r}")
+    return out
+
+
+def fill_solutions(root: str | Path, assignment: str, only: set[str] | None = None):
+    """The released notebook of `assignment` with its solution cells (all, or the grade ids in `only`)
+    filled in from the source, markers removed: what a student who solved them submits."""
+    import nbformat
+
+    root = Path(root)
+    source = source_notebook(root, assignment)
+    solved = {c.metadata["nbgrader"]["grade_id"]: re.sub(r"\n?[ \t]*### (BEGIN|END) SOLUTION", "", c.source)
+              for c in nbformat.read(source, as_version=4).cells if c.metadata.get("nbgrader", {}).get("solution")}
+    nb = nbformat.read(root / RELEASE / assignment / source.name, as_version=4)
+    for cell in nb.cells:
+        gid = cell.metadata.get("nbgrader", {}).get("grade_id")
+        if gid in solved and (only is None or gid in only):
+            cell.source = solved[gid]
+    return nb
+
+
+def grade(root: str | Path, assignment: str, notebook: str | Path, student: str = "student",
+          settings: Settings | None = None) -> Outcome:
+    """Grade one notebook as `student`'s submission of `assignment`, the way the class grader does."""
+    root, notebook = Path(root).resolve(), Path(notebook)
+    settings = settings or Settings()
+    expected = source_notebook(root, assignment).name
+    if notebook.name != expected:
+        raise GradingError(f"{notebook}: assignment {assignment} has the notebook {expected!r}; name the file like one.")
+    tmp = Path(tempfile.mkdtemp(prefix="peftlab-grade-"))
+    try:
+        template = scratch_course(root, [assignment], into=tmp / "template")
+        staged = tmp / "staging" / expected
+        staged.parent.mkdir(parents=True)
+        shutil.copyfile(notebook, staged)
+        if "tiny" in str(settings.parameters.get("model_name", "")):
+            from ..tiny import ensure_tiny_model
+
+            ensure_tiny_model()  # the sandbox cannot write the cache, so build the model first
+        job = Job(student=student, assignment=assignment, notebook=expected, submission=str(staged),
+                  scratch=str(tmp / "scratch"), template=str(template), settings=settings,
+                  policy=policy_for(settings, hide=[str(root), str(tmp), str(notebook.resolve().parent)]),
+                  canary_seed=f"{assignment}:{student}")
+        Path(job.scratch).mkdir()
+        return autograde(job)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def check(root: str | Path, log=print) -> list[str]:
+    """The CI gate: no drift, no leak, every solution full marks, every blank release zero."""
+    root = Path(root)
+    problems = drift(root) + leaks(root)
+    for name in assignments(root):
+        source_nb = source_notebook(root, name)
+        full = grade(root, name, source_nb, student="solution")
+        log(full.summary())
+        if full.status != "graded" or full.auto_score != full.auto_max or not full.cells:
+            problems.append(f"{source_nb}: the solution earns {full.auto_score:g} of {full.auto_max:g} ({full.status})")
+        blank = grade(root, name, root / RELEASE / name / source_nb.name, student="blank")
+        log(blank.summary())
+        if blank.status != "graded" or blank.auto_score != 0:
+            problems.append(f"{root / RELEASE / name / source_nb.name}: the untouched exercise earns "
+                            f"{blank.auto_score:g} points ({blank.status}); a test passes without the student's work")
+    return problems
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in ("release", "check", "grade") or (argv[0] == "grade" and len(argv) != 3):
+        print(__doc__)
+        return 2
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        root = course_root()
+        if argv[0] == "release":
+            for d in release(root):
+                print(f"wrote {d}")
+            return 0
+        if argv[0] == "grade":
+            print(grade(root, argv[1], argv[2]).summary())
+            return 0
+        found = check(root)
+    except GradingError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for msg in found:
+        print(msg)
+    print(f"nbgrader gate: {len(assignments(root))} assignments, {len(found)} problems")
+    return 1 if found else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

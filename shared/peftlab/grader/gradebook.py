@@ -1,0 +1,120 @@
+"""nbgrader's gradebook as the record: each student's grades and status in one transaction.
+
+Besides nbgrader's own tables, a `peftlab_status` table keeps each student's
+status, reason, notes and the submission's SHA-256, so that a rerun skips
+students already graded and a killed batch resumes without counting anyone twice.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+from .course import gradebook_url, tools_on_path
+from .intake import Submission
+from .outcome import FLAGGED, Outcome
+
+STATUS_TABLE = """CREATE TABLE IF NOT EXISTS peftlab_status (
+    assignment TEXT NOT NULL, student TEXT NOT NULL, sha256 TEXT NOT NULL, status TEXT NOT NULL,
+    reason TEXT NOT NULL, notes TEXT NOT NULL, PRIMARY KEY (assignment, student))"""
+
+
+def open_gradebook(folder: Path):
+    from nbgrader.api import Gradebook
+
+    tools_on_path()
+    return Gradebook(gradebook_url(folder))
+
+
+def read_grades(folder: Path, assignment: str, student: str) -> dict[str, dict]:
+    """{grade_id: {score, max, manual}} of a student's submission in the gradebook in `folder`.
+
+    Written answers (markdown) are graded by hand: their score is 0 if left unanswered, else None."""
+    out = {}
+    with open_gradebook(folder) as gb:
+        for nb in gb.find_submission(assignment, student).notebooks:
+            for grade in nb.grades:
+                out[grade.name] = {"score": grade.auto_score, "max": grade.max_score,
+                                   "manual": grade.cell.cell_type == "markdown"}
+    return out
+
+
+def finished(work: Path, assignment: str) -> dict[str, str]:
+    """{student: sha256} of submissions whose grades are in the gradebook."""
+    from sqlalchemy import text
+
+    with open_gradebook(work) as gb:
+        gb.db.execute(text(STATUS_TABLE))
+        gb.db.commit()
+        rows = gb.db.execute(text("SELECT student, sha256 FROM peftlab_status WHERE assignment = :a"),
+                             {"a": assignment}).fetchall()
+    return {s: h for s, h in rows}
+
+
+def record(work: Path, assignment: str, sub: Submission, out: Outcome) -> None:
+    """Write one student's grades and status in a single transaction."""
+    from nbgrader.api import MissingEntry
+    from sqlalchemy import text
+
+    with open_gradebook(work) as gb:
+        gb.db.execute(text(STATUS_TABLE))
+        gb.update_or_create_student(sub.student)
+        try:
+            gb.remove_submission(assignment, sub.student)
+        except MissingEntry:
+            pass
+        submission = gb.add_submission(assignment, sub.student)
+        zero = out.status != "graded"
+        for nb in submission.notebooks:
+            for grade in nb.grades:
+                g = out.grades.get(grade.name)
+                if grade.cell.cell_type == "markdown":  # written answers: by hand, unless unanswered
+                    answered = g is not None and g["score"] is None and not zero
+                    grade.auto_score = None if answered else 0.0
+                    grade.needs_manual_grade = answered or out.status in FLAGGED
+                else:
+                    grade.auto_score = 0.0 if zero or g is None else float(g["score"] or 0.0)
+                    grade.needs_manual_grade = out.status in FLAGGED
+        gb.db.execute(
+            text("INSERT OR REPLACE INTO peftlab_status VALUES (:a, :s, :h, :st, :r, :n)"),
+            {"a": assignment, "s": sub.student, "h": sub.sha256, "st": out.status, "r": out.reason,
+             "n": json.dumps(out.notes)},
+        )
+        gb.db.commit()
+
+
+def export_csv(work: Path, assignment: str, path: Path) -> Path:
+    """One row per student: status, points, reason. Sorted, no timestamps: reruns give the same file."""
+    from sqlalchemy import text
+
+    with open_gradebook(work) as gb:
+        gb.db.execute(text(STATUS_TABLE))
+        status = {s: (st, r, n) for s, st, r, n in gb.db.execute(
+            text("SELECT student, status, reason, notes FROM peftlab_status WHERE assignment = :a"),
+            {"a": assignment}).fetchall()}
+        ids = [c.name for nb in gb.find_assignment(assignment).notebooks for c in nb.grade_cells]
+        rows = []
+        for student in sorted(status):
+            sub = gb.find_submission(assignment, student)
+            cells = {g.name: g for nb in sub.notebooks for g in nb.grades}
+            auto = [g for g in cells.values() if g.cell.cell_type == "code"]
+            st, reason, notes = status[student]
+            rows.append({
+                "student": student, "status": st,
+                "autograded": f"{sum(g.auto_score or 0 for g in auto):g}",
+                "autograded_max": f"{sum(g.max_score for g in auto):g}",
+                "pending_by_hand": f"{sum(g.max_score for g in cells.values() if g.needs_manual_grade):g}",
+                "flagged": "yes" if st in FLAGGED else "",
+                **{gid: ("" if cells[gid].auto_score is None else f"{cells[gid].auto_score:g}") for gid in ids},
+                "reason": reason, "notes": "; ".join(json.loads(notes)),
+            })
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["student", "status", "autograded", "autograded_max",
+                                                "pending_by_hand", "flagged", *ids, "reason", "notes"])
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(path)
+    return path

@@ -1,0 +1,111 @@
+"""nbgrader preprocessors the grader adds to nbgrader's autograde pipeline.
+
+They report what they saw (canary results, dropped output) by appending JSON
+lines to `findings`, a file in the worker's scratch folder, which the kernel
+cannot see: preprocessors are built by nbgrader from configuration, so a file
+named in that configuration is how their findings come back to the worker.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+
+from nbgrader.preprocessors import Execute, NbGraderPreprocessor
+from nbgrader.utils import is_grade, is_solution
+from traitlets import Dict, Integer, Unicode
+
+_CANARY_WORDS = ["trainable parameters", "merged weight", "held-out loss", "rank of the update", "scaling",
+                 "masked labels", "module count", "output shape", "quantized bytes", "row count"]
+
+
+def report(findings: str, **entry) -> None:
+    if findings:
+        with open(findings, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(entry) + "\n")
+
+
+def read_findings(findings: str) -> list[dict]:
+    try:
+        with open(findings, encoding="utf-8") as fh:
+            return [json.loads(line) for line in fh if line.strip()]
+    except FileNotFoundError:
+        return []
+
+
+class InjectParameters(NbGraderPreprocessor):
+    """papermill-style: a cell with the grading parameters right after the `parameters` cell."""
+
+    parameters = Dict().tag(config=True)
+
+    def preprocess(self, nb, resources):
+        if self.parameters:
+            import nbformat
+            from papermill.translators import translate_parameters
+
+            source = translate_parameters("python", "python", dict(self.parameters), "Parameters injected for grading")
+            cell = nbformat.v4.new_code_cell(source)
+            cell.metadata["tags"] = ["injected-parameters"]
+            tagged = [i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", [])]
+            nb.cells.insert(tagged[0] + 1 if tagged else 0, cell)
+        return nb, resources
+
+
+def canary_source(rng: random.Random) -> str:
+    """Looks like one of the course's test cells; always fails unless the kernel lies."""
+    what = rng.choice(_CANARY_WORDS)
+    a = rng.randint(2, 9_999)
+    b = a + rng.randint(1, 97)
+    return f"# Checks the {what} once more.\nchecks.assert_equal({a}, {b}, \"{what}\")"
+
+
+class InsertCanaries(NbGraderPreprocessor):
+    """Test-like cells that must fail, placed after randomly chosen test cells."""
+
+    seed = Unicode("").tag(config=True)
+    count = Integer(2).tag(config=True)
+
+    def preprocess(self, nb, resources):
+        import nbformat
+
+        rng = random.Random(self.seed)
+        tests = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and is_grade(c) and not is_solution(c)]
+        for i in sorted(rng.sample(tests, min(self.count, len(tests))), reverse=True):
+            cell = nbformat.v4.new_code_cell(canary_source(rng))
+            cell.metadata["peftlab"] = {"canary": True}
+            nb.cells.insert(i + 1, cell)
+        return nb, resources
+
+
+class CheckCanaries(NbGraderPreprocessor):
+    """Report whether each canary failed, then remove the canaries."""
+
+    findings = Unicode("").tag(config=True)
+
+    def preprocess(self, nb, resources):
+        kept = []
+        for cell in nb.cells:
+            if cell.metadata.get("peftlab", {}).get("canary"):
+                failed = any(o.get("output_type") == "error" for o in cell.get("outputs", []))
+                report(self.findings, kind="canary", failed=failed, ran=cell.get("execution_count") is not None)
+            else:
+                kept.append(cell)
+        nb.cells = kept
+        return nb, resources
+
+
+class GuardedExecute(Execute):
+    """nbgrader's Execute with a cap on the output a kernel may send back."""
+
+    max_output_bytes = Integer(2 * 2**20).tag(config=True)
+    findings = Unicode("").tag(config=True)
+
+    def output(self, outs, msg, display_id, cell_index):
+        self._sent = getattr(self, "_sent", 0) + len(json.dumps(msg.get("content", {}), default=str))
+        if self._sent > self.max_output_bytes:
+            if not getattr(self, "_capped", False):
+                self._capped = True
+                report(self.findings, kind="note",
+                       text=f"output past {self.max_output_bytes:,} bytes was dropped (from cell {cell_index})")
+            return None
+        return super().output(outs, msg, display_id, cell_index)

@@ -1,0 +1,241 @@
+"""Grade one submission: check it, autograde it with nbgrader in a sandboxed kernel, write feedback.
+
+`autograde(job)` is the one grading path: the class grader runs it in a
+worker process per submission, and the CI gates of the exercises
+(`python -m peftlab.grader.exercises check`) call it directly, so the gates
+test the code that grades students. The worker process is
+
+    python -m peftlab.grader.worker JOB.json
+
+which reads a `Job`, grades it and writes the `Outcome` to `result.json` in the
+job's scratch folder. It dies with the process that started it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import sys
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from . import course as course_mod
+from .feedback import write_feedback
+from .gradebook import read_grades
+from .inspect import inspect
+from .outcome import Outcome
+from .preprocessors import read_findings
+from .sandbox import Policy, bwrap_path, kernel_manager_class, warn_unsandboxed
+from .settings import Settings
+
+
+@dataclass
+class Job:
+    """Everything a worker needs to grade one submission; written as JSON by the batch."""
+
+    student: str
+    assignment: str
+    notebook: str  # the assignment's notebook file name
+    submission: str  # the staged notebook to grade
+    scratch: str  # a folder of the grader's own, emptied for this job
+    template: str  # a scratch course with the assignment released into its gradebook
+    settings: Settings = field(default_factory=Settings)
+    policy: Policy = field(default_factory=Policy)  # the kernel's sandbox
+    canary_seed: str = ""
+    notes: list[str] = field(default_factory=list)  # from importing, for the feedback
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> Job:
+        data = json.loads(text)
+        data["settings"] = Settings(**data["settings"])
+        data["policy"] = Policy(**data["policy"])
+        return cls(**data)
+
+    @property
+    def release(self) -> Path:
+        return Path(self.template) / course_mod.RELEASE / self.assignment / self.notebook
+
+    @property
+    def source(self) -> Path:
+        return Path(self.template) / course_mod.SOURCE / self.assignment / self.notebook
+
+
+def use_bubblewrap(settings: Settings) -> bool:
+    """Whether kernels run under bubblewrap: Settings.sandbox "auto" uses it when installed."""
+    if settings.sandbox == "none":
+        return False
+    if bwrap_path():
+        return True
+    if settings.sandbox == "bwrap":
+        raise course_mod.GradingError("bubblewrap (bwrap) is required but not installed; apt-get install bubblewrap.")
+    warn_unsandboxed()
+    return False
+
+
+def policy_for(settings: Settings, hide: list[str], slot: int = 0) -> Policy:
+    """The sandbox of a kernel: the Python environment, the course package and the tiny model, read-only."""
+    from ..tiny import cache_root
+
+    package = Path(__file__).resolve().parent.parent
+    expose = sorted({sys.prefix, sys.base_prefix, str(package), str(cache_root())})
+    isolated = use_bubblewrap(settings)
+    # A separate user id needs the sandbox's view: outside it, Python may live where only root can read.
+    uid = settings.uid_base + slot if os.geteuid() == 0 and isolated else None
+    return Policy(
+        hide=[*hide, "/home", "/root"], expose=expose, memory_bytes=settings.memory_bytes,
+        cpu_seconds=settings.wall_timeout, max_processes=settings.max_processes,
+        max_file_bytes=settings.max_file_bytes, writable_bytes=settings.writable_bytes,
+        uid=uid, bubblewrap=isolated,
+        env={"PEFTLAB_CACHE": str(cache_root())},  # inside, HOME is /tmp: name the model cache the grader built
+    )
+
+
+def summarise_log(text: str) -> str:
+    """nbgrader's log in one line: its last error (or exception), and how many errors and warnings it had."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if "| ERROR]" in ln or re.match(r"^\w+(Error|Exception)\b", ln)]
+    warnings = [ln for ln in lines if "| WARNING]" in ln]
+    last = errors[-1] if errors else (lines[-1] if lines else "no log")
+    last = re.sub(r"^\[\w+ \| (ERROR|WARNING|INFO)\]\s*", "", last)
+    return f"{last[:300]} ({len(errors)} error and {len(warnings)} warning lines in nbgrader's log)"
+
+
+def _nbgrader_config(job: Job, course: Path, findings: Path):
+    from nbconvert.preprocessors import ClearMetadataPreprocessor
+    from nbgrader.preprocessors import (
+        AssignLatePenalties,
+        CheckCellMetadata,
+        IgnorePattern,
+        LimitOutput,
+        SaveAutoGrades,
+    )
+
+    from .preprocessors import CheckCanaries, GuardedExecute, InjectParameters, InsertCanaries
+
+    s = job.settings
+    config = course_mod.nbgrader_config(course, cell_timeout=s.cell_timeout)
+    config.Execute.kernel_manager_class = kernel_manager_class()
+    config.SandboxKernelManager.policy = json.dumps(asdict(job.policy))
+    config.Autograde.autograde_preprocessors = [
+        InjectParameters, InsertCanaries, GuardedExecute, CheckCanaries, IgnorePattern, ClearMetadataPreprocessor,
+        LimitOutput, SaveAutoGrades, AssignLatePenalties, CheckCellMetadata,
+    ]
+    config.InjectParameters.parameters = s.parameters
+    config.InsertCanaries.seed = job.canary_seed
+    config.InsertCanaries.count = s.canaries
+    config.GuardedExecute.max_output_bytes = s.max_output_bytes
+    config.GuardedExecute.findings = config.CheckCanaries.findings = str(findings)
+    return config
+
+
+def _cell_errors(notebook: Path) -> dict[str, str]:
+    """{grade_id: "Name: message"} for every graded cell whose outputs hold an error."""
+    import nbformat
+
+    out = {}
+    for cell in nbformat.read(notebook, as_version=4).cells:
+        gid = cell.metadata.get("nbgrader", {}).get("grade_id")
+        for o in cell.get("outputs", []):
+            if gid and o.get("output_type") == "error":
+                out[gid] = f"{o.get('ename', 'Error')}: {o.get('evalue', '')}".strip()
+    return out
+
+
+def _grade(job: Job, out: Outcome) -> Path | None:
+    """Run nbgrader's autograde; fill `out`; return the graded notebook (None if nbgrader failed)."""
+    scratch = Path(job.scratch)
+    course = scratch / "course"
+    shutil.rmtree(course, ignore_errors=True)
+    shutil.copytree(job.template, course, symlinks=True)
+    dest = course / "submitted" / job.student / job.assignment
+    dest.mkdir(parents=True)
+    shutil.copyfile(job.submission, dest / job.notebook, follow_symlinks=False)
+    findings = scratch / "findings.jsonl"
+    findings.unlink(missing_ok=True)
+
+    api = course_mod.nbgrader_api(_nbgrader_config(job, course, findings))
+    result = api.autograde(job.assignment, job.student, force=True, create=True)
+    found = read_findings(str(findings))
+    out.notes += [f["text"] for f in found if f["kind"] == "note"]
+    text = (result.get("error") or "") + (result.get("log") or "")
+    if not result.get("success"):
+        (scratch / "nbgrader.log").write_text(text)
+        out.log = summarise_log(text)
+        if "DeadKernelError" in text or "kernel died" in text.lower():
+            out.status, out.reason = "crashed", "the kernel died (os._exit, a crash, or running out of memory)"
+        else:
+            out.status, out.reason = "error", f"nbgrader could not grade it: {out.log}"
+        return None
+
+    out.grades = read_grades(course, job.assignment, job.student)
+    graded = course / "autograded" / job.student / job.assignment / job.notebook
+    out.errors = _cell_errors(graded)
+    timeouts = [gid for gid, err in out.errors.items() if err.startswith("CellTimeoutError")]
+    if timeouts:
+        out.notes.append(f"cell(s) {', '.join(timeouts)} ran past the {job.settings.cell_timeout} s cell limit")
+    canaries = [f for f in found if f["kind"] == "canary"]
+    passed = [c for c in canaries if c["ran"] and not c["failed"]]
+    if passed:
+        out.status = "forgery"
+        out.reason = (f"{len(passed)} of {len(canaries)} grading-time canary tests, which must fail, "
+                      "reported success: the kernel's error reports were suppressed or rewritten")
+    return graded
+
+
+def autograde(job: Job) -> Outcome:
+    """Check and grade one submission, then write its feedback; never raises for a bad submission."""
+    start = time.perf_counter()
+    out = Outcome(student=job.student, status="graded", notes=list(job.notes))
+    graded = None
+    step = "checking"
+    try:
+        verdict = inspect(job.submission, job.release, job.settings)
+        out.notes += verdict.notes
+        if verdict.status:
+            out.status, out.reason = verdict.status, verdict.reason
+        else:
+            step = "grading"
+            graded = _grade(job, out)
+    except Exception as exc:  # a submission must never stop the batch: the failure becomes its status
+        (Path(job.scratch) / "traceback.txt").write_text(traceback.format_exc())
+        out.status = "error"
+        out.reason = (f"the grader failed while {step} it ({type(exc).__name__}: {str(exc)[:200]}); "
+                      f"the traceback is in {Path(job.scratch) / 'traceback.txt'}")
+    feedback = Path(job.scratch) / "feedback.html"
+    try:
+        write_feedback(graded, job.release, job.source, out, job.assignment, feedback)
+        out.feedback = str(feedback)
+    except Exception as exc:
+        out.notes.append(f"feedback could not be written ({type(exc).__name__}: {str(exc)[:200]})")
+    out.seconds = time.perf_counter() - start
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if len(argv) != 1:
+        print("usage: python -m peftlab.grader.worker JOB.json   (written by peftlab-grade)", file=sys.stderr)
+        return 2
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: die with the batch process
+    job = Job.from_json(Path(argv[0]).read_text())
+    out = autograde(job)
+    result = Path(job.scratch) / "result.json"
+    tmp = result.with_suffix(".tmp")
+    tmp.write_text(json.dumps(asdict(out)))
+    tmp.replace(result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
