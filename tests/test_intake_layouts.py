@@ -217,3 +217,50 @@ def test_nothing_gradable_is_an_error_and_rejects_stay_out_of_the_gradebook(tmp_
         assert [r["fate"] for r in csv.DictReader(fh)] == ["rejected"]
     assert not (tmp_path / "work" / "gradebook.db").exists() or not sqlite3.connect(
         tmp_path / "work" / "gradebook.db").execute("SELECT id FROM student").fetchall()
+
+
+def test_canvas_download_grades_under_roster_ids_and_exports(tmp_path, downloads):
+    """End to end with kernels: a Canvas zip graded, lateness kept, rejects out of the gradebook, exports."""
+    import shutil
+
+    import nbformat
+    from peftlab.grader import exercises
+    from peftlab.grader.batch import Batch
+    from peftlab.grader.settings import GRADING_PARAMETERS, Settings
+
+    roster, _ = downloads
+    course = tmp_path / "the-course"  # the `downloads` fixture has its own course/ folder
+    shutil.copytree(Path(__file__).parent / "fixtures" / "course", course)
+    exercises.release(course)
+    release = nbformat.read(course / "exercises" / ASSIGNMENT / NB, as_version=4)
+    solved = nbformat.from_dict(json.loads(json.dumps(release)))
+    for cell in solved.cells:
+        gid = cell.metadata.get("nbgrader", {}).get("grade_id")
+        if gid == "double":
+            cell.source = "def double(x):\n    return factor * x"
+        if gid == "halve":
+            cell.source = "def halve(x):\n    return x / 2"
+    canvas = tmp_path / "submissions.zip"
+    with zipfile.ZipFile(canvas, "w") as zf:
+        zf.writestr("smithjohn_12345_6789012_fixture.ipynb", nbformat.writes(solved))
+        zf.writestr("doejane_LATE_23456_7890123_fixture.ipynb", nbformat.writes(release))
+        zf.writestr("fixture.ipynb", nbformat.writes(solved))  # nobody's
+    # Limits far above the few seconds each notebook takes: the machine may be busy.
+    settings = Settings(workers=2, cell_timeout=300, wall_timeout=900,
+                        parameters={**GRADING_PARAMETERS, "factor": 2})
+    batch = Batch(course, ASSIGNMENT, tmp_path / "work", settings, log=lambda *a: None, roster=roster)
+    results = {sub.student: out for sub, out in batch.run([canvas])}
+    assert {s: (o.status, o.auto_score) for s, o in results.items()} == {"jsmith": ("graded", 3), "jdoe": ("graded", 0)}
+    assert [s.reason for s in batch.rejected] and "assignment's own file name" in batch.rejected[0].reason
+    assert batch.missing == ["zoe"]
+    db = sqlite3.connect(batch.work / "gradebook.db")
+    assert sorted(db.execute("SELECT id, email, lms_user_id FROM student")) == [
+        ("jdoe", "jdoe@uni.edu", "23456"), ("jsmith", "jsmith@uni.edu", "12345")]
+    assert dict(db.execute("SELECT student, late FROM peftlab_intake")) == {"jdoe": 1, "jsmith": 0}
+    with open(batch.exports["Canvas import"], newline="") as fh:
+        canvas_rows = {r["SIS User ID"]: r for r in csv.DictReader(fh)}
+    assert canvas_rows["jsmith"]["ID"] == "12345" and canvas_rows["jsmith"][ASSIGNMENT] == "3"
+    assert canvas_rows["jdoe"][ASSIGNMENT] == "0"
+    text = batch.exports["class summary"].read_text()
+    assert "| graded | 2 |" in text and "1 late" in text and "| test_halve | 1 of 2 | 50% |" in text
+    assert batch.exports["score histogram"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
