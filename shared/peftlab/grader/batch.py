@@ -43,6 +43,7 @@ from .feedback import write_feedback
 from .gradebook import export_csv, finished, record, record_identity
 from .intake import Submission, import_submissions, write_new
 from .outcome import Outcome
+from .repair import repair_file
 from .roster import Roster
 from .settings import GRADING_PARAMETERS, GiB, Settings
 from .worker import Job, policy_for, use_bubblewrap
@@ -123,6 +124,7 @@ class Batch:
         found = import_submissions(sources, self.notebook, self.work / "staging" / self.assignment, self.settings,
                                    assignment=self.assignment, roster=self.roster, id_regex=self.id_regex)
         subs = self._intake(found)
+        self._repair(subs)
         done = {} if regrade else finished(self.work, self.assignment)
         todo, results = [], []
         for sub in subs:
@@ -150,6 +152,18 @@ class Batch:
     @property
     def intake_path(self) -> Path:
         return self.work / f"{self.assignment}-intake.csv"
+
+    def _repair(self, subs: list[Submission]) -> None:
+        """Notebooks whose nbgrader metadata an editor stripped: re-attached where unambiguous (`repair`)."""
+        release = self.template / course_mod.RELEASE / self.assignment / self.notebook
+        for sub in subs:
+            if sub.status or not sub.path:
+                continue
+            status, reason, note = repair_file(Path(sub.path), release)
+            if status:
+                sub.status, sub.reason = status, reason
+            if note:
+                sub.notes.append(note)
 
     def _intake(self, found: list[Submission]) -> list[Submission]:
         """The students among what was found; every file and its fate in ASSIGNMENT-intake.csv."""
