@@ -191,8 +191,8 @@ class Batch:
         if not (out.feedback and copy_out(Path(out.feedback), fb, limit)):
             write_feedback(None, self.template / course_mod.RELEASE / self.assignment / self.notebook,
                            self.template / course_mod.SOURCE / self.assignment / self.notebook, out, self.assignment, fb)
+        record_identity(self.work, self.assignment, sub)  # first: a batch killed between the two regrades the student
         record(self.work, self.assignment, sub, out)
-        record_identity(self.work, self.assignment, sub)
         if scratch is not None and out.status == "graded":
             shutil.rmtree(scratch, ignore_errors=True)
 
