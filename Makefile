@@ -28,10 +28,10 @@ lint: venv
 	$(VENV)/bin/ruff check shared tests bench
 	$(PY) -m peftlab.notebooks check .
 
-# make grade ASSIGNMENT=05_custom_dataset SUBMISSIONS=~/Downloads/class [WORKERS=4]
+# make grade ASSIGNMENT=05_custom_dataset SUBMISSIONS=~/Downloads/class [WORKERS=4] [ROSTER=class.csv]
 grade: venv
 	@test -n "$(ASSIGNMENT)" -a -n "$(SUBMISSIONS)" || { echo "usage: make grade ASSIGNMENT=<name> SUBMISSIONS=<folder or zip>"; exit 2; }
-	$(VENV)/bin/peftlab-grade $(ASSIGNMENT) $(SUBMISSIONS) $(if $(WORKERS),--workers $(WORKERS))
+	$(VENV)/bin/peftlab-grade $(ASSIGNMENT) $(SUBMISSIONS) $(if $(WORKERS),--workers $(WORKERS)) $(if $(ROSTER),--roster $(ROSTER))
 
 # nbgrader's formgrader, for written answers: started in grading/ (its nbgrader_config.py) with the
 # course root as root_dir, so that its Edit and Preview links resolve. Autograde and feedback stay off.
