@@ -36,9 +36,9 @@ def test_shipped_config_switches_off_nbgrader_autograde_and_feedback(in_folder, 
     assert config.GenerateFeedback.preprocessors == [formgrader.RefuseFeedback]
     assert config.CourseDirectory.root == str(COURSE)
     with pytest.raises(RuntimeError, match="without the sandbox.*peftlab-grade"):
-        formgrader.Refuse().preprocess(None, {})
+        formgrader.Refuse()(None, {})  # as nbconvert calls it
     with pytest.raises(RuntimeError, match="hidden tests"):
-        formgrader.RefuseFeedback().preprocess(None, {})
+        formgrader.RefuseFeedback()(None, {})
 
 
 def test_make_formgrader_starts_in_grading_with_the_course_as_root():

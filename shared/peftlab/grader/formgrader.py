@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from nbconvert.preprocessors import Preprocessor
+from traitlets import Bool
 
 REFUSAL = ("PEFT Lab: nbgrader's own {what} is switched off for this course (grading/nbgrader_config.py): it would "
            "run student code without the sandbox and {why}. Grade with `make grade ASSIGNMENT=... SUBMISSIONS=...` "
@@ -27,6 +28,7 @@ REFUSAL = ("PEFT Lab: nbgrader's own {what} is switched off for this course (gra
 class Refuse(Preprocessor):
     """Stands in for nbgrader's autograde and feedback steps: fails with the reason and the command to use."""
 
+    enabled = Bool(True)  # nbconvert skips a preprocessor that is not enabled
     what = "autograde"
     why = "trust test results the student's kernel reports"
 
