@@ -5,7 +5,7 @@ PYTHON ?= python3
 STAMP  := $(VENV)/.installed-stamp
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: venv demo test lint lock clean bench release grade
+.PHONY: venv demo test lint lock clean bench release grade formgrader
 
 venv: $(STAMP)
 
@@ -34,10 +34,15 @@ lint: venv
 	$(PY) -m peftlab.notebooks check .
 	$(PY) -m peftlab.notebooks setup-cells --check
 
-# make grade ASSIGNMENT=05_custom_dataset SUBMISSIONS=~/Downloads/class [WORKERS=4]
+# make grade ASSIGNMENT=05_custom_dataset SUBMISSIONS=~/Downloads/class [WORKERS=4] [ROSTER=class.csv]
 grade: venv
 	@test -n "$(ASSIGNMENT)" -a -n "$(SUBMISSIONS)" || { echo "usage: make grade ASSIGNMENT=<name> SUBMISSIONS=<folder or zip>"; exit 2; }
-	$(VENV)/bin/peftlab-grade $(ASSIGNMENT) $(SUBMISSIONS) $(if $(WORKERS),--workers $(WORKERS))
+	$(VENV)/bin/peftlab-grade $(ASSIGNMENT) $(SUBMISSIONS) $(if $(WORKERS),--workers $(WORKERS)) $(if $(ROSTER),--roster $(ROSTER))
+
+# nbgrader's formgrader, for written answers: started in grading/ (its nbgrader_config.py) with the
+# course root as root_dir, so that its Edit and Preview links resolve. Autograde and feedback stay off.
+formgrader: venv
+	cd grading && exec $(abspath $(VENV))/bin/jupyter lab --ServerApp.root_dir=$(CURDIR) $(ARGS)
 
 release: venv
 	$(PY) -m peftlab.grader.exercises release

@@ -26,6 +26,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import secrets
 import shutil
 import stat
@@ -37,10 +38,13 @@ from pathlib import Path
 
 from . import course as course_mod
 from .course import GradingError
+from .export import export_all, write_intake
 from .feedback import write_feedback
-from .gradebook import export_csv, finished, record
+from .gradebook import export_csv, finished, record, record_identity
 from .intake import Submission, import_submissions, write_new
 from .outcome import Outcome
+from .repair import repair_file
+from .roster import Roster
 from .settings import GRADING_PARAMETERS, GiB, Settings
 from .worker import Job, policy_for, use_bubblewrap
 
@@ -72,12 +76,17 @@ class Batch:
     work: Path
     settings: Settings = field(default_factory=Settings)
     log: object = print
+    roster: Roster | None = None
+    id_regex: re.Pattern | None = None
 
     def __post_init__(self):
         self.root, self.work = Path(self.root).resolve(), Path(self.work).resolve()
         self.source = course_mod.source_notebook(self.root, self.assignment)
         self.notebook = self.source.name
         self.template: Path | None = None
+        self.rejected: list[Submission] = []  # files no student could be given (reported, never recorded)
+        self.missing: list[str] = []  # roster students without a submission
+        self.exports: dict[str, Path] = {}
 
     def prepare(self) -> None:
         """The gradebook with this assignment, and a scratch course that each worker copies."""
@@ -112,7 +121,10 @@ class Batch:
             from ..tiny import ensure_tiny_model
 
             ensure_tiny_model()  # the sandbox cannot write the cache, so build the model first
-        subs = import_submissions(sources, self.notebook, self.work / "staging" / self.assignment, self.settings)
+        found = import_submissions(sources, self.notebook, self.work / "staging" / self.assignment, self.settings,
+                                   assignment=self.assignment, roster=self.roster, id_regex=self.id_regex)
+        subs = self._intake(found)
+        self._repair(subs)
         done = {} if regrade else finished(self.work, self.assignment)
         todo, results = [], []
         for sub in subs:
@@ -130,11 +142,40 @@ class Batch:
                  f"{'' if sandboxed else ' WITHOUT a sandbox'}")
         results += self._pool(todo, inputs)
         export_csv(self.work, self.assignment, self.csv_path)
+        self.exports = export_all(self.work, self.assignment)
         return results
 
     @property
     def csv_path(self) -> Path:
         return self.work / f"{self.assignment}-grades.csv"
+
+    @property
+    def intake_path(self) -> Path:
+        return self.work / f"{self.assignment}-intake.csv"
+
+    def _repair(self, subs: list[Submission]) -> None:
+        """Notebooks whose nbgrader metadata an editor stripped: re-attached where unambiguous (`repair`)."""
+        release = self.template / course_mod.RELEASE / self.assignment / self.notebook
+        for sub in subs:
+            if sub.status or not sub.path:
+                continue
+            status, reason, note = repair_file(Path(sub.path), release)
+            if status:
+                sub.status, sub.reason = status, reason
+            if note:
+                sub.notes.append(note)
+
+    def _intake(self, found: list[Submission]) -> list[Submission]:
+        """The students among what was found; every file and its fate in ASSIGNMENT-intake.csv."""
+        self.rejected = [s for s in found if s.rejected]
+        subs = [s for s in found if not s.rejected]
+        self.missing = sorted(set(self.roster.students) - {s.student for s in subs}) if self.roster else []
+        write_intake(self.intake_path, subs, self.rejected)
+        if not subs:
+            why = "\n  ".join(s.reason for s in self.rejected) or "no .ipynb file in them (nor in folders below)"
+            raise GradingError(f"nothing to grade for {self.assignment} in the submissions given:\n  {why}\n"
+                               f"(every file and its fate: {self.intake_path})")
+        return subs
 
     def _finish(self, sub: Submission, out: Outcome, scratch: Path | None) -> None:
         # Where nbgrader's formgrader (grading/nbgrader_config.py) looks for them, for grading by hand.
@@ -150,6 +191,7 @@ class Batch:
         if not (out.feedback and copy_out(Path(out.feedback), fb, limit)):
             write_feedback(None, self.template / course_mod.RELEASE / self.assignment / self.notebook,
                            self.template / course_mod.SOURCE / self.assignment / self.notebook, out, self.assignment, fb)
+        record_identity(self.work, self.assignment, sub)  # first: a batch killed between the two regrades the student
         record(self.work, self.assignment, sub, out)
         if scratch is not None and out.status == "graded":
             shutil.rmtree(scratch, ignore_errors=True)
@@ -211,10 +253,18 @@ class Batch:
                        reason=f"grader worker exited with code {code}: {' | '.join(tail)[:400]}")
 
 
-def report(results: list[tuple[Submission, Outcome]]) -> str:
+def report(results: list[tuple[Submission, Outcome]], rejected: list[Submission] = (),
+           missing: list[str] = ()) -> str:
+    """The console report: every reason in full, then the files no student was given, then who is missing."""
     lines = [f"{'student':<24} {'status':<9} {'points':>7}  reason"]
     for sub, out in sorted(results, key=lambda r: r[0].student):
-        lines.append(f"{sub.student:<24} {out.status:<9} {out.auto_score:>7g}  {out.reason[:90]}")
+        late = " (late)" if sub.late else ""
+        lines.append(f"{sub.student:<24} {out.status:<9} {out.auto_score:>7g}  {out.reason}{late}")
+    if rejected:
+        lines += ["", f"{len(rejected)} file(s) not graded (no student could be given them):",
+                  *[f"  {s.reason}" for s in rejected]]
+    if missing:
+        lines += ["", f"{len(missing)} student(s) on the roster without a submission: {', '.join(missing)}"]
     return "\n".join(lines)
 
 
@@ -233,6 +283,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--regrade", action="store_true", help="grade again even if already in the gradebook")
     parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                         help="grading parameter injected after the parameters cell (repeatable)")
+    parser.add_argument("--roster", default=None,
+                        help="class list CSV (id, name, email, lms_id): maps LMS ids, reports who is missing")
+    parser.add_argument("--id-regex", default=None, metavar="REGEX",
+                        help="read the student from each file's path with this regex's (?P<student>...) group "
+                             "(optional (?P<late>...), (?P<attempt>...)), for layouts not recognised")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from ..config import parse_overrides
@@ -243,13 +298,23 @@ def main(argv: list[str] | None = None) -> int:
         settings = Settings(workers=max(1, args.workers), cell_timeout=args.cell_timeout,
                             wall_timeout=args.wall_timeout, memory_bytes=int(args.memory_gib * GiB),
                             parameters=params, sandbox=args.sandbox)
-        batch = Batch(root, args.assignment, Path(args.work or root / "grading" / "work"), settings)
+        try:
+            id_regex = re.compile(args.id_regex) if args.id_regex else None
+        except re.error as exc:
+            raise GradingError(f"--id-regex {args.id_regex!r}: not a regular expression ({exc}).") from None
+        if id_regex is not None and "student" not in id_regex.groupindex:
+            raise GradingError(f"--id-regex {args.id_regex!r}: name the student's part (?P<student>...).")
+        roster = Roster.load(args.roster) if args.roster else None
+        batch = Batch(root, args.assignment, Path(args.work or root / "grading" / "work"), settings,
+                      roster=roster, id_regex=id_regex)
         results = batch.run(args.submissions, regrade=args.regrade)
     except GradingError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(report(results))
-    print(f"grades: {batch.csv_path}\nfeedback: {batch.work / 'feedback' / args.assignment}")
+    print(report(results, batch.rejected, batch.missing))
+    print(f"grades: {batch.csv_path}\nevery file found: {batch.intake_path}\n"
+          + "".join(f"{what}: {path}\n" for what, path in batch.exports.items())
+          + f"feedback: {batch.work / 'feedback' / args.assignment}")
     return 0
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from .inspect import graded_cells
 from .outcome import FLAGGED, STATUSES, Outcome
+from .render import TRUSTED, render_html
 
 _REGION = re.compile(r"### BEGIN HIDDEN TESTS\n(.*?)### END HIDDEN TESTS", re.S)
 _MARKERS = ("BEGIN HIDDEN TESTS", "END HIDDEN TESTS")
@@ -98,11 +99,20 @@ def summary_markdown(out: Outcome, assignment: str) -> str:
     return "\n".join(lines)
 
 
+def mark_trusted(nb, release: Path) -> None:
+    """Mark the markdown cells whose text is the release's own (the instructor's); the rest is the student's."""
+    ours = {"".join(c["source"]).strip() for c in json.loads(release.read_text())["cells"]
+            if c["cell_type"] == "markdown" and "nbgrader" not in c.get("metadata", {})}
+    for cell in nb.cells:
+        cell.metadata.pop(TRUSTED, None)  # a student cannot mark their own cell
+        if cell.cell_type == "markdown" and cell.source.strip() in ours:
+            cell.metadata[TRUSTED] = True
+
+
 def write_feedback(graded_nb: Path | None, release: Path, source: Path, out: Outcome, assignment: str,
                    dest: Path) -> Path:
     """HTML feedback: the student's notebook as graded, hidden tests' code removed from code and outputs."""
     import nbformat
-    from nbconvert import HTMLExporter
 
     secret = hidden_lines(source, release)
     out.errors = {gid: scrub(err, secret) for gid, err in out.errors.items()}
@@ -127,10 +137,8 @@ def write_feedback(graded_nb: Path | None, release: Path, source: Path, out: Out
             if cell.cell_type == "code":
                 cell.outputs = scrub_outputs(cell.get("outputs", []), secret)
         nb.cells.insert(0, summary)
-    exporter = HTMLExporter(template_name="lab")
-    if hasattr(exporter, "sanitize_html"):
-        exporter.sanitize_html = True  # a submission's HTML output must not run scripts in a reader's browser
-    html, _ = exporter.from_notebook_node(nb)
+    mark_trusted(nb, release)
+    html = render_html(nb)  # student content and outputs cleaned, the instructor's markdown as written
     dest.parent.mkdir(parents=True, exist_ok=True)
     dest.write_text(html, encoding="utf-8")
     return dest

@@ -118,3 +118,25 @@ def export_csv(work: Path, assignment: str, path: Path) -> Path:
         writer.writerows(rows)
     tmp.replace(path)
     return path
+
+
+INTAKE_TABLE = """CREATE TABLE IF NOT EXISTS peftlab_intake (
+    assignment TEXT NOT NULL, student TEXT NOT NULL, late INTEGER NOT NULL, layout TEXT NOT NULL,
+    origin TEXT NOT NULL, PRIMARY KEY (assignment, student))"""
+
+
+def record_identity(work: Path, assignment: str, sub: Submission) -> None:
+    """The student's name, e-mail and LMS id (nbgrader's student table) and how the file came (lateness, layout)."""
+    from sqlalchemy import text
+
+    first, _, last = sub.name.rpartition(" ") if " " in sub.name else ("", "", sub.name)
+    with open_gradebook(work) as gb:
+        gb.db.execute(text(INTAKE_TABLE))
+        student = gb.update_or_create_student(sub.student)
+        for key, value in (("first_name", first), ("last_name", last), ("email", sub.email),
+                           ("lms_user_id", sub.lms_id)):
+            if value:  # a layout without names keeps what a roster or an earlier assignment gave
+                setattr(student, key, value)
+        gb.db.execute(text("INSERT OR REPLACE INTO peftlab_intake VALUES (:a, :s, :l, :y, :o)"),
+                      {"a": assignment, "s": sub.student, "l": int(sub.late), "y": sub.layout, "o": sub.origin})
+        gb.db.commit()

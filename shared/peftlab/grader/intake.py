@@ -18,10 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .course import GradingError
+from .layouts import Named, identify
+from .roster import Roster, Student
 from .settings import Settings
 
 # Letters of any script, digits, . _ - @; no leading dot, no path separators.
 STUDENT_ID = re.compile(r"^\w[\w.@-]{0,63}$")
+MAX_DEPTH = 4  # folder levels searched below a source
 
 
 @dataclass
@@ -33,6 +36,13 @@ class Submission:
     status: str = ""
     reason: str = ""
     notes: list[str] = field(default_factory=list)
+    # Who, as the download's layout (peftlab.grader.layouts) and the roster tell it.
+    lms_id: str = ""
+    name: str = ""
+    email: str = ""
+    late: bool = False
+    layout: str = ""
+    rejected: bool = False  # no student could be given this file: reported, never graded or recorded
 
 
 @dataclass
@@ -41,6 +51,7 @@ class _Found:
     origin: str
     data: bytes | None = None
     problem: str = ""
+    whole: bool = False  # the problem is the source itself (a corrupt zip), not one student's file
 
 
 def student_from(name: str, notebook: str) -> str:
@@ -90,7 +101,7 @@ def read_regular(path: Path, limit: int) -> tuple[bytes | None, str]:
 
 
 def _walk_folder(source: Path, limit: int) -> list[_Found]:
-    """Notebooks at the top of `source` and one folder down, without following any link."""
+    """Notebooks in `source` and up to MAX_DEPTH folders down, without following any link."""
     found = []
 
     def visit(folder: Path, rel: str, depth: int) -> None:
@@ -101,8 +112,8 @@ def _walk_folder(source: Path, limit: int) -> list[_Found]:
             if entry.name in (".ipynb_checkpoints", "__MACOSX") or entry.name.startswith("."):
                 continue
             if entry.is_dir(follow_symlinks=False):
-                if depth == 0:
-                    visit(Path(entry.path), name + "/", 1)
+                if depth < MAX_DEPTH:  # submitted/<student>/<assignment>/<notebook>.ipynb is three down
+                    visit(Path(entry.path), name + "/", depth + 1)
                 continue
             if not entry.name.endswith(".ipynb") and not entry.is_symlink():
                 continue
@@ -123,7 +134,8 @@ def _walk_zip(source: Path, limit: int) -> list[_Found]:
     try:
         with zipfile.ZipFile(source) as zf:
             for info in zf.infolist():
-                if info.is_dir() or "__MACOSX" in info.filename or "/." in f"/{info.filename}":
+                hidden = any(p.startswith(".") and p != ".." for p in info.filename.split("/"))  # '..' is reported
+                if info.is_dir() or "__MACOSX" in info.filename or hidden:
                     continue
                 origin = f"{source}:{info.filename}"
                 mode = info.external_attr >> 16 if info.create_system == 3 else 0  # Unix mode bits, if any
@@ -143,21 +155,29 @@ def _walk_zip(source: Path, limit: int) -> list[_Found]:
                     data = fh.read(limit + 1)
                 problem = f"is too large (more than {limit:,} bytes)" if len(data) > limit else ""
                 found.append(_Found(info.filename, origin, None if problem else data, problem))
-    except (zipfile.BadZipFile, OSError, NotImplementedError) as exc:
-        raise GradingError(f"{source}: not a readable zip file ({exc}).") from None
+    except (zipfile.BadZipFile, OSError, NotImplementedError, EOFError, zipfile.LargeZipFile) as exc:
+        # One broken download must not stop the class: the archive itself is reported as rejected.
+        return [_Found(source.name, str(source), None, f"is not a readable zip file ({exc}); download it again",
+                       whole=True)]
     return found
 
 
-def import_submissions(sources: list[str | Path], notebook: str, staging: Path,
-                       settings: Settings | None = None) -> list[Submission]:
-    """Stage every notebook found in folders / zip files / single files; invalid ones carry a reason."""
+def import_submissions(sources: list[str | Path], notebook: str, staging: Path, settings: Settings | None = None,
+                       *, assignment: str = "", roster: Roster | None = None,
+                       id_regex: re.Pattern | None = None) -> list[Submission]:
+    """Stage the newest notebook of each student found in folders / zip files / single files.
+
+    Students are named by the download's layout (`layouts.identify`) and, given a roster, mapped to its
+    ids. A student's unreadable notebook is theirs, with status `invalid` and the reason. A file that no
+    student can be given (unknown name, not on the roster, older or ambiguous copy, corrupt zip) comes back
+    with `rejected=True` and the reason, and is never graded or recorded."""
     limit = (settings or Settings()).max_notebook_bytes
     staging.mkdir(parents=True, exist_ok=True)
     found: list[_Found] = []
     for source in map(Path, sources):
         if source.is_dir() and not source.is_symlink():
             found += _walk_folder(source, limit)
-        elif source.suffix == ".zip" and source.is_file():
+        elif source.suffix.lower() == ".zip" and source.is_file():
             found += _walk_zip(source, limit)
         elif source.suffix == ".ipynb" and (source.is_file() or source.is_symlink()):
             data, problem = read_regular(source, limit)
@@ -165,33 +185,62 @@ def import_submissions(sources: list[str | Path], notebook: str, staging: Path,
         else:
             raise GradingError(f"{source}: not a folder, a .zip or an .ipynb file.")
 
-    out: dict[str, Submission] = {}
     rejected: list[Submission] = []
-    for item in found:
-        student = student_from(item.name, notebook)
-        sub = Submission(student=student, origin=item.origin)
+
+    def reject(item: _Found, reason: str) -> None:
         tag = hashlib.sha256(item.origin.encode()).hexdigest()
-        if not STUDENT_ID.match(student):
-            sub.student = "invalid-" + tag[:8]
+        rejected.append(Submission(student="rejected-" + tag[:8], origin=item.origin, sha256=tag, status="invalid",
+                                   reason=f"{item.origin}: {reason}", rejected=True))
+
+    by_student: dict[str, list[tuple[_Found, Named, Student | None]]] = {}
+    for item in found:
+        if item.whole:
+            reject(item, item.problem)
+            continue
+        named = identify(item.name, notebook, assignment, id_regex)
+        if named.problem:
+            reject(item, named.problem)
+            continue
+        person = None
+        if roster is not None:
+            person, why = roster.match(named)
+            if person is None:
+                reject(item, why)
+                continue
+            named.student = person.id
+        by_student.setdefault(named.student, []).append((item, named, person))
+
+    out: list[Submission] = []
+    for student, group in by_student.items():
+        group.sort(key=lambda g: g[1].attempt)
+        item, named, person = group[-1]
+        newest = [g for g in group if g[1].attempt == named.attempt]
+        digests = {g[0].data and hashlib.sha256(g[0].data).hexdigest() for g in newest}
+        sub = Submission(student=student, origin=item.origin, lms_id=named.lms_id, late=named.late,
+                         layout=named.layout, name=person.name if person and person.name else named.name,
+                         email=person.email if person else "")
+        for older, n, _ in group[:-1]:
+            if n.attempt != named.attempt:
+                reject(older, f"an older submission of {student}; the newest, {item.origin}, is graded")
+            elif len(digests) == 1:
+                reject(older, f"a second submission for {student}, identical to {item.origin}; ignored")
+        if len(digests) > 1:
             sub.status, sub.reason = "invalid", (
-                f"{item.origin}: cannot tell the student from the name {item.name!r}; name files <student>.ipynb "
-                "(letters, digits, . _ - @)")
-            rejected.append(sub)
+                f"{len(newest)} different submissions for {student} and nothing tells which is newer: "
+                + ", ".join(g[0].origin for g in newest) + "; keep one and run again")
+            out.append(sub)
             continue
-        if student in out:
-            sub.student = f"{student}-duplicate-" + tag[:8]
-            sub.status, sub.reason = "invalid", f"{item.origin}: a second submission for {student} (first: {out[student].origin})"
-            rejected.append(sub)
-            continue
+        if named.late:
+            sub.notes.append(f"submitted late ({named.layout} marks it late)")
         if item.problem:
             sub.status, sub.reason = "invalid", f"{item.origin} {item.problem}"
-            sub.sha256 = tag
+            sub.sha256 = hashlib.sha256(item.origin.encode()).hexdigest()
         else:
             sub.sha256 = hashlib.sha256(item.data).hexdigest()
             sub.path = str(staging / f"{student}.ipynb")
             write_new(Path(sub.path), item.data)
-        out[student] = sub
-    return [*out.values(), *rejected]
+        out.append(sub)
+    return [*sorted(out, key=lambda s: s.student), *rejected]
 
 
 def write_new(path: Path, data: bytes) -> None:

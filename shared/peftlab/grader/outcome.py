@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 STATUSES = {
     "graded": "autograded",
     "invalid": "not a gradable notebook",
+    "metadata-missing": "an editor stripped the nbgrader metadata and the cells could not be matched to the "
+                        "assignment's unambiguously; zero points until a resubmission or a fix (see the reason)",
     "tampered": "graded cells deleted, added, renamed or changed in type, role or points; zero autograded "
                 "points, flagged for review",
     "forgery": "test results were forged (a canary test passed); zero autograded points, flagged for review",
