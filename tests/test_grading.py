@@ -235,7 +235,8 @@ def test_killed_batch_resumes_to_the_same_grades(course, submissions, graded, tm
     batch, _ = graded
     work = tmp_path / "work"
     cmd = [sys.executable, "-c", (
-        "import sys; from pathlib import Path; from peftlab import grading; "
+        "import sys; from pathlib import Path; from peftlab.grader.batch import Batch; "
+        "from peftlab.grader.settings import Settings; "
         f"s = Settings(**{json.dumps(_settings(1).__dict__)}); "
         f"Batch(Path({str(course)!r}), {ASSIGNMENT!r}, Path({str(work)!r}), s).run([{str(folder)!r}])")]
     proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -56,7 +56,7 @@ DTYPE_RULE = [
     # (requested, device, bf16 supported, resolved)
     ("auto", "cpu", None, "float32"),
     ("auto", "cuda", True, "bfloat16"),
-    ("auto", "cuda", False, "float16"),
+    ("auto", "cuda", False, "float32"),  # a GPU without bf16 (T4): float32, never float16 (Qwen2.5 overflows)
     ("auto", "mps", None, "float16"),
     ("float16", "cpu", None, "float16"),
 ]

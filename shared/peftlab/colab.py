@@ -11,7 +11,7 @@ tagged `colab-setup`), a Colab badge cell above it, and the Colab links
 between the `<!-- colab:start -->` / `<!-- colab:end -->` markers of the
 READMEs. `--check` is the CI gate that they are up to date.
 
-The setup cell must run before peftlab exists on a fresh Colab runtime, so
+The setup cell must run on a fresh Colab runtime where the package is not yet installed, so
 it is plain Python (`setup_cell_source`): on Colab it pip-installs the
 package from the URL, without extras, so nothing of Colab's own Jupyter
 stack (ipython, notebook, ipykernel, traitlets) is upgraded, then calls
