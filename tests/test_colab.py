@@ -271,7 +271,7 @@ def test_notebook_runs_alone_in_an_empty_folder(tiny_dir, tmp_path, rel):
     colab.copy_example_data(tmp_path)
     params = dict(output_dir=str(tmp_path / "run"))
     if rel.startswith("sessions/"):
-        params.update(learning_rate=2e-3, num_train_epochs=2, n_samples=2)
+        params.update(preset="shakespeare-tiny", overrides={"num_train_epochs": 2}, n_samples=2)
     papermill.execute_notebook(
         str(ROOT / rel), str(tmp_path / "out.ipynb"), parameters=params, kernel_name="python3",
         cwd=str(tmp_path), progress_bar=False, execution_timeout=600,

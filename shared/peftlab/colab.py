@@ -229,7 +229,7 @@ def t4_estimate(params: dict):
     seq_len = params.pop("seq_len")
     values = {"dtype": "auto", "compute_dtype": "auto"} | params
     if values["dtype"] == "auto":
-        values["dtype"] = str(gpu_dtype(bf16_native=False)).removeprefix("torch.")
+        values["dtype"] = str(gpu_dtype(False)).removeprefix("torch.")
     config = RunConfig(**values)
     return estimate(config.model_name, config, seq_len=seq_len, device="cuda")
 
