@@ -22,12 +22,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .tiny import _world_readable, cache_root
+from .tiny import build_atomically, cache_root
 
 SMOLLM_NAME = "smollm2-135m"
 # Bump when the conversion changes so stale caches are rebuilt, never reused.
@@ -143,21 +141,7 @@ def ensure_smollm(force: bool = False, gguf: GGUFFile | None = None) -> Path:
     if (target / "config.json").is_file() and (target / "model.safetensors").is_file() and not force:
         return target
     path = check_gguf(gguf or find_gguf())
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
-        convert(path, tmp)
-        _world_readable(tmp)
-        if force and target.exists():
-            shutil.rmtree(target)
-        try:
-            tmp.rename(target)
-        except OSError:
-            if not (target / "config.json").is_file():  # another process finished first: same build
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    return build_atomically(target, lambda folder: convert(path, folder), force)
 
 
 def is_available() -> bool:

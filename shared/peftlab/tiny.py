@@ -199,14 +199,27 @@ def ensure_tiny_model(force: bool = False) -> Path:
         if os.access(target, os.W_OK):
             _world_readable(target)  # a build by an older version may be owner-only
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
+    def build(folder: Path) -> None:
         tokenizer = build_tokenizer()
         model = build_model(tokenizer)
         pretrain(model, tokenizer)
-        tokenizer.save_pretrained(tmp)
-        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(folder)
+        model.save_pretrained(folder)
+
+    return build_atomically(target, build, force)
+
+
+def build_atomically(target: Path, build, force: bool = False) -> Path:
+    """Run `build(folder)` in a temporary sibling of `target`, then rename it into place.
+
+    An interrupted build leaves no half-written checkpoint behind, and two
+    processes building the same thing (the ranks of a torchrun job) never see
+    one: whichever renames second finds the first's identical build.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        build(tmp)
         _world_readable(tmp)
         if force and target.exists():
             shutil.rmtree(target)
