@@ -13,7 +13,9 @@ import torch  # noqa: E402
 def _cache(tmp_path_factory):
     # Reuse a cache the developer points at; otherwise build once per test session.
     if "PEFTLAB_CACHE" not in os.environ:
-        os.environ["PEFTLAB_CACHE"] = str(tmp_path_factory.mktemp("peftlab-cache"))
+        cache = tmp_path_factory.mktemp("peftlab-cache")
+        cache.chmod(0o755)  # pytest's folders are owner-only; sandboxed grading kernels read the model as another user
+        os.environ["PEFTLAB_CACHE"] = str(cache)
     yield
 
 

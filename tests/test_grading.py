@@ -653,3 +653,20 @@ def test_malformed_submissions_get_named_statuses_in_a_batch(attacked):
     for mutate, status, words in MALFORMED:
         row = rows[f"bad{mutate.__name__}"]
         assert row["status"] == status and all(w in row["reason"] for w in words), row
+
+
+def test_owner_only_model_cache_is_a_clear_error(tmp_path, monkeypatch):
+    """Kernels run as another user: a cache they cannot read is the instructor's to fix, said before grading."""
+    from peftlab.grader import worker
+    from peftlab.grader.course import GradingError
+
+    if os.geteuid() != 0 or not sandbox.bwrap_path():
+        pytest.skip("kernels run as the grader's own user unless the grader is root with bubblewrap")
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    cache.chmod(0o700)
+    monkeypatch.setenv("PEFTLAB_CACHE", str(cache))
+    with pytest.raises(GradingError, match="chmod 755"):
+        worker.policy_for(Settings(sandbox="bwrap"), hide=[])
+    cache.chmod(0o755)
+    assert worker.policy_for(Settings(sandbox="bwrap"), hide=[]).uid is not None

@@ -88,6 +88,12 @@ def policy_for(settings: Settings, hide: list[str], slot: int = 0) -> Policy:
     isolated = use_bubblewrap(settings)
     # A separate user id needs the sandbox's view: outside it, Python may live where only root can read.
     uid = settings.uid_base + slot if os.geteuid() == 0 and isolated else None
+    cache = cache_root()
+    if uid is not None and cache.is_dir() and not cache.stat().st_mode & 0o005 == 0o005:
+        # The kernels run as another user: an owner-only cache (a 0700 temporary folder, say) would make
+        # every model load fail inside them with a PermissionError that reads like the student's fault.
+        raise course_mod.GradingError(f"the model cache {cache} is not readable by the sandboxed kernels' user; "
+                           f"make it world-readable (chmod 755 {cache}) or set PEFTLAB_CACHE to another folder")
     return Policy(
         hide=[*hide, "/home", "/root"], expose=expose, memory_bytes=settings.memory_bytes,
         cpu_seconds=settings.wall_timeout, max_processes=settings.max_processes,
