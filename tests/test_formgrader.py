@@ -44,7 +44,7 @@ def test_shipped_config_switches_off_nbgrader_autograde_and_feedback(in_folder, 
 def test_make_formgrader_starts_in_grading_with_the_course_as_root():
     import subprocess
 
-    dry = subprocess.run(["make", "-n", "formgrader", "VENV=.venv"], cwd=COURSE, capture_output=True, text=True,
-                         env={**os.environ, "MAKEFLAGS": ""}, timeout=120)
+    dry = subprocess.run(["make", "--no-print-directory", "-n", "formgrader", "VENV=.venv"], cwd=COURSE, capture_output=True, text=True,
+                         env={**os.environ, "MAKEFLAGS": "", "MAKELEVEL": "1"}, timeout=120)
     line = dry.stdout.strip().splitlines()[-1]
     assert line.startswith("cd grading && exec ") and f"--ServerApp.root_dir={COURSE}" in line
