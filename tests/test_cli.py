@@ -15,6 +15,27 @@ def test_estimate_command(capsys):
     assert "base weights" in out and "total" in out and "qlora" in out
 
 
+def _base_gib(out: str) -> float:
+    return float(next(line for line in out.splitlines() if line.startswith("base weights")).split()[2])
+
+
+def test_estimate_defaults_to_this_machine(capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    argv = ["estimate", "--config", "shakespeare-reference", "--seq-len", "64"]
+    assert main(argv) == 0
+    here = capsys.readouterr().out
+    assert "on this CPU process" in here
+    assert main([*argv, "--device", "cuda"]) == 0
+    bf16 = capsys.readouterr().out
+    assert main([*argv, "--device", "cuda-no-bf16"]) == 0
+    t4 = capsys.readouterr().out
+    assert "with bfloat16" in bf16 and "without bfloat16" in t4
+    # float32 on the CPU and on a T4, bf16 on an Ampere GPU: twice the bytes per weight.
+    assert _base_gib(here) == _base_gib(t4) == pytest.approx(2 * _base_gib(bf16))
+
+
 @pytest.mark.parametrize(
     "argv,needle",
     [

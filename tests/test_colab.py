@@ -71,6 +71,41 @@ def test_3b_lora_in_float32_would_not_fit_a_t4():
     assert colab.t4_estimate(params).total > colab.T4_BUDGET_GIB * GiB
 
 
+def test_exercise04_merges_fit_a_t4_one_at_a_time():
+    from peftlab.memory import merge_phase_bytes
+
+    key = "solutions/04_qlora_memory/qlora_memory.ipynb"
+    name = colab.T4_PARAMETERS[key]["model_name"]
+    assert merge_phase_bytes(name, "float32") < colab.T4_BUDGET_GIB * GiB
+    # 3B: the 4-bit reference plus one float32 merge take the whole budget in weights alone, nothing left
+    # for activations and the CUDA context; hence 1.5B in its parameters.
+    assert colab.T4_BUDGET_GIB * GiB - merge_phase_bytes("Qwen/Qwen2.5-3B-Instruct", "float32") < 0.1 * GiB
+    # The arithmetic: 4-bit linears + other weights in float32, plus every weight in float32 once more.
+    small = merge_phase_bytes("Qwen/Qwen2.5-0.5B-Instruct", "float32")
+    assert merge_phase_bytes("Qwen/Qwen2.5-0.5B-Instruct", "bfloat16") < small < 2 * 4 * 494_032_768
+
+
+def test_gpu_notebook_parameters_match_the_t4_table_and_the_cells():
+    assert {k.split("#")[0] for k in colab.T4_PARAMETERS} == set(colab.GPU_NOTEBOOK_PARAMETERS)
+    for key, params in colab.GPU_NOTEBOOK_PARAMETERS.items():
+        nb = nbformat.read(ROOT / key, as_version=4)
+        cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+        names = set(params) - {"overrides"}
+        assert names <= set(_assigned(cell.source)), f"{key}: {names - set(_assigned(cell.source))} not parameters"
+        model = params.get("model_name") or params["overrides"]["model_name"]
+        assert model.split("-")[1] in cell.source, f"{key}: its parameters cell does not mention {model}"
+        assert "float16 on a T4" not in cell.source, f"{key}: a T4 has no bfloat16 and Qwen2.5 overflows float16"
+        if key in colab.T4_PARAMETERS:
+            assert colab.T4_PARAMETERS[key]["model_name"] == model
+
+
+def _assigned(source: str) -> list[str]:
+    import ast
+
+    return [t.id for node in ast.parse(source).body if isinstance(node, ast.Assign) for t in node.targets
+            if isinstance(t, ast.Name)]
+
+
 # ------------------------------------------------------------ NaN / inf stop
 def test_training_stops_at_the_first_nan_loss(tiny_dir, tmp_path):
     from transformers import AutoModelForCausalLM

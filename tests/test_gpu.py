@@ -1,5 +1,7 @@
 """Runs only where CUDA is available (skipped on CPU machines and in CI)."""
 
+import json
+
 import pytest
 import torch
 
@@ -22,3 +24,40 @@ def test_qlora_on_gpu_measures_cuda_peak(tiny_dir, tmp_path):
                     output_dir=str(tmp_path / "gpu"))
     res = train.train(cfg, progress=False)
     assert res.peak.source == "cuda max_memory_allocated" and res.peak.bytes > 0
+
+
+def _qwen_05b() -> str | None:
+    """Qwen2.5-0.5B-Instruct where it is present: $PEFTLAB_QWEN_PATH, or the Hugging Face cache."""
+    import os
+
+    if os.environ.get("PEFTLAB_QWEN_PATH"):
+        return os.environ["PEFTLAB_QWEN_PATH"]
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache("Qwen/Qwen2.5-0.5B-Instruct", "config.json")
+    return "Qwen/Qwen2.5-0.5B-Instruct" if isinstance(found, str) else None
+
+
+@pytest.mark.parametrize("key", sorted(__import__("peftlab.colab").colab.GPU_NOTEBOOK_PARAMETERS))
+def test_notebook_runs_with_its_gpu_parameters(key, tmp_path):
+    """Each notebook with the parameters its cell documents for a T4, on Qwen2.5-0.5B-Instruct."""
+    from pathlib import Path
+
+    from peftlab import colab
+
+    papermill = pytest.importorskip("papermill")
+    model = _qwen_05b()
+    if model is None:
+        pytest.skip("Qwen2.5-0.5B-Instruct is not downloaded (set PEFTLAB_QWEN_PATH or fill the HF cache)")
+    params = json.loads(json.dumps(colab.GPU_NOTEBOOK_PARAMETERS[key]))
+    if "overrides" in params:
+        params["overrides"].update(model_name=model, max_steps=10)
+        params["n_samples"] = 2
+    else:
+        params["model_name"] = model
+        params["max_steps"] = min(params.get("max_steps", 10), 10)
+    params["output_dir"] = str(tmp_path / "run")
+    notebook = Path(__file__).resolve().parents[1] / key
+    # Far above the work it bounds (minutes for the slowest notebook on one GPU).
+    papermill.execute_notebook(str(notebook), str(tmp_path / "out.ipynb"), parameters=params, cwd=str(tmp_path),
+                               kernel_name="python3", progress_bar=False, execution_timeout=3600)

@@ -101,3 +101,21 @@ def test_epoch_means_average_each_epoch():
     h.train = [(1, 4.0), (2, 2.0), (3, 1.0), (4, 3.0)]
     h.train_epoch = [0.5, 1.0, 1.5, 2.0]
     assert h.epoch_means() == [(1, 3.0), (2, 2.0)]
+
+
+def test_paired_gain_is_the_ci_of_the_difference():
+    rows = data.read_rows(data.course_data_path("test"))
+    refs = [r["output"] for r in rows]
+    copy = metrics.copy_baseline(rows)
+    same = metrics.paired_gain(copy, copy, refs, n_bootstrap=200)
+    assert same.score == 0 and same.ci == 0
+    perfect = metrics.paired_gain(refs, copy, refs, n_bootstrap=200)
+    assert perfect.score > 40 and perfect.score - perfect.ci > 0 and perfect.p_vs_baseline == 0
+    one = list(copy)
+    one[2] = refs[2]  # one sentence of 24 rewritten: better, but not beyond noise
+    gain = metrics.paired_gain(one, copy, refs, n_bootstrap=500)
+    assert 0 < gain.score < gain.ci
+    table = {t["system"]: t for t in metrics.quality_table({"one fix": one}, rows, n_bootstrap=200)}
+    assert table["one fix"]["chrF gain"] == pytest.approx(table["one fix"]["chrF"] - table["copy the input"]["chrF"])
+    with pytest.raises(ValueError, match="equal, non-empty"):
+        metrics.paired_gain(["a"], ["a", "b"], ["a"])

@@ -77,6 +77,9 @@ def test_every_user_of_the_dtype_rule_agrees():
     on_gpu = estimate("Qwen/Qwen2.5-0.5B", RunConfig(method="full"), seq_len=8, device="cuda")
     on_cpu = estimate("Qwen/Qwen2.5-0.5B", RunConfig(method="full"), seq_len=8, device="cpu")
     assert on_cpu.base_weights == 2 * on_gpu.base_weights == 4 * 494_032_768
+    # A GPU without bf16 (T4) gets float32 from 'auto', as models.gpu_dtype loads it there.
+    on_t4 = estimate("Qwen/Qwen2.5-0.5B", RunConfig(method="full"), seq_len=8, device="cuda", bf16=False)
+    assert on_t4.base_weights == on_cpu.base_weights and on_t4.runtime == 0
 
 
 def test_quantization_config_uses_transformers5_api():

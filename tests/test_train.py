@@ -91,6 +91,24 @@ def test_qlora_nf4_on_cpu_trains_and_counts(tiny_dir, tmp_path):
     assert adapters.count_parameters(res.model) == adapters.count_parameters(plain)
 
 
+def test_qlora_case_study_trains_after_evaluating_the_base(tiny_dir, tmp_path):
+    """The case study evaluates the 4-bit base (no gradients) before training it.
+
+    On CPUs with AVX512-BF16, bitsandbytes repacks 4-bit weights for inference at
+    such a pass, and training afterwards failed with an in-place error; the course's
+    loader keeps the training layout (models.keep_4bit_trainable_on_cpu).
+    """
+    pytest.importorskip("bitsandbytes")
+    cfg = preset("shakespeare-tiny", method="qlora", num_train_epochs=1, output_dir=str(tmp_path / "cs"))
+    record = casestudy.run(cfg, progress=False, log=lambda *a: None)
+    assert record["steps"] > 0 and record["after"]["loss"] != record["before"]["loss"]
+    model = models.load_model(cfg)
+    with torch.no_grad():
+        model.eval()(input_ids=torch.tensor([[1, 2, 3]]))
+    states = [m.weight.quant_state for m in model.modules() if type(m).__name__ == "Linear4bit"]
+    assert states and not any(getattr(q, "packing_format_for_cpu", False) for q in states)
+
+
 def test_qlora_merge_reproduces_the_trained_model(tiny_dir, tmp_path):
     pytest.importorskip("bitsandbytes")
     cfg = _cfg(tmp_path, method="qlora", max_steps=4, eval_each_epoch=False, learning_rate=5e-3,

@@ -282,3 +282,41 @@ def combine(model, adapters: list[str], weights: list[float], name: str, combina
     model.add_weighted_adapter(adapters, weights, name, combination_type=combination_type)
     model.set_adapter(name)
     return model
+
+
+def compare_merges(reference, builds: dict, batch: dict, tokenized, tokenizer, region: str = "merge") -> dict:
+    """Build each merged model in turn, measure it against `reference`, and free it before the next.
+
+    `builds` maps a name to a function returning a merged model. Each entry of the
+    result holds the held-out loss, the largest |logit| difference from `reference`
+    on `batch`, how many 4-bit layers remain and whether it is still a peft model;
+    a build that raises becomes a `checks.Missing` naming `region`, so the tests
+    that use it say what to fix. Only one merged model is alive at a time, which
+    is what lets exercise 4 fit a T4 (memory.merge_phase_bytes).
+    """
+    import gc
+
+    from . import checks, metrics
+
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    with torch.no_grad():
+        ref_logits = reference(**inputs).logits.float()
+    out: dict = {}
+    for name, build in builds.items():
+        merged = checks.attempt(build, region=region, name=name)
+        if isinstance(merged, checks.Missing):
+            out[name] = merged
+            continue
+        with torch.no_grad():
+            logits = merged(**{k: v.to(next(merged.parameters()).device) for k, v in inputs.items()}).logits
+        out[name] = {
+            "loss": metrics.heldout_loss(merged, tokenized, tokenizer),
+            "logit_error": float((logits.float().to(ref_logits.device) - ref_logits).abs().max()),
+            "four_bit_layers": sum(type(m).__name__ == "Linear4bit" for m in merged.modules()),
+            "peft": hasattr(merged, "peft_config"),
+        }
+        del merged, logits
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    return out

@@ -73,11 +73,23 @@ def cmd_params(args) -> int:
 def cmd_estimate(args) -> int:
     from .memory import estimate
 
+    import torch
+
     config = _config(args)
-    est = estimate(config.model_name, config, seq_len=args.seq_len, device=args.device)
+    device, bf16 = args.device, True
+    if device == "auto":  # this machine: its GPU if it has one (and whether that GPU has bf16), else the CPU
+        from .models import bf16_native
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        bf16 = device == "cuda" and bf16_native()
+    elif device == "cuda-no-bf16":
+        device, bf16 = "cuda", False
+    where = {"cpu": "this CPU process (resident memory)",
+             "cuda": f"a CUDA GPU {'with' if bf16 else 'without'} bfloat16 (max_memory_allocated)"}[device]
+    est = estimate(config.model_name, config, seq_len=args.seq_len, device=device, bf16=bf16)
     print(f"{config.model_name} {config.method} quantization={config.quantization} "
           f"batch={config.per_device_train_batch_size} seq={args.seq_len} "
-          f"checkpointing={config.gradient_checkpointing} on {args.device}")
+          f"checkpointing={config.gradient_checkpointing} on {where}")
     print(est.table())
     return 0
 
@@ -113,7 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("params", cmd_params, "trainable/total parameters, computed on the meta device")
     e = add("estimate", cmd_estimate, "predict peak training memory before loading anything")
     e.add_argument("--seq-len", type=int, default=256)
-    e.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
+    e.add_argument("--device", choices=["auto", "cuda", "cuda-no-bf16", "cpu"], default="auto",
+                   help="auto: this machine; cuda: a bf16 GPU (Ampere+: A100, L4); cuda-no-bf16: T4, V100 "
+                        "(dtype auto becomes float32); cpu")
     b = sub.add_parser("build-tiny", help="build the offline tiny model into the cache")
     b.add_argument("--force", action="store_true")
     b.set_defaults(func=cmd_build_tiny)

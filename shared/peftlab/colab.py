@@ -210,8 +210,9 @@ T4_PARAMETERS: dict[str, dict] = {
     "solutions/03_target_modules/target_modules.ipynb": dict(
         model_name="Qwen/Qwen2.5-0.5B-Instruct", method="lora", r=16, target_modules="all-linear",
         per_device_train_batch_size=4, seq_len=256),
+    # 1.5B, not 3B: the merge section holds the 4-bit model and one float32 merge (memory.merge_phase_bytes).
     "solutions/04_qlora_memory/qlora_memory.ipynb": dict(
-        model_name="Qwen/Qwen2.5-3B-Instruct", method="qlora", r=8, target_modules="all-linear",
+        model_name="Qwen/Qwen2.5-1.5B-Instruct", method="qlora", r=8, target_modules="all-linear",
         per_device_train_batch_size=4, seq_len=256, compute_dtype="float32"),
     "solutions/05_custom_dataset/custom_dataset.ipynb": dict(
         model_name="Qwen/Qwen2.5-0.5B-Instruct", method="lora", r=8, target_modules=["q_proj", "v_proj"],
@@ -223,15 +224,31 @@ def t4_estimate(params: dict):
     """peftlab.memory's predicted training peak for `params` on a T4 (float32 where 'auto')."""
     from .config import RunConfig
     from .memory import estimate
-    from .models import gpu_dtype
 
     params = dict(params)
     seq_len = params.pop("seq_len")
-    values = {"dtype": "auto", "compute_dtype": "auto"} | params
-    if values["dtype"] == "auto":
-        values["dtype"] = str(gpu_dtype(False)).removeprefix("torch.")
-    config = RunConfig(**values)
-    return estimate(config.model_name, config, seq_len=seq_len, device="cuda")
+    config = RunConfig(**({"dtype": "auto", "compute_dtype": "auto"} | params))
+    return estimate(config.model_name, config, seq_len=seq_len, device="cuda", bf16=False)
+
+
+# The same runs as notebook parameters (what a student types into the parameters cell on a T4,
+# and what tests/test_gpu.py injects, with Qwen2.5-0.5B-Instruct for speed).
+GPU_NOTEBOOK_PARAMETERS: dict[str, dict] = {
+    "sessions/02_peft_lora/session02_lora.ipynb": {"overrides": {"model_name": "Qwen/Qwen2.5-1.5B-Instruct"}},
+    "solutions/01_lora_from_scratch/lora_from_scratch.ipynb": {
+        "model_name": "Qwen/Qwen2.5-0.5B-Instruct", "device": "auto", "dtype": "float32"},
+    "solutions/02_rank_alpha_sweep/rank_alpha_sweep.ipynb": {
+        "model_name": "Qwen/Qwen2.5-0.5B-Instruct", "device": "auto", "dtype": "float32",
+        "ranks": [4, 8, 16, 32], "max_steps": 100, "max_train_samples": None},
+    "solutions/03_target_modules/target_modules.ipynb": {
+        "model_name": "Qwen/Qwen2.5-0.5B-Instruct", "device": "auto", "dtype": "float32",
+        "budget": 2_000_000, "max_steps": 100, "max_train_samples": None},
+    "solutions/04_qlora_memory/qlora_memory.ipynb": {
+        "model_name": "Qwen/Qwen2.5-1.5B-Instruct", "device": "auto", "compute_dtype": "float32",
+        "max_steps": 60, "max_train_samples": None},
+    "solutions/05_custom_dataset/custom_dataset.ipynb": {
+        "model_name": "Qwen/Qwen2.5-0.5B-Instruct", "device": "auto", "dtype": "float32", "max_steps": 60},
+}
 
 
 # ------------------------------------------------------ writing and checking

@@ -131,11 +131,13 @@ def estimate(
     batch_size: int | None = None,
     device: str = "cuda",
     runtime_bytes: float | None = None,
+    bf16: bool = True,
 ) -> MemoryEstimate:
     """Peak training memory of `config` on `model_name` (no weights are loaded).
 
-    `device` only sets defaults: the dtype for dtype='auto' (bf16 on cuda,
-    fp32 on cpu) and the runtime overhead (CUDA context is outside
+    `device` only sets defaults: the dtype for dtype='auto' (`models.resolve_dtype`:
+    on cuda bf16 when `bf16` is True, an Ampere or newer GPU, else float32 as on a
+    T4; fp32 on cpu) and the runtime overhead (CUDA context is outside
     max_memory_allocated; a CPU process's resident peak includes Python and
     the libraries, about 0.45 GiB).
     """
@@ -144,7 +146,7 @@ def estimate(
 
     cfg = model_config(model_name)
     b = batch_size or config.per_device_train_batch_size
-    dtype, compute = run_dtypes(config, device, bf16_supported=True)  # predict for a bf16-capable GPU
+    dtype, compute = run_dtypes(config, device, bf16_supported=bf16)
     wbytes = DTYPE_BYTES[dtype]
     abytes = DTYPE_BYTES[compute] if config.quantization == "4bit" else wbytes
 
@@ -196,6 +198,20 @@ def weights_bytes(model_name: str, fmt: str = "bfloat16", double_quant: bool = T
     if fmt == "nf4":
         return linear * nf4_bytes_per_param(double_quant) + other * 2
     return (linear + other) * DTYPE_BYTES[fmt]
+
+
+def merge_phase_bytes(model_name: str, compute_dtype: str = "float32", double_quant: bool = True) -> float:
+    """Weights alive while exercise 4 compares QLoRA merges, one merge at a time.
+
+    The 4-bit model with its adapter stays (it is the reference: decoder linears
+    in NF4, everything else in `compute_dtype`), plus one merged model in
+    `compute_dtype`. Activations of a few short evaluation batches are left out.
+    """
+    from .models import meta_model, model_config
+
+    linear, other = _split_params(meta_model(model_config(model_name)))
+    four_bit = linear * nf4_bytes_per_param(double_quant) + other * DTYPE_BYTES[compute_dtype]
+    return four_bit + (linear + other) * DTYPE_BYTES[compute_dtype]
 
 
 def measured_weights_bytes(model) -> int:
@@ -252,6 +268,7 @@ def _reset_rss_peak() -> bool:
 class PeakMemory:
     bytes: int = 0
     source: str = ""
+    start_bytes: int = 0  # what was already resident (allocated on CUDA) when the block began
 
     @property
     def gib(self) -> float:
@@ -277,17 +294,20 @@ def track_peak_memory(device="cpu"):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
+        result.start_bytes = torch.cuda.memory_allocated(device)
         yield result
         torch.cuda.synchronize(device)
         result.bytes, result.source = torch.cuda.max_memory_allocated(device), "cuda max_memory_allocated"
         return
     if _reset_rss_peak() and _rss_peak_bytes() is not None:
+        result.start_bytes = _rss_peak_bytes() or 0
         yield result
         result.bytes, result.source = _rss_peak_bytes() or 0, "process resident peak (VmHWM)"
         return
     import psutil
 
     proc, stop, peak = psutil.Process(os.getpid()), threading.Event(), [0]
+    result.start_bytes = proc.memory_info().rss
 
     def poll():
         while not stop.is_set():

@@ -264,6 +264,9 @@ def quality_table(
 ) -> list[dict]:
     """One row per system, copy-the-input first: BLEU and chrF with CIs, p vs copy, style share.
 
+    "chrF gain" is chrF minus copy-the-input's, with the 95% CI of that paired
+    difference ("chrF gain 95% CI"): beyond noise when gain - CI > 0.
+
     `model_outputs` maps names (e.g. 'base', 'trained') to generations for `rows`.
     """
     refs = [r["output"] for r in rows]
@@ -272,14 +275,49 @@ def quality_table(
     table = []
     for name, outputs in systems.items():
         s = scores[name]
+        gain = paired_gain(outputs, systems["copy the input"], refs, n_bootstrap=n_bootstrap)
         table.append({
             "system": name, "BLEU": s["bleu"].score, "BLEU 95% CI": s["bleu"].ci,
             "chrF": s["chrf"].score, "chrF 95% CI": s["chrf"].ci,
+            "chrF gain": gain.score, "chrF gain 95% CI": gain.ci,
             "chrF p vs copy": s["chrf"].p_vs_baseline, "archaic share": style_share(outputs),
         })
+    copy = systems["copy the input"]
+    gain = paired_gain(refs, copy, refs, n_bootstrap=n_bootstrap)
     table.append({"system": "references", "BLEU": 100.0, "BLEU 95% CI": 0.0, "chrF": 100.0,
-                  "chrF 95% CI": 0.0, "chrF p vs copy": None, "archaic share": style_share(refs)})
+                  "chrF 95% CI": 0.0, "chrF gain": gain.score, "chrF gain 95% CI": gain.ci,
+                  "chrF p vs copy": None, "archaic share": style_share(refs)})
     return table
+
+
+def paired_gain(
+    system: list[str], baseline: list[str], references: list[str], n_bootstrap: int = 1000, seed: int = 12345
+) -> Scored:
+    """chrF of `system` minus chrF of `baseline`, with the 95% CI of that difference.
+
+    The same resampled sentence sets score both systems (paired bootstrap, as in
+    sacrebleu's significance test, whose sufficient statistics this reuses), so
+    the CI is the CI of the *difference*: a system beats the baseline beyond
+    noise when `score - ci > 0`. The two systems' own CIs overlap far more than
+    that, since most of their variance comes from which sentences are drawn.
+    """
+    import numpy as np
+    from sacrebleu.metrics import CHRF
+    from sacrebleu.significance import estimate_ci
+
+    if not (len(system) == len(baseline) == len(references)) or not references:
+        raise ValueError(f"paired_gain needs equal, non-empty lists: {len(system)} system outputs, "
+                         f"{len(baseline)} baseline outputs, {len(references)} references.")
+    metric = CHRF()
+    refs = [references]
+    stats = [np.array(metric._extract_corpus_statistics(outputs, refs), dtype="float64")
+             for outputs in (system, baseline)]
+    idx = np.random.default_rng(seed).integers(0, len(references), size=(n_bootstrap, len(references)))
+    diffs = np.array([metric._compute_score_from_stats(stats[0][i].sum(0)).score
+                      - metric._compute_score_from_stats(stats[1][i].sum(0)).score for i in idx])
+    real = metric.corpus_score(system, refs).score - metric.corpus_score(baseline, refs).score
+    mean, ci = estimate_ci(diffs)
+    return Scored(float(real), float(mean), float(ci), float((diffs <= 0).mean()))
 
 
 # ------------------------------------------------------------ forgetting

@@ -239,7 +239,27 @@ def load_model(config: RunConfig):
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=config.gradient_checkpointing
         )
+        if device.type == "cpu":
+            keep_4bit_trainable_on_cpu(model)
     return model
+
+
+def keep_4bit_trainable_on_cpu(model) -> int:
+    """Stop bitsandbytes repacking this model's 4-bit weights for CPU inference; returns the layers changed.
+
+    On CPUs with AVX512-BF16, bitsandbytes 0.50 rewrites a Linear4bit's weight
+    into an inference-only layout at its first forward pass without gradients
+    (an evaluation before training, say). Training afterwards stops with "a view
+    of a leaf Variable that requires grad is being used in an in-place operation",
+    and dequantizing the repacked weight gives wrong values. A model the course
+    loads to train or merge keeps the training layout; inference is slower.
+    """
+    changed = 0
+    for module in model.modules():
+        if getattr(module, "support_avx512bf16_for_cpu", False):
+            module.support_avx512bf16_for_cpu = False
+            changed += 1
+    return changed
 
 
 def load(config: RunConfig):
