@@ -178,6 +178,27 @@ def mixed_batch(model, tokenizer, rows: list[dict], names: list[str], max_new_to
             "mixed_s": mixed_s, "alone_s": alone_s}
 
 
+def evaluate_tasks(model, tokenizer, tasks: list[Task], n_rows: int | None = None, max_new_tokens: int = 40) -> dict:
+    """Each task's held-out rows answered by the base model and by the task's own adapter, scored.
+
+    Two batches serve all tasks at once: every row through the base ('__base__'),
+    then every row through its own task's adapter (a mixed batch).
+    Returns {"scores": {task: {"base": share, "adapter": share}}, "rows", "names", "base", "adapter"}.
+    """
+    rows, names = [], []
+    for t in tasks:
+        for r in test_rows(t, n_rows):
+            rows.append(r)
+            names.append(t.name)
+    base = generate_batch(model, tokenizer, rows, ["__base__"] * len(rows), max_new_tokens)
+    own = generate_batch(model, tokenizer, rows, names, max_new_tokens)
+    scores = {}
+    for t in tasks:
+        idx = [i for i, n in enumerate(names) if n == t.name]
+        scores[t.name] = {"base": t.measure([base[i] for i in idx]), "adapter": t.measure([own[i] for i in idx])}
+    return {"scores": scores, "rows": rows, "names": names, "base": base, "adapter": own}
+
+
 def switch_latency(model, names: list[str], repeats: int = 200) -> dict:
     """Median seconds of `set_adapter` (flips a pointer in every LoRA layer), cycling through `names`."""
     times = []
