@@ -121,6 +121,17 @@ def load_all(config: RunConfig, adapter_dirs: dict[str, str]):
 
 
 # ----------------------------------------------------------------- serving
+def _encode(tokenizer, rows: list[dict], device):
+    """Chat prompts for `rows`, left-padded into one batch (generation continues at the right edge)."""
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        prompts = [data.prompt_text(tokenizer, r) for r in rows]
+        return tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+    finally:
+        tokenizer.padding_side = side
+
+
 @torch.no_grad()
 def generate_batch(model, tokenizer, rows: list[dict], adapter_names: list[str] | None = None,
                    max_new_tokens: int = 40) -> list[str]:
@@ -129,23 +140,32 @@ def generate_batch(model, tokenizer, rows: list[dict], adapter_names: list[str] 
     `adapter_names` (one per row) routes each row through its own adapter
     (peft's mixed-batch inference; '__base__' means no adapter); None uses the active adapter.
     """
-    device = next(model.parameters()).device
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
+    enc = _encode(tokenizer, rows, next(model.parameters()).device)
     stop = [tokenizer.eos_token_id]
     im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
     if isinstance(im_end, int) and im_end != tokenizer.unk_token_id and im_end not in stop:
         stop.append(im_end)
-    try:
-        prompts = [data.prompt_text(tokenizer, r) for r in rows]
-        enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-        extra = {} if adapter_names is None else {"adapter_names": list(adapter_names)}
-        out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
-                             eos_token_id=stop, pad_token_id=tokenizer.pad_token_id, **extra)
-    finally:
-        tokenizer.padding_side = side
+    extra = {} if adapter_names is None else {"adapter_names": list(adapter_names)}
+    out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
+                         eos_token_id=stop, pad_token_id=tokenizer.pad_token_id, **extra)
     new = out[:, enc["input_ids"].shape[1]:]  # (B, new tokens)
     return [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
+
+
+@torch.no_grad()
+def next_token_gap(model, tokenizer, rows: list[dict], names: list[str]) -> float:
+    """max |logit difference| of the first generated token, mixed batch against each adapter alone,
+    relative to the largest logit: how far routing moves the numbers (rounding only, if it is right)."""
+    enc = _encode(tokenizer, rows, next(model.parameters()).device)
+    mixed = model(**enc, adapter_names=list(names)).logits[:, -1].float()  # (B, V)
+    alone = torch.empty_like(mixed)
+    for name in dict.fromkeys(names):
+        model.set_adapter(name)
+        logits = model(**enc).logits[:, -1].float()
+        for i, n in enumerate(names):
+            if n == name:
+                alone[i] = logits[i]
+    return float((mixed - alone).abs().max() / alone.abs().max())
 
 
 def mixed_batch(model, tokenizer, rows: list[dict], names: list[str], max_new_tokens: int = 40) -> dict:
@@ -153,8 +173,11 @@ def mixed_batch(model, tokenizer, rows: list[dict], names: list[str], max_new_to
 
     "Alone" is the same padded batch generated with one adapter active for every
     row (`set_adapter`), keeping the rows that adapter serves: the only
-    difference from the mixed batch is the routing. Returns the mixed outputs,
-    the alone outputs, and whether every row matched.
+    difference from the mixed batch is the routing. peft computes each adapter on
+    its sub-batch, a matrix product of another shape, so in 16-bit weights the
+    rounding can differ and a greedy choice between two near-equal tokens can flip;
+    `next_token_gap` shows the size of that difference. Returns the mixed outputs,
+    the alone outputs, which rows matched, the gap and the wall times.
     """
     start = time.perf_counter()
     mixed = generate_batch(model, tokenizer, rows, adapter_names=names, max_new_tokens=max_new_tokens)
@@ -170,7 +193,8 @@ def mixed_batch(model, tokenizer, rows: list[dict], names: list[str], max_new_to
     alone_s = time.perf_counter() - start
     same = [m == a for m, a in zip(mixed, alone)]
     return {"mixed": mixed, "alone": alone, "rows_equal": same, "all_equal": all(same),
-            "mixed_s": mixed_s, "alone_s": alone_s}
+            "next_token_gap": next_token_gap(model, tokenizer, rows, names),
+            "dtype": str(next(model.parameters()).dtype).removeprefix("torch."), "mixed_s": mixed_s, "alone_s": alone_s}
 
 
 def evaluate_tasks(model, tokenizer, tasks: list[Task], n_rows: int | None = None, max_new_tokens: int = 40) -> dict:
