@@ -348,5 +348,6 @@ def interpolate(model, tokenizer, a: Task, b: Task, steps: int = 5, n_rows: int 
         out.append({"weight": t, f"{a.name}: {a.measure_name}": a.measure(ga),
                     f"{b.name}: {b.measure_name}": b.measure(gb),
                     "sample_a": ga[0], "sample_b": gb[0]})
+        model.set_adapter(a.name)  # deleting the active adapter would make peft pick one and warn
         model.delete_adapter(name)
     return out
