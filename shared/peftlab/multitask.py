@@ -5,7 +5,7 @@ LoRA adapter of the same rank and targets, so all three can sit on the base at
 once (a few MiB each) and be
 
 - switched: `set_adapter(name)` flips which adapter's A, B the LoRA layers use;
-  nothing is copied, so a switch costs microseconds;
+  no weight is copied or moved (the session measures what a switch costs);
 - mixed in one batch: `generate(..., adapter_names=[...])` routes each row
   through its own adapter (peft runs every adapter on its sub-batch, per layer);
 - composed: `add_weighted_adapter` builds a new adapter from weighted old ones.
