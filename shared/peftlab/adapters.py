@@ -261,11 +261,14 @@ def merge_qlora(config: RunConfig, adapter_dir: str | Path, dtype: torch.dtype |
     return merge(load_adapter(base, adapter_dir)).to(dtype)
 
 
-def combine(model, adapters: list[str], weights: list[float], name: str, combination_type: str = "linear"):
+def combine(model, adapters: list[str], weights: list[float], name: str, combination_type: str = "linear",
+            **kwargs):
     """Weighted combination of loaded LoRA adapters into a new one (peft add_weighted_adapter).
 
-    'linear' needs equal ranks; 'cat' concatenates (rank = sum); 'svd' recomputes
-    a low-rank factorization and needs fp32 weights.
+    'linear' (and 'ties', 'dare_linear', ... which also combine A and B factor by
+    factor) needs equal ranks; 'cat' concatenates (rank = sum); 'svd' recomputes
+    a low-rank factorization and needs fp32 weights. `kwargs` go to peft
+    (`density=` for ties and dare, `svd_rank=`). Session 3 measures how exact each is.
     """
     if len(adapters) != len(weights) or not adapters:
         raise AdapterError(f"give one weight per adapter: {len(adapters)} adapters, {len(weights)} weights.")
@@ -273,13 +276,16 @@ def combine(model, adapters: list[str], weights: list[float], name: str, combina
     if missing:
         raise AdapterError(f"adapter(s) {missing} not loaded; loaded: {sorted(model.peft_config)}.")
     ranks = {a: model.peft_config[a].r for a in adapters}
-    if combination_type == "linear" and len(set(ranks.values())) > 1:
-        raise AdapterError(f"'linear' combination needs equal ranks, got {ranks}; use 'cat' or 'svd'.")
+    factorwise = ("linear", "ties", "dare_linear", "dare_ties", "magnitude_prune")
+    if combination_type in factorwise and len(set(ranks.values())) > 1:
+        raise AdapterError(f"{combination_type!r} combination needs equal ranks, got {ranks}; use 'cat' or 'svd'.")
+    if combination_type in factorwise[1:] and kwargs.get("density") is None:
+        raise AdapterError(f"{combination_type!r} prunes the adapters: give density= (0..1, the share kept).")
     if combination_type.startswith("svd"):
         bad = {p.dtype for n, p in model.named_parameters() if "lora_" in n and p.dtype != torch.float32}
         if bad:
             raise AdapterError(f"'svd' combination needs float32 adapter weights, found {bad}.")
-    model.add_weighted_adapter(adapters, weights, name, combination_type=combination_type)
+    model.add_weighted_adapter(adapters, weights, name, combination_type=combination_type, **kwargs)
     model.set_adapter(name)
     return model
 

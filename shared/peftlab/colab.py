@@ -201,6 +201,10 @@ T4_PARAMETERS: dict[str, dict] = {
     "sessions/02_peft_lora/session02_lora.ipynb#qlora": dict(
         model_name="Qwen/Qwen2.5-3B-Instruct", method="qlora", r=4, lora_alpha=16,
         target_modules=["q_proj", "v_proj", "o_proj"], per_device_train_batch_size=4, seq_len=256),
+    # Session 3 trains three adapters one after the other, each on a fresh base: one at a time in memory.
+    "sessions/03_multi_adapter/session03_multi_adapter.ipynb": dict(
+        model_name="Qwen/Qwen2.5-1.5B-Instruct", method="lora", r=4, lora_alpha=16,
+        target_modules=["q_proj", "v_proj", "o_proj"], per_device_train_batch_size=4, seq_len=256),
     "solutions/01_lora_from_scratch/lora_from_scratch.ipynb": dict(
         model_name="Qwen/Qwen2.5-0.5B-Instruct", method="lora", r=8, target_modules=["q_proj", "v_proj"],
         per_device_train_batch_size=4, seq_len=256),

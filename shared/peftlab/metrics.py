@@ -157,6 +157,65 @@ def style_share(texts: list[str]) -> float:
     return sum(bool(archaic_forms(t)) for t in texts) / len(texts)
 
 
+# Session 3's other two tasks get measures of the same kind: a share of outputs
+# that carry the task's marks, checkable by eye.
+PIRATE_WORDS = frozenset(
+    """ahoy arr arrr avast aye matey mateys hearty hearties scallywag scallywags landlubber landlubbers
+    booty grog grub doubloons cap'n shanty plunder plundered bilge thankee yer""".split()
+)  # not 'ye': Shakespeare says it too, and the two measures should not count each other's outputs
+
+
+def _words(text: str) -> list[str]:
+    import re
+
+    return re.findall(r"[a-z]*'?[a-z]+(?:'[a-z]*)?", text.lower().replace("\u2019", "'"))
+
+
+def pirate_forms(text: str) -> list[str]:
+    """Pirate forms in `text`, lower-cased, in order: 'Ahoy, matey! Where be ye headin'?' ->
+    ['ahoy', 'matey', "headin'"]. Words ending in a dropped g (sailin', lookin') count too."""
+    return [w for w in _words(text) if w in PIRATE_WORDS or (w.endswith("in'") and len(w) > 4)]
+
+
+def pirate_share(texts: list[str]) -> float:
+    """Share (0..1) of texts that use at least one pirate form (see PIRATE_WORDS)."""
+    if not texts:
+        raise ValueError("pirate_share needs at least one text.")
+    return sum(bool(pirate_forms(t)) for t in texts) / len(texts)
+
+
+# Chat-message habits a formal register does not use: abbreviations, slang, fillers and
+# apostrophe-less contractions (cant, whats). 'ill' and 'lets' are left out: they are words.
+INFORMAL_WORDS = frozenset(
+    """u ur r thx thanx pls plz gonna wanna gotta lol ugh hey yeah yep nope ok okay tmrw asap sry btw omg
+    cya cant dont wont whats im ive youre thats isnt didnt doesnt hows whos kinda sorta""".split()
+)
+
+
+def informal_marks(text: str) -> list[str]:
+    """Why `text` is not formal: informal words, contractions (n't, 'll, 're, 'm, 've, 'd), a
+    lower-case start or a missing final . ? !; [] for a formal sentence."""
+    import re
+
+    stripped = text.strip()
+    if not stripped:
+        return ["empty"]
+    marks = [w for w in _words(stripped) if w in INFORMAL_WORDS]
+    marks += re.findall(r"[a-z](n't|'ll|'re|'m|'ve|'d)\b", stripped.lower().replace("\u2019", "'"))
+    if not stripped[0].isupper():
+        marks.append("lower-case start")
+    if stripped[-1] not in ".?!":
+        marks.append("no final punctuation")
+    return marks
+
+
+def formal_share(texts: list[str]) -> float:
+    """Share (0..1) of texts with no informal mark (see informal_marks)."""
+    if not texts:
+        raise ValueError("formal_share needs at least one text.")
+    return sum(not informal_marks(t) for t in texts) / len(texts)
+
+
 def copy_baseline(rows: list[dict]) -> list[str]:
     """The trivial system every quality table must beat: answer with the input unchanged."""
     return [r["input"] for r in rows]

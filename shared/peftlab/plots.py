@@ -70,3 +70,18 @@ def plot_sweep(rows, x: str, y: str, group: str, path: str | Path | None = None,
     ax.set_title(title or f"{y} against {x}")
     ax.legend(title=group, fontsize=8)
     return _save(fig, path)
+
+
+def plot_interpolation(rows, measures: list[str], path: str | Path | None = None, xlabel: str = "mixing weight",
+                       title: str = "Mixing two adapters"):
+    """Each measure (a key of the row dicts, 0..1) against the row's 'weight'."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    for m in measures:
+        ax.plot([r["weight"] for r in rows], [r[m] for r in rows], marker="o", label=m)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("share of outputs in the style")
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
