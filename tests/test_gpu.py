@@ -52,7 +52,6 @@ def test_notebook_runs_with_its_gpu_parameters(key, tmp_path):
     params = json.loads(json.dumps(colab.GPU_NOTEBOOK_PARAMETERS[key]))
     if "overrides" in params:
         params["overrides"].update(model_name=model, max_steps=10)
-        params["n_samples"] = 2
     else:
         params["model_name"] = model
         params["max_steps"] = min(params.get("max_steps", 10), 10)

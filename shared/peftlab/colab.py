@@ -239,6 +239,8 @@ def t4_estimate(params: dict):
 # and what tests/test_gpu.py injects, with Qwen2.5-0.5B-Instruct for speed).
 GPU_NOTEBOOK_PARAMETERS: dict[str, dict] = {
     "sessions/02_peft_lora/session02_lora.ipynb": {"overrides": {"model_name": "Qwen/Qwen2.5-1.5B-Instruct"}},
+    "sessions/03_multi_adapter/session03_multi_adapter.ipynb": {
+        "overrides": {"model_name": "Qwen/Qwen2.5-1.5B-Instruct"}},
     "solutions/01_lora_from_scratch/lora_from_scratch.ipynb": {
         "model_name": "Qwen/Qwen2.5-0.5B-Instruct", "device": "auto", "dtype": "float32"},
     "solutions/02_rank_alpha_sweep/rank_alpha_sweep.ipynb": {
