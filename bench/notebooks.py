@@ -24,6 +24,9 @@ ROOT = Path(__file__).resolve().parents[1]
 PARAMETERS = {
     "sessions/02_peft_lora/session02_lora.ipynb": dict(preset="shakespeare-tiny",
                                                       overrides={"num_train_epochs": 2}, n_samples=2),
+    "sessions/03_multi_adapter/session03_multi_adapter.ipynb": dict(
+        preset="shakespeare-tiny", epochs={"shakespeare": 1, "formal": 2, "pirate": 1}, n_eval=4, n_samples=2,
+        n_interp=2, interp_steps=3, max_new_tokens=6),
 }
 
 

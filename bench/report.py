@@ -176,13 +176,20 @@ def smollm_section(sml: dict) -> list[str]:
     out += [f"Reading: {verdict(rec['quality'])} "
             + (f"Targets not met in this run: {', '.join(missed)}." if missed else "All targets met in this run."), ""]
     if sml.get("sweep"):
-        out += ["Recipes around the preset (trained model only, same data and seed):", "",
-                "| change from the preset | chrF | gain vs copy | archaic share | steps | training s |",
-                "|---|---:|---:|---:|---:|---:|"]
+        sc = sml.get("sweep_conditions", cond)
+        where = (f"at commit `{sc.get('commit', commit)}`, load average {sc['load_average_at_start'][0]:.1f} at start"
+                 + (f" and {sc['load_average_at_end'][0]:.1f} at the end" if sc.get("load_average_at_end") else ""))
+        shared = max(sc["load_average_at_start"][0], (sc.get("load_average_at_end") or [0])[0]) > sml["cpu_count"]
+        out += [f"Recipes around the preset (trained model only, same data and seed; {where}"
+                + ("; the machine was shared for part of it, so training times are upper bounds" if shared else "")
+                + "). Each change is relative to the preset that was current then; the gain is chrF minus copying's "
+                "(whose chrF is the same in every row):", "",
+                "| change | chrF | gain vs copy | p vs copy | archaic share | steps | training s |",
+                "|---|---:|---:|---:|---:|---:|---:|"]
         for r in sml["sweep"]:
-            out.append(f"| {r['change'] if isinstance(r['change'], str) else ', '.join(f'{k}={v}' for k, v in r['change'].items())} "
-                       f"| {r['chrF']:.1f} +- {r['chrF_ci']:.1f} | {r['gain']:+.1f} +- {r['gain_ci']:.1f} | "
-                       f"{r['archaic_share']:.0%} | {r['steps']} | {r['train_s']:.0f} |")
+            change = r["change"] if isinstance(r["change"], str) else ", ".join(f"{k}={v}" for k, v in r["change"].items())
+            out.append(f"| {change} | {r['chrF']:.1f} +- {r['chrF_ci']:.1f} | {r['chrF'] - r['copy_chrF']:+.1f} | "
+                       f"{r['p_vs_copy']:.3f} | {r['archaic_share']:.0%} | {r.get('steps', '')} | {r['train_s']:.0f} |")
         out.append("")
     return out
 

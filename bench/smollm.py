@@ -30,14 +30,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "sessions" / "02_peft_lora" / "session02_lora.ipynb"
 # The recipes behind the preset's choice (config.py cites these runs): the preset
-# itself, the lower learning rate of the first trial, more adapted layers, more
-# epochs, and float32 weights (step time only differs).
+# itself, and around it: q/v/o only, at 5 and 8 epochs, the lower learning rate of
+# the first trial, 5 epochs, and float32 weights for one epoch (its step time).
 SWEEP = [
     {},
-    {"learning_rate": 1e-3},
-    {"target_modules": "all-linear"},
-    {"num_train_epochs": 8},
-    {"target_modules": "all-linear", "num_train_epochs": 8},
+    {"target_modules": ["q_proj", "v_proj", "o_proj"], "num_train_epochs": 5},
+    {"target_modules": ["q_proj", "v_proj", "o_proj"], "num_train_epochs": 5, "learning_rate": 1e-3},
+    {"target_modules": ["q_proj", "v_proj", "o_proj"]},
+    {"num_train_epochs": 5},
     {"dtype": "float32", "num_train_epochs": 1},
 ]
 
@@ -105,6 +105,8 @@ def main(argv=None) -> int:
     parser.add_argument("--skip-notebook", action="store_true")
     parser.add_argument("--sweep", action="store_true")
     parser.add_argument("--only-sweep", action="store_true", help="run the sweep alone (no demo, no notebook)")
+    parser.add_argument("--sweep-record", default="",
+                        help="take the sweep from an earlier --only-sweep record instead of running it")
     parser.add_argument("--demo-record", default="",
                         help="reuse a finished demo run's record.json instead of running the demo; its wall time "
                              "is then the record's in-process wall_s (interpreter start-up not included)")
@@ -121,6 +123,7 @@ def main(argv=None) -> int:
             result["sweep"] = run_sweep(work)
         finally:
             shutil.rmtree(work, ignore_errors=True)
+        result["conditions"]["load_average_at_end"] = list(os.getloadavg())
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=2))
@@ -133,7 +136,11 @@ def main(argv=None) -> int:
             result["demo"] = run_demo(work)
         if not args.skip_notebook:
             result["notebook"] = run_notebook(work)
-        if args.sweep:
+        if args.sweep_record:
+            earlier = json.loads(Path(args.sweep_record).read_text())
+            result["sweep"] = earlier["sweep"]
+            result["sweep_conditions"] = earlier["conditions"] | {"commit": earlier["commit"]}
+        elif args.sweep:
             result["sweep"] = run_sweep(work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
