@@ -177,7 +177,9 @@ def smollm_section(sml: dict) -> list[str]:
             + (f"Targets not met in this run: {', '.join(missed)}." if missed else "All targets met in this run."), ""]
     if sml.get("sweep"):
         sc = sml.get("sweep_conditions", cond)
-        where = (f"at commit `{sc.get('commit', commit)}`, load average {sc['load_average_at_start'][0]:.1f} at start"
+        sweep_commit = sc.get("commit", commit)
+        where = (f"at commit `{sweep_commit[:10]}`" + (" with uncommitted changes" if sweep_commit.endswith("-dirty") else "")
+                 + f", load average {sc['load_average_at_start'][0]:.1f} at start"
                  + (f" and {sc['load_average_at_end'][0]:.1f} at the end" if sc.get("load_average_at_end") else ""))
         shared = max(sc["load_average_at_start"][0], (sc.get("load_average_at_end") or [0])[0]) > sml["cpu_count"]
         out += [f"Recipes around the preset (trained model only, same data and seed; {where}"
