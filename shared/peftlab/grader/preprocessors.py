@@ -94,13 +94,62 @@ class CheckCanaries(NbGraderPreprocessor):
         return nb, resources
 
 
+class InsertProbes(NbGraderPreprocessor):
+    """One cell per probe at the end of the notebook: it runs after every cell of the student's."""
+
+    probes = Unicode("").tag(config=True)  # the assignment's probe file; "" for none
+    seed = Integer(0).tag(config=True)
+
+    def preprocess(self, nb, resources):
+        import nbformat
+
+        from .probes import cell_source, load
+
+        if self.probes:
+            for gid, p in load(self.probes).items():
+                cell = nbformat.v4.new_code_cell(cell_source(p, self.seed))
+                cell.metadata["peftlab"] = {"probe": gid}
+                nb.cells.append(cell)
+        return nb, resources
+
+
+class CollectProbes(NbGraderPreprocessor):
+    """Report each probe cell's payload (or why there is none), then remove the probe cells."""
+
+    findings = Unicode("").tag(config=True)
+
+    def preprocess(self, nb, resources):
+        from .probes import payload
+
+        kept = []
+        for cell in nb.cells:
+            gid = cell.metadata.get("peftlab", {}).get("probe")
+            if gid:
+                text, why = payload(list(cell.get("outputs", [])))
+                report(self.findings, kind="probe", grade_id=gid, text=text, why=why)
+            else:
+                kept.append(cell)
+        nb.cells = kept
+        return nb, resources
+
+
 class GuardedExecute(Execute):
-    """nbgrader's Execute with a cap on the output a kernel may send back."""
+    """nbgrader's Execute with a cap on the output a kernel may send back.
+
+    Probe cells have a budget of their own, so a notebook that printed its
+    2 MiB does not silence its probes (nor can a probe cell print more)."""
 
     max_output_bytes = Integer(2 * 2**20).tag(config=True)
     findings = Unicode("").tag(config=True)
 
     def output(self, outs, msg, display_id, cell_index):
+        if self.nb.cells[cell_index].metadata.get("peftlab", {}).get("probe"):
+            from .probes import MAX_PAYLOAD
+
+            sent = getattr(self, "_probe_sent", {})
+            self._probe_sent = sent
+            sent[cell_index] = sent.get(cell_index, 0) + len(json.dumps(msg.get("content", {}), default=str))
+            return super().output(outs, msg, display_id, cell_index) if sent[cell_index] <= 4 * MAX_PAYLOAD else None
         self._sent = getattr(self, "_sent", 0) + len(json.dumps(msg.get("content", {}), default=str))
         if self._sent > self.max_output_bytes:
             if not getattr(self, "_capped", False):
