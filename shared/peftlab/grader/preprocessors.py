@@ -142,6 +142,15 @@ class GuardedExecute(Execute):
     max_output_bytes = Integer(2 * 2**20).tag(config=True)
     findings = Unicode("").tag(config=True)
 
+    def preprocess(self, nb, resources=None, km=None):
+        import time
+
+        start = time.time()
+        try:
+            return super().preprocess(nb, resources, km=km)
+        finally:
+            report(self.findings, kind="timing", **cell_times(nb, start, time.time()))
+
     def output(self, outs, msg, display_id, cell_index):
         if self.nb.cells[cell_index].metadata.get("peftlab", {}).get("probe"):
             from .probes import MAX_PAYLOAD
@@ -158,3 +167,32 @@ class GuardedExecute(Execute):
                        text=f"output past {self.max_output_bytes:,} bytes was dropped (from cell {cell_index})")
             return None
         return super().output(outs, msg, display_id, cell_index)
+
+
+def cell_times(nb, start: float, end: float) -> dict[str, float]:
+    """Seconds spent starting the kernel, in the notebook's cells, in canary and probe cells, and shutting down.
+
+    From the execution timestamps nbclient records in each cell's metadata (for the benchmark's profile)."""
+    from datetime import datetime
+
+    def when(cell, key):
+        stamp = cell.get("metadata", {}).get("execution", {}).get(key)
+        try:
+            return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp() if stamp else None
+        except (AttributeError, ValueError):
+            return None
+
+    spans = {"cells": 0.0, "canaries": 0.0, "probes": 0.0}
+    first, last = None, None
+    for cell in nb.cells:
+        begin, finish = when(cell, "iopub.execute_input"), when(cell, "shell.execute_reply")
+        if begin is None or finish is None:
+            continue
+        first = begin if first is None else min(first, begin)
+        last = finish if last is None else max(last, finish)
+        meta = cell.get("metadata", {}).get("peftlab", {})
+        kind = "probes" if meta.get("probe") else "canaries" if meta.get("canary") else "cells"
+        spans[kind] += max(0.0, finish - begin)
+    spans["kernel_start"] = max(0.0, (first or end) - start)
+    spans["kernel_stop"] = max(0.0, end - (last or end))
+    return {k: round(v, 3) for k, v in spans.items()}

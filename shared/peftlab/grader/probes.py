@@ -143,17 +143,20 @@ def load(path: str | Path) -> dict[str, Probe]:
     names = runpy.run_path(str(path), run_name=f"peftlab_probes_{path.stem}")
     defs = {n.name: n for n in ast.parse(text).body if isinstance(n, ast.FunctionDef)}
     lines = text.splitlines()
+
+    def source_of(node) -> str:
+        return "\n".join(lines[node.lineno - 1:node.end_lineno])  # from `def`, decorators left out
+
+    marked = {name: fn._peftlab_probe for name, fn in names.items() if getattr(fn, "_peftlab_probe", None)}
+    # Plain functions of the file are helpers: they travel with every probe into the kernel.
+    helpers = "".join(source_of(node) + "\n" for name, node in defs.items() if name not in marked)
     probes: dict[str, Probe] = {}
-    for name, fn in names.items():
-        mark = getattr(fn, "_peftlab_probe", None)
-        if not mark or name not in defs:
+    for name, (grade_id, compare) in marked.items():
+        if name not in defs:
             continue
-        grade_id, compare = mark
         if grade_id in probes:
             raise GradingError(f"{path}: two probes for {grade_id!r} ({probes[grade_id].name} and {name}); keep one.")
-        node = defs[name]
-        source = "\n".join(lines[node.lineno - 1:node.end_lineno])  # from `def`, decorators left out
-        probes[grade_id] = Probe(grade_id, name, source, compare)
+        probes[grade_id] = Probe(grade_id, name, helpers + source_of(defs[name]), compare)
     return probes
 
 

@@ -211,7 +211,9 @@ def _grade(job: Job, out: Outcome) -> Path | None:
     findings.unlink(missing_ok=True)
 
     api = course_mod.nbgrader_api(_nbgrader_config(job, course, findings))
+    started = time.perf_counter()
     result = api.autograde(job.assignment, job.student, force=True, create=True)
+    out.timings["nbgrader"] = round(time.perf_counter() - started, 3)
     found = read_findings(str(findings))
     out.notes += [f["text"] for f in found if f["kind"] == "note"]
     text = (result.get("error") or "") + (result.get("log") or "")
@@ -230,6 +232,8 @@ def _grade(job: Job, out: Outcome) -> Path | None:
     timeouts = [gid for gid, err in out.errors.items() if err.startswith("CellTimeoutError")]
     if timeouts:
         out.notes.append(f"cell(s) {', '.join(timeouts)} ran past the {job.settings.cell_timeout} s cell limit")
+    out.timings.update(next((
+        {k: v for k, v in f.items() if k != "kind"} for f in found if f["kind"] == "timing"), {}))
     if job.probes:
         decide_by_probes(job, out, found)
     canaries = [f for f in found if f["kind"] == "canary"]
@@ -249,6 +253,7 @@ def autograde(job: Job) -> Outcome:
     step = "checking"
     try:
         verdict = inspect(job.submission, job.release, job.settings)
+        out.timings["check"] = round(time.perf_counter() - start, 3)
         out.notes += verdict.notes
         if verdict.status:
             out.status, out.reason = verdict.status, verdict.reason
@@ -261,11 +266,13 @@ def autograde(job: Job) -> Outcome:
         out.reason = (f"the grader failed while {step} it ({type(exc).__name__}: {str(exc)[:200]}); "
                       f"the traceback is in {Path(job.scratch) / 'traceback.txt'}")
     feedback = Path(job.scratch) / "feedback.html"
+    started = time.perf_counter()
     try:
         write_feedback(graded, job.release, job.source, out, job.assignment, feedback)
         out.feedback = str(feedback)
     except Exception as exc:
         out.notes.append(f"feedback could not be written ({type(exc).__name__}: {str(exc)[:200]})")
+    out.timings["feedback"] = round(time.perf_counter() - started, 3)
     out.seconds = time.perf_counter() - start
     return out
 
