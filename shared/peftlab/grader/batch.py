@@ -8,9 +8,11 @@ SUBMISSIONS are folders or zip files of notebooks named by student
 an LMS download or a JupyterHub exchange. Each submission is graded by
 `peftlab.grader.worker.autograde` in its own worker process (checked, then
 autograded by nbgrader with its kernel in a sandbox, `peftlab.grader.sandbox`,
-grading parameters injected after its `parameters` cell, canary cells that
-must fail mixed among the tests). Whatever a submission holds, it ends with a
-status and a reason; the batch goes on.
+grading parameters injected after its `parameters` cell, then the
+assignment's probes, whose values the worker judges against the solution's:
+`peftlab.grader.probes`; canary cells only for an assignment without probes).
+Whatever a submission holds, it ends with a status and a reason; the batch
+goes on.
 
 The nbgrader gradebook (`WORK/gradebook.db`) is the record. Each student's
 grades and status are written in one transaction, so a batch killed midway and

@@ -5,7 +5,7 @@
     python -m peftlab.grader.exercises grade A NOTEBOOK   # grade one notebook of assignment A, print the score
 
 `grade` and the gates grade with `peftlab.grader.worker.autograde`, the path
-that grades students (same checks, sandbox, parameters, canaries and limits).
+that grades students (same checks, sandbox, parameters, probes or canaries, and limits).
 """
 
 from __future__ import annotations
