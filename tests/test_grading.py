@@ -238,9 +238,9 @@ def test_killed_batch_resumes_to_the_same_grades(course, submissions, graded, tm
     batch, _ = graded
     work = tmp_path / "work"
     cmd = [sys.executable, "-c", (
-        "import sys; from pathlib import Path; from peftlab.grader.batch import Batch; "
+        "import json, sys; from pathlib import Path; from peftlab.grader.batch import Batch; "
         "from peftlab.grader.settings import Settings; "
-        f"s = Settings(**{json.dumps(_settings(1).__dict__)}); "
+        f"s = Settings(**json.loads({json.dumps(_settings(1).__dict__)!r})); "
         f"Batch(Path({str(course)!r}), {ASSIGNMENT!r}, Path({str(work)!r}), s).run([{str(folder)!r}])")]
     proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
