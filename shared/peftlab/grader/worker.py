@@ -286,12 +286,12 @@ def expected_values(template: Path, assignment: str, notebook: str, settings: Se
 
     The solution runs in the same sandbox as a student's notebook, but the kernel runs only instructor
     code; its payloads must all be valid, or grading stops before any student is graded."""
+    from dataclasses import replace
+
     import nbformat
 
     from .exercises import fill_solutions
     from .probes import load, parse
-
-    from dataclasses import replace
 
     # Instructor code, trusted to finish: the course's cell limit at least (a tight limit for a class's
     # students must not fail the solution on a busy machine), and one more try before grading stops.
