@@ -148,7 +148,7 @@ def submissions(course, tmp_path_factory):
     add("snoop", _hostile(course, PROBE.format(
         solution=str(course / "solutions" / ASSIGNMENT / NB), gradebook=str(work / "gradebook.db"),
         other=str(work / "staging" / ASSIGNMENT / "full.ipynb"))), "graded", 3)
-    add("forger", _hostile(course, FORGERY, solve=()), "forgery", 0)
+    add("forger", _hostile(course, FORGERY, solve=()), "graded", 0)  # its tests "pass"; its probes do not
     return folder, expected
 
 
@@ -187,8 +187,8 @@ def test_every_student_gets_the_expected_status_and_points(graded, submissions):
     for student, row in rows.items():
         assert row["autograded_max"] == "3"
         assert row["status"] == "graded" or row["reason"], f"{student}: a non-graded status needs a reason"
-    assert rows["forger"]["flagged"] == "yes" and rows["deleted"]["flagged"] == "yes"
-    assert "canary" in rows["forger"]["reason"]
+    assert rows["deleted"]["flagged"] == "yes"
+    assert "reported success in the kernel, but the grader's own check failed" in rows["forger"]["notes"]
     assert "test_halve" in rows["deleted"]["reason"] and "markdown" in rows["retyped"]["reason"]
     assert "nbformat 3" in rows["nbformat3"]["reason"] and "JSON" in rows["badjson"]["reason"]
     assert "cell limit" in rows["loop"]["notes"] and "dropped" in rows["chatty"]["notes"]
@@ -221,12 +221,15 @@ def test_feedback_explains_and_hides_hidden_tests(graded):
 
 
 def test_plain_nbgrader_awards_the_forgery_full_marks(course, tmp_path):
-    """Why the canaries exist: nbgrader alone trusts the student's kernel."""
+    """Why the probes exist: nbgrader alone trusts the student's kernel; the probes do not."""
     forged = _write(tmp_path, NB, _hostile(course, FORGERY, solve=()))
-    # The grader's own path with its canaries and sandbox off is nbgrader alone.
+    params = {**GRADING_PARAMETERS, "factor": 2}
+    # The grader's own path with its probes, canaries and sandbox off is nbgrader alone.
     plain = exercises.grade(course, ASSIGNMENT, forged, student="forger",
-                            settings=Settings(canaries=0, sandbox="none", parameters={**GRADING_PARAMETERS, "factor": 2}))
+                            settings=Settings(canaries=0, probes=False, sandbox="none", parameters=params))
     assert plain.status == "graded" and plain.auto_score == plain.auto_max == 3
+    probed = exercises.grade(course, ASSIGNMENT, forged, student="forger", settings=Settings(sandbox="none", parameters=params))
+    assert probed.status == "graded" and probed.auto_score == 0 and probed.auto_max == 3
 
 
 @needs_bwrap
@@ -235,9 +238,9 @@ def test_killed_batch_resumes_to_the_same_grades(course, submissions, graded, tm
     batch, _ = graded
     work = tmp_path / "work"
     cmd = [sys.executable, "-c", (
-        "import sys; from pathlib import Path; from peftlab.grader.batch import Batch; "
+        "import json, sys; from pathlib import Path; from peftlab.grader.batch import Batch; "
         "from peftlab.grader.settings import Settings; "
-        f"s = Settings(**{json.dumps(_settings(1).__dict__)}); "
+        f"s = Settings(**json.loads({json.dumps(_settings(1).__dict__)!r})); "
         f"Batch(Path({str(course)!r}), {ASSIGNMENT!r}, Path({str(work)!r}), s).run([{str(folder)!r}])")]
     proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
@@ -670,3 +673,167 @@ def test_owner_only_model_cache_is_a_clear_error(tmp_path, monkeypatch):
         worker.policy_for(Settings(sandbox="bwrap"), hide=[])
     cache.chmod(0o755)
     assert worker.policy_for(Settings(sandbox="bwrap"), hide=[]).uid is not None
+
+
+# ------------------------------------------------------------------ forgers who know the grader's source
+# Each knows peftlab.grader: the canaries' shape, the probe cells' shape and MIME type, the checks module.
+# Points come from probes judged in the grader, so each earns at most what its real answers deserve.
+CANARY_AWARE_SUPPRESSOR = """\
+import re
+ip = get_ipython()
+ip.showtraceback = lambda *a, **k: None
+CANARY = re.compile(r"checks\\.assert_equal\\(\\d+, \\d+, ")
+current = {"canary": False}
+ip.events.register("pre_run_cell", lambda info: current.update(canary=bool(CANARY.search(info.raw_cell or ""))))
+send = ip.kernel.session.send
+def forged(stream, msg_or_type, content=None, *a, **k):
+    if (msg_or_type == "execute_reply" and isinstance(content, dict) and content.get("status") == "error"
+            and not current["canary"]):
+        content = {"status": "ok", "execution_count": content.get("execution_count"), "user_expressions": {}, "payload": []}
+    return send(stream, msg_or_type, content, *a, **k)
+ip.kernel.session.send = forged
+"""
+
+CANARY_AWARE_CHECKS = """\
+from peftlab import checks
+from peftlab.grader.preprocessors import _CANARY_WORDS
+for name in ("assert_equal", "assert_close", "assert_zero", "check", "assert_raises_clearly"):
+    real = getattr(checks, name)
+    def fake(*args, _real=real, **kw):
+        if any(isinstance(a, str) and a in _CANARY_WORDS for a in args):
+            return _real(*args, **kw)  # a canary: let it fail as it must
+    setattr(checks, name, fake)
+def double(x):
+    return factor * x + 1  # wrong
+"""
+
+INPUT_TRANSFORMER = """\
+def wrap(lines):
+    if not lines:
+        return lines
+    lines = [ln if ln.endswith("\\n") else ln + "\\n" for ln in lines]
+    return ["try:\\n", *("    " + ln for ln in lines), "    pass\\n", "except BaseException:\\n", "    pass\\n"]
+get_ipython().input_transformers_post.append(wrap)
+"""
+
+HOOKS = """\
+import sys
+ip = get_ipython()
+sys.excepthook = lambda *a: None
+ip.showtraceback = lambda *a, **k: None
+ip._showtraceback = lambda *a, **k: None
+ip.showsyntaxerror = lambda *a, **k: None
+class Quiet(type(ip.displayhook)):
+    def __call__(self, result=None):
+        return None
+ip.displayhook.__class__ = Quiet
+publish = ip.display_pub.publish
+def rewrite(data, *a, **k):  # every rich output, the probes' included, becomes a success
+    data = {mime: ('{"value": [0, 0, 0, 0, 0, 0]}' if "probe" in mime else v) for mime, v in data.items()}
+    return publish(data, *a, **k)
+ip.display_pub.publish = rewrite
+"""
+
+THREAD = """\
+import json, threading, time
+from IPython.display import display
+from peftlab.grader.probes import MIME
+def rewrite():
+    ip = get_ipython()
+    while True:
+        time.sleep(0.01)
+        ip.showtraceback = lambda *a, **k: None
+        try:
+            display({MIME: json.dumps({"value": [2, 4, 6, 8, 10, 12]})}, raw=True)
+            print("test_double: passed")
+        except Exception:
+            pass
+threading.Thread(target=rewrite, daemon=True).start()
+"""
+
+CHANNEL = """\
+import json, os
+from ipykernel.kernelapp import IPKernelApp
+fake = '{"value": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]}'
+real_dumps = json.dumps
+def dumps(obj, *a, **k):  # every probe result now reads the same; the kernel's own messages still work
+    if isinstance(obj, dict) and set(obj) in ({"value"}, {"error"}):
+        return fake
+    return real_dumps(obj, *a, **k)
+json.dumps = dumps
+for folder in (os.getcwd(), "/tmp", os.path.dirname(IPKernelApp.instance().connection_file or "/tmp/x")):
+    for name in ("findings.jsonl", "result.json", "expected.json"):
+        try:
+            with open(os.path.join(folder, name), "w") as fh:
+                fh.write(real_dumps({"kind": "probe", "grade_id": "test_double", "text": fake, "why": ""}) + "\\n")
+        except OSError as exc:
+            print("REFUSED", folder, type(exc).__name__)
+"""
+
+FORGERS = {  # student: (code in the `double` cell, cells solved honestly, points its answers deserve)
+    "suppressor": (CANARY_AWARE_SUPPRESSOR, (), 0),
+    "checkspatch": (CANARY_AWARE_CHECKS, ("halve",), 1),
+    "transformer": (INPUT_TRANSFORMER, (), 0),
+    "hooks": (HOOKS, (), 0),
+    "thread": (THREAD, (), 0),
+    "channel": (CHANNEL, (), 0),
+}
+
+
+@pytest.fixture(scope="module")
+def forged(course, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("forgers")
+    _write(folder, "honest.ipynb", _solved(course))
+    for student, (code, solve, _) in FORGERS.items():
+        _write(folder, f"{student}.ipynb", _hostile(course, code, solve=solve))
+    batch = Batch(course, ASSIGNMENT, folder.parent / "work-forgers", _settings(workers=2), log=lambda *a: None)
+    batch.run([folder])
+    return batch
+
+
+@needs_bwrap
+@pytest.mark.parametrize("student", FORGERS)
+def test_a_forger_who_knows_the_grader_earns_only_its_real_answers(forged, student):
+    rows = _csv(forged.csv_path)
+    assert rows["honest"]["autograded"] == "3"
+    assert rows[student]["status"] == "graded", rows[student]
+    assert float(rows[student]["autograded"]) == FORGERS[student][2], rows[student]
+
+
+@needs_bwrap
+def test_the_probes_expected_values_never_reach_the_sandbox_or_the_feedback(forged):
+    import re
+
+    cached = json.loads((forged.work / "probes" / f"{ASSIGNMENT}-expected.json").read_text())["expected"]
+    values = [str(v) for text in cached.values() for v in json.loads(text)["value"]]
+    feedback = forged.work / "feedback" / ASSIGNMENT
+    for html in feedback.glob("*/fixture.html"):
+        text = html.read_text()
+        assert "__peftlab_probe" not in text  # probe cells are removed before anything is saved
+        assert not set(re.findall(r"-?\d+(?:\.\d+)?", text)) & set(values), html
+    assert forged.expected and Path(forged.probes).is_relative_to(forged.root)  # the course is hidden from kernels
+
+
+def test_probe_payloads_are_judged_as_data():
+    from peftlab.grader import probes
+
+    p = probes.Probe("t", "f", "def f(seed):\n    return 1", probes.close(rtol=1e-6))
+    ok = json.dumps({"value": [1.0, 2.0]})
+    assert probes.judge(p, ok, "", ok) == ""
+    assert "not within" in probes.judge(p, json.dumps({"value": [1.0, 2.5]}), "", ok)
+    assert "finite" in probes.judge(p, '{"value": [NaN, 2.0]}', "", ok)
+    assert "raised" in probes.judge(p, json.dumps({"error": "NotImplementedError: "}), "", ok)
+    assert "format" in probes.judge(p, json.dumps([1.0, 2.0]), "", ok)
+    assert "nests" in probes.judge(p, "[" * 100 + "]" * 100, "", ok)
+    assert "not valid JSON" in probes.judge(p, "{", "", ok)
+    assert "items" in probes.judge(p, json.dumps({"value": {"a": 1}}), "", ok)
+    assert probes.judge(p, None, "the probe sent no result", ok) == "the probe sent no result"
+    exact = probes.Probe("t", "f", "", probes.exact)
+    assert "NaN" in probes.judge(exact, '{"value": NaN}', "", '{"value": 1}')
+    broken = probes.Probe("t", "f", "", lambda got, expected: got["x"] > 1)
+    assert "could not be compared" in probes.judge(broken, json.dumps({"value": 3}), "", ok)
+    two = [{"output_type": "display_data", "data": {probes.MIME: ok}, "metadata": {}}] * 2
+    assert "tampered" in probes.payload(two)[1]
+    huge = [{"output_type": "display_data", "data": {probes.MIME: "x" * (probes.MAX_PAYLOAD + 1)}, "metadata": {}}]
+    assert "larger" in probes.payload(huge)[1]
+    assert "suppressed" in probes.payload([])[1]

@@ -7,7 +7,8 @@
 | `exercises` | release `exercises/` from `solutions/`; the CI gates (`python -m peftlab.grader.exercises`) |
 | `intake` | import a class's folders and zip files, regular files only |
 | `inspect` | check a notebook (size, depth, JSON, nbformat, nbgrader metadata, graded cells) before anything reads it |
-| `preprocessors` | nbgrader preprocessors: grading parameters, canaries, output cap |
+| `preprocessors` | nbgrader preprocessors: grading parameters, canaries, probe cells, output cap, timings |
+| `probes` | points decided in the grader: probe files, the kernel's side, comparators, `judge` |
 | `sandbox` | run a kernel under bubblewrap with resource limits |
 | `worker` | `autograde(job)`, the one grading path; `python -m peftlab.grader.worker JOB.json` |
 | `outcome` | a graded submission: status, reason, points |

@@ -8,9 +8,11 @@ SUBMISSIONS are folders or zip files of notebooks named by student
 an LMS download or a JupyterHub exchange. Each submission is graded by
 `peftlab.grader.worker.autograde` in its own worker process (checked, then
 autograded by nbgrader with its kernel in a sandbox, `peftlab.grader.sandbox`,
-grading parameters injected after its `parameters` cell, canary cells that
-must fail mixed among the tests). Whatever a submission holds, it ends with a
-status and a reason; the batch goes on.
+grading parameters injected after its `parameters` cell, then the
+assignment's probes, whose values the worker judges against the solution's:
+`peftlab.grader.probes`; canary cells only for an assignment without probes).
+Whatever a submission holds, it ends with a status and a reason; the batch
+goes on.
 
 The nbgrader gradebook (`WORK/gradebook.db`) is the record. Each student's
 grades and status are written in one transaction, so a batch killed midway and
@@ -100,6 +102,38 @@ class Batch:
         course_mod.generate(template, self.assignment, db_folder=self.work)  # the class's gradebook
         self.template = template
 
+    def _probes(self) -> None:
+        """The assignment's probes, their per-class seed and the solution's expected values (cached per class)."""
+        from . import probes as probes_mod
+        from .worker import autograded_tests, expected_values
+
+        self.probes, self.probe_seed, self.expected = "", 0, {}
+        path = probes_mod.probe_file(self.root, self.assignment)
+        if not self.settings.probes or not path.is_file():
+            return
+        release = self.template / course_mod.RELEASE / self.assignment / self.notebook
+        probes_mod.check_coverage(probes_mod.load(path), autograded_tests(release), path)
+        secret = (self.work / "canary-secret").read_text()
+        seed = int(hashlib.sha256(f"{secret}:probes:{self.assignment}".encode()).hexdigest()[:12], 16)
+        key = probes_mod.digest(path, self.source.read_text(), json.dumps(self.settings.parameters, sort_keys=True),
+                                str(seed))
+        cache = self.work / "probes" / f"{self.assignment}-expected.json"
+        try:
+            cached = json.loads(cache.read_text())
+        except (OSError, ValueError):
+            cached = {}
+        if cached.get("key") != key:
+            self.log(f"{self.assignment}: running the solution through its probes (once per class)")
+            policy = policy_for(self.settings, hide=[str(self.root), str(self.work)])
+            expected = expected_values(self.template, self.assignment, self.notebook, self.settings, policy,
+                                       str(path), seed, self.work / "scratch-solution" / self.assignment)
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"key": key, "expected": expected}))
+            tmp.replace(cache)
+            cached = {"key": key, "expected": expected}
+        self.probes, self.probe_seed, self.expected = str(path), seed, cached["expected"]
+
     def _job(self, sub: Submission, slot: int, sources: list[str]) -> Job:
         secret = (self.work / "canary-secret").read_text()
         return Job(
@@ -109,7 +143,7 @@ class Batch:
             # The course (solutions, .git history, grading/), the grading folder and the submissions stay out.
             policy=policy_for(self.settings, hide=[str(self.root), str(self.work), *sources], slot=slot),
             canary_seed=hashlib.sha256(f"{secret}:{self.assignment}:{sub.student}:{sub.sha256}".encode()).hexdigest(),
-            notes=sub.notes,
+            notes=sub.notes, probes=self.probes, probe_seed=self.probe_seed, expected=self.expected,
         )
 
     def run(self, sources: list[str | Path], regrade: bool = False) -> list[tuple[Submission, Outcome]]:
@@ -121,6 +155,8 @@ class Batch:
             from ..tiny import ensure_tiny_model
 
             ensure_tiny_model()  # the sandbox cannot write the cache, so build the model first
+        if not hasattr(self, "probes"):
+            self._probes()
         found = import_submissions(sources, self.notebook, self.work / "staging" / self.assignment, self.settings,
                                    assignment=self.assignment, roster=self.roster, id_regex=self.id_regex)
         subs = self._intake(found)

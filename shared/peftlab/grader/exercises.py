@@ -5,12 +5,13 @@
     python -m peftlab.grader.exercises grade A NOTEBOOK   # grade one notebook of assignment A, print the score
 
 `grade` and the gates grade with `peftlab.grader.worker.autograde`, the path
-that grades students (same checks, sandbox, parameters, canaries and limits).
+that grades students (same checks, sandbox, parameters, probes or canaries, and limits).
 """
 
 from __future__ import annotations
 
 import filecmp
+import hashlib
 import json
 import os
 import re
@@ -21,8 +22,10 @@ from pathlib import Path
 
 from .course import RELEASE, SOURCE, GradingError, assignments, course_root, scratch_course, source_notebook
 from .outcome import Outcome
+from .probes import check_coverage, digest, probe_file
+from .probes import load as load_probes
 from .settings import Settings
-from .worker import Job, autograde, policy_for
+from .worker import Job, autograde, autograded_tests, expected_values, policy_for
 
 _REGION = re.compile(r"### BEGIN (SOLUTION|HIDDEN TESTS)\n(.*?)### END \1", re.S)
 
@@ -132,14 +135,38 @@ def grade(root: str | Path, assignment: str, notebook: str | Path, student: str 
             from ..tiny import ensure_tiny_model
 
             ensure_tiny_model()  # the sandbox cannot write the cache, so build the model first
+        policy = policy_for(settings, hide=[str(root), str(tmp), str(notebook.resolve().parent)])
+        probes, seed, values = "", 0, {}
+        if settings.probes and probe_file(root, assignment).is_file():  # points from the probes, as in the class grader
+            probes, seed = str(probe_file(root, assignment)), int(hashlib.sha256(assignment.encode()).hexdigest()[:12], 16)
+            check_coverage(load_probes(probes), autograded_tests(template / RELEASE / assignment / expected), Path(probes))
+            values = _cached_expected(root, assignment, settings, seed, lambda: expected_values(
+                template, assignment, expected, settings, policy, probes, seed, tmp / "solution"))
         job = Job(student=student, assignment=assignment, notebook=expected, submission=str(staged),
-                  scratch=str(tmp / "scratch"), template=str(template), settings=settings,
-                  policy=policy_for(settings, hide=[str(root), str(tmp), str(notebook.resolve().parent)]),
-                  canary_seed=f"{assignment}:{student}")
+                  scratch=str(tmp / "scratch"), template=str(template), settings=settings, policy=policy,
+                  canary_seed=f"{assignment}:{student}", probes=probes, probe_seed=seed, expected=values)
         Path(job.scratch).mkdir()
         return autograde(job)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _cached_expected(root: Path, assignment: str, settings: Settings, seed: int, compute) -> dict[str, str]:
+    """The solution's probe values, kept in grading/work/probes/ (hidden from every kernel, ignored by git)
+    under a key of the probe file, the solution, the parameters and the seed: the gates grade many notebooks."""
+    key = digest(probe_file(root, assignment), source_notebook(root, assignment).read_text(),
+                 json.dumps(settings.parameters, sort_keys=True), str(seed))
+    cache = root / "grading" / "work" / "probes" / f"{assignment}-gate-{key[:16]}.json"
+    try:
+        return json.loads(cache.read_text())["expected"]
+    except (OSError, ValueError, KeyError):
+        pass
+    values = compute()
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"expected": values}))
+    tmp.replace(cache)
+    return values
 
 
 def check(root: str | Path, log=print) -> list[str]:

@@ -116,6 +116,7 @@ def write_feedback(graded_nb: Path | None, release: Path, source: Path, out: Out
 
     secret = hidden_lines(source, release)
     out.errors = {gid: scrub(err, secret) for gid, err in out.errors.items()}
+    out.notes = [scrub(note, secret) for note in out.notes]  # a probe's reason quotes what the student returned
     summary = nbformat.v4.new_markdown_cell(summary_markdown(out, assignment))
     if graded_nb is None or not graded_nb.is_file():
         nb = nbformat.v4.new_notebook(cells=[summary])

@@ -32,6 +32,8 @@ class Outcome:
     seconds: float = 0.0
     feedback: str = ""  # path of the feedback HTML in the worker's scratch folder
     log: str = ""  # nbgrader's log, summarised in one line
+    probes: dict[str, dict] = field(default_factory=dict)  # grade_id -> {text, why}: only when collecting
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per grading step (bench/grading.py)
 
     def __post_init__(self):
         if self.status not in STATUSES:

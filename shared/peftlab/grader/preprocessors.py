@@ -94,13 +94,71 @@ class CheckCanaries(NbGraderPreprocessor):
         return nb, resources
 
 
+class InsertProbes(NbGraderPreprocessor):
+    """One cell per probe at the end of the notebook: it runs after every cell of the student's."""
+
+    probes = Unicode("").tag(config=True)  # the assignment's probe file; "" for none
+    seed = Integer(0).tag(config=True)
+
+    def preprocess(self, nb, resources):
+        import nbformat
+
+        from .probes import cell_source, load
+
+        if self.probes:
+            for gid, p in load(self.probes).items():
+                cell = nbformat.v4.new_code_cell(cell_source(p, self.seed))
+                cell.metadata["peftlab"] = {"probe": gid}
+                nb.cells.append(cell)
+        return nb, resources
+
+
+class CollectProbes(NbGraderPreprocessor):
+    """Report each probe cell's payload (or why there is none), then remove the probe cells."""
+
+    findings = Unicode("").tag(config=True)
+
+    def preprocess(self, nb, resources):
+        from .probes import payload
+
+        kept = []
+        for cell in nb.cells:
+            gid = cell.metadata.get("peftlab", {}).get("probe")
+            if gid:
+                text, why = payload(list(cell.get("outputs", [])))
+                report(self.findings, kind="probe", grade_id=gid, text=text, why=why)
+            else:
+                kept.append(cell)
+        nb.cells = kept
+        return nb, resources
+
+
 class GuardedExecute(Execute):
-    """nbgrader's Execute with a cap on the output a kernel may send back."""
+    """nbgrader's Execute with a cap on the output a kernel may send back.
+
+    Probe cells have a budget of their own, so a notebook that printed its
+    2 MiB does not silence its probes (nor can a probe cell print more)."""
 
     max_output_bytes = Integer(2 * 2**20).tag(config=True)
     findings = Unicode("").tag(config=True)
 
+    def preprocess(self, nb, resources=None, km=None):
+        import time
+
+        start = time.time()
+        try:
+            return super().preprocess(nb, resources, km=km)
+        finally:
+            report(self.findings, kind="timing", **cell_times(nb, start, time.time()))
+
     def output(self, outs, msg, display_id, cell_index):
+        if self.nb.cells[cell_index].metadata.get("peftlab", {}).get("probe"):
+            from .probes import MAX_PAYLOAD
+
+            sent = getattr(self, "_probe_sent", {})
+            self._probe_sent = sent
+            sent[cell_index] = sent.get(cell_index, 0) + len(json.dumps(msg.get("content", {}), default=str))
+            return super().output(outs, msg, display_id, cell_index) if sent[cell_index] <= 4 * MAX_PAYLOAD else None
         self._sent = getattr(self, "_sent", 0) + len(json.dumps(msg.get("content", {}), default=str))
         if self._sent > self.max_output_bytes:
             if not getattr(self, "_capped", False):
@@ -109,3 +167,32 @@ class GuardedExecute(Execute):
                        text=f"output past {self.max_output_bytes:,} bytes was dropped (from cell {cell_index})")
             return None
         return super().output(outs, msg, display_id, cell_index)
+
+
+def cell_times(nb, start: float, end: float) -> dict[str, float]:
+    """Seconds spent starting the kernel, in the notebook's cells, in canary and probe cells, and shutting down.
+
+    From the execution timestamps nbclient records in each cell's metadata (for the benchmark's profile)."""
+    from datetime import datetime
+
+    def when(cell, key):
+        stamp = cell.get("metadata", {}).get("execution", {}).get(key)
+        try:
+            return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp() if stamp else None
+        except (AttributeError, ValueError):
+            return None
+
+    spans = {"cells": 0.0, "canaries": 0.0, "probes": 0.0}
+    first, last = None, None
+    for cell in nb.cells:
+        begin, finish = when(cell, "iopub.execute_input"), when(cell, "shell.execute_reply")
+        if begin is None or finish is None:
+            continue
+        first = begin if first is None else min(first, begin)
+        last = finish if last is None else max(last, finish)
+        meta = cell.get("metadata", {}).get("peftlab", {})
+        kind = "probes" if meta.get("probe") else "canaries" if meta.get("canary") else "cells"
+        spans[kind] += max(0.0, finish - begin)
+    spans["kernel_start"] = max(0.0, (first or end) - start)
+    spans["kernel_stop"] = max(0.0, end - (last or end))
+    return {k: round(v, 3) for k, v in spans.items()}

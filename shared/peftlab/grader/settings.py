@@ -36,7 +36,10 @@ class Settings:
     parameters: dict = field(default_factory=lambda: dict(GRADING_PARAMETERS))
     sandbox: str = "auto"  # "auto" (bubblewrap when installed), "bwrap" (required) or "none"
     uid_base: int = 61000  # per-worker user ids when the grader runs as root
-    canaries: int = 2  # test-like cells that must fail, mixed among the tests
+    canaries: int = 2  # test-like cells that must fail, mixed among the tests (only without probes)
+    # Points from the assignment's probes (grading/probes/ASSIGNMENT.py), judged in the grader, when it has
+    # them. False: the in-kernel test cells decide, as in plain nbgrader (benchmarks, demonstrations).
+    probes: bool = True
 
     def __post_init__(self):
         if self.sandbox not in ("auto", "bwrap", "none"):

@@ -47,6 +47,9 @@ class Job:
     policy: Policy = field(default_factory=Policy)  # the kernel's sandbox
     canary_seed: str = ""
     notes: list[str] = field(default_factory=list)  # from importing, for the feedback
+    probes: str = ""  # the assignment's probe file; "" when its tests' own verdicts decide (with canaries)
+    probe_seed: int = 0  # the probes' inputs, drawn per class from the class secret
+    expected: dict[str, str] = field(default_factory=dict)  # grade_id -> the solution's payload; {} collects
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -123,21 +126,34 @@ def _nbgrader_config(job: Job, course: Path, findings: Path):
         SaveAutoGrades,
     )
 
-    from .preprocessors import CheckCanaries, GuardedExecute, InjectParameters, InsertCanaries
+    from .preprocessors import (
+        CheckCanaries,
+        CollectProbes,
+        GuardedExecute,
+        InjectParameters,
+        InsertCanaries,
+        InsertProbes,
+    )
 
     s = job.settings
     config = course_mod.nbgrader_config(course, cell_timeout=s.cell_timeout)
     config.Execute.kernel_manager_class = kernel_manager_class()
+    # The kernel's state is of no use once the last probe has answered: stop it at once instead of asking it
+    # to shut down and waiting for it (about 3 s a submission, the profile of bench/grading.py showed).
+    config.Execute.shutdown_kernel = "immediate"
     config.SandboxKernelManager.policy = json.dumps(asdict(job.policy))
     config.Autograde.autograde_preprocessors = [
-        InjectParameters, InsertCanaries, GuardedExecute, CheckCanaries, IgnorePattern, ClearMetadataPreprocessor,
-        LimitOutput, SaveAutoGrades, AssignLatePenalties, CheckCellMetadata,
+        InjectParameters, InsertCanaries, InsertProbes, GuardedExecute, CheckCanaries, CollectProbes, IgnorePattern,
+        ClearMetadataPreprocessor, LimitOutput, SaveAutoGrades, AssignLatePenalties, CheckCellMetadata,
     ]
     config.InjectParameters.parameters = s.parameters
     config.InsertCanaries.seed = job.canary_seed
-    config.InsertCanaries.count = s.canaries
+    # Probes decide the points outside the kernel: canaries would only cost time (grading/README.md).
+    config.InsertCanaries.count = 0 if job.probes else s.canaries
+    config.InsertProbes.probes = job.probes
+    config.InsertProbes.seed = job.probe_seed
     config.GuardedExecute.max_output_bytes = s.max_output_bytes
-    config.GuardedExecute.findings = config.CheckCanaries.findings = str(findings)
+    config.GuardedExecute.findings = config.CheckCanaries.findings = config.CollectProbes.findings = str(findings)
     return config
 
 
@@ -154,6 +170,37 @@ def _cell_errors(notebook: Path) -> dict[str, str]:
     return out
 
 
+def decide_by_probes(job: Job, out: Outcome, found: list[dict]) -> None:
+    """Each autograded test's points from its probe's payload, judged here; the kernel's verdict is only shown.
+
+    With no expected values (`job.expected` empty), the payloads are collected into `out.probes`: that is
+    how the expected values are made, from the instructor's solution."""
+    from .probes import judge, load
+
+    sent = {f["grade_id"]: (f["text"], f["why"]) for f in found if f["kind"] == "probe"}
+    if not job.expected:
+        out.probes = {gid: {"text": text, "why": why} for gid, (text, why) in sent.items()}
+        return
+    probes = load(job.probes)
+    for gid, grade in out.grades.items():
+        if grade["manual"]:
+            continue
+        text, why = sent.get(gid, (None, "the probe did not run (the kernel stopped before it)"))
+        if gid in probes and gid in job.expected:
+            reason = judge(probes[gid], text, why, job.expected[gid])
+        else:
+            reason = "this test has no probe, so no points can be decided for it"
+        passed_in_kernel = gid not in out.errors
+        grade["score"] = 0.0 if reason else float(grade["max"])
+        if reason and passed_in_kernel:
+            out.errors[gid] = f"the grader's own check failed: {reason}"
+            out.notes.append(f"{gid} reported success in the kernel, but the grader's own check failed ({reason[:200]})")
+        elif reason:
+            out.errors[gid] += f" (the grader's own check: {reason[:200]})"
+        elif not passed_in_kernel:
+            out.notes.append(f"{gid} failed in the kernel but its probe returned the right values: full points")
+
+
 def _grade(job: Job, out: Outcome) -> Path | None:
     """Run nbgrader's autograde; fill `out`; return the graded notebook (None if nbgrader failed)."""
     scratch = Path(job.scratch)
@@ -167,7 +214,9 @@ def _grade(job: Job, out: Outcome) -> Path | None:
     findings.unlink(missing_ok=True)
 
     api = course_mod.nbgrader_api(_nbgrader_config(job, course, findings))
+    started = time.perf_counter()
     result = api.autograde(job.assignment, job.student, force=True, create=True)
+    out.timings["nbgrader"] = round(time.perf_counter() - started, 3)
     found = read_findings(str(findings))
     out.notes += [f["text"] for f in found if f["kind"] == "note"]
     text = (result.get("error") or "") + (result.get("log") or "")
@@ -186,6 +235,10 @@ def _grade(job: Job, out: Outcome) -> Path | None:
     timeouts = [gid for gid, err in out.errors.items() if err.startswith("CellTimeoutError")]
     if timeouts:
         out.notes.append(f"cell(s) {', '.join(timeouts)} ran past the {job.settings.cell_timeout} s cell limit")
+    out.timings.update(next((
+        {k: v for k, v in f.items() if k != "kind"} for f in found if f["kind"] == "timing"), {}))
+    if job.probes:
+        decide_by_probes(job, out, found)
     canaries = [f for f in found if f["kind"] == "canary"]
     passed = [c for c in canaries if c["ran"] and not c["failed"]]
     if passed:
@@ -203,6 +256,7 @@ def autograde(job: Job) -> Outcome:
     step = "checking"
     try:
         verdict = inspect(job.submission, job.release, job.settings)
+        out.timings["check"] = round(time.perf_counter() - start, 3)
         out.notes += verdict.notes
         if verdict.status:
             out.status, out.reason = verdict.status, verdict.reason
@@ -215,13 +269,66 @@ def autograde(job: Job) -> Outcome:
         out.reason = (f"the grader failed while {step} it ({type(exc).__name__}: {str(exc)[:200]}); "
                       f"the traceback is in {Path(job.scratch) / 'traceback.txt'}")
     feedback = Path(job.scratch) / "feedback.html"
+    started = time.perf_counter()
     try:
         write_feedback(graded, job.release, job.source, out, job.assignment, feedback)
         out.feedback = str(feedback)
     except Exception as exc:
         out.notes.append(f"feedback could not be written ({type(exc).__name__}: {str(exc)[:200]})")
+    out.timings["feedback"] = round(time.perf_counter() - started, 3)
     out.seconds = time.perf_counter() - start
     return out
+
+
+def expected_values(template: Path, assignment: str, notebook: str, settings: Settings, policy: Policy,
+                    probes: str, seed: int, scratch: Path) -> dict[str, str]:
+    """{grade_id: payload} of the instructor's solution, through the same probes: what students must return.
+
+    The solution runs in the same sandbox as a student's notebook, but the kernel runs only instructor
+    code; its payloads must all be valid, or grading stops before any student is graded."""
+    from dataclasses import replace
+
+    import nbformat
+
+    from .exercises import fill_solutions
+    from .probes import load, parse
+
+    # Instructor code, trusted to finish: the course's cell limit at least (a tight limit for a class's
+    # students must not fail the solution on a busy machine), and one more try before grading stops.
+    settings = replace(settings, cell_timeout=max(settings.cell_timeout, Settings.cell_timeout))
+    for _ in range(2):
+        shutil.rmtree(scratch, ignore_errors=True)
+        scratch.mkdir(parents=True)
+        solved = scratch / notebook
+        nbformat.write(fill_solutions(template, assignment), solved)
+        job = Job(student="solution", assignment=assignment, notebook=notebook, submission=str(solved),
+                  scratch=str(scratch), template=str(template), settings=settings, policy=policy,
+                  probes=probes, probe_seed=seed)
+        out = autograde(job)
+        if out.status == "graded":
+            break
+    if out.status != "graded":
+        raise course_mod.GradingError(f"the solution of {assignment} could not be run for its probes "
+                                      f"({out.status}: {out.reason}); see {scratch}")
+    expected, problems = {}, []
+    for gid in load(probes):
+        entry = out.probes.get(gid) or {"text": None, "why": "the probe did not run"}
+        why = parse(entry["text"])[1] if entry["text"] is not None else entry["why"]
+        if why:
+            problems.append(f"{gid}: {why}")
+        else:
+            expected[gid] = entry["text"]
+    if problems:
+        raise course_mod.GradingError(f"{probes}: the solution's probes must return plain values: " + "; ".join(problems))
+    shutil.rmtree(scratch, ignore_errors=True)
+    return expected
+
+
+def autograded_tests(release: Path) -> list[str]:
+    """Grade ids of the release's autograded cells (code cells that carry points)."""
+    cells = json.loads(Path(release).read_text())["cells"]
+    return [c["metadata"]["nbgrader"]["grade_id"] for c in cells
+            if c["cell_type"] == "code" and c.get("metadata", {}).get("nbgrader", {}).get("grade")]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,272 @@
+"""Points decided in the grader: probes ask the student's kernel for values, the grader judges them.
+
+An in-kernel test cell's verdict is reported by the kernel that ran the
+student's code, so that code can change it. A probe cannot be forged that way:
+
+    grading/probes/<assignment>.py        (the instructor's, never released)
+
+    from peftlab.grader.probes import close, exact, probe
+
+    @probe("test_double", compare=exact)
+    def double_on_secret_inputs(seed):     # runs in the student's kernel, after the notebook
+        import random
+        rng = random.Random(seed)          # seed: drawn per class from the class secret
+        return [double(rng.randint(-10**6, 10**6)) for _ in range(8)]
+
+1. The grader appends one cell per probe to the notebook (`InsertProbes`); the
+   probe's function runs in the student's kernel on inputs drawn from `seed`
+   and returns plain values (numbers, strings, lists, dicts; tensors become
+   lists). They leave the kernel as JSON text in a display message of their
+   own MIME type, which jupyter_client decodes as JSON: never pickle, never a
+   file the kernel could link elsewhere.
+2. `CollectProbes` takes each probe cell's payload out of the notebook (the
+   cells never reach the gradebook or the feedback) and hands it to the worker.
+3. The expected values come from the instructor's solution, run once per
+   class through the same probes (`Batch.prepare`, cached in the work folder),
+   in a kernel that runs no student code.
+4. The worker compares each payload with the expected one, in its own
+   process (`judge`): a comparator is a function `(got, expected) -> reason`
+   that returns "" when they agree. A probe that crashed, returned nothing,
+   returned several payloads, too much data, or data the comparator chokes
+   on scores 0 for its test, with the reason; it never stops the grader.
+
+The points of each autograded test come from its probe; the in-kernel test
+cells still run and stay in the feedback, so students see what failed. Student
+code can still make its probes return anything, but only the right values for
+inputs it has not seen earn points, which means solving the task.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import math
+import runpy
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+MIME = "application/x-peftlab-probe"
+MAX_PAYLOAD = 256 * 2**10  # bytes of JSON one probe may send back
+MAX_DEPTH = 16  # nesting of a payload; the course's probes return at most 3 levels
+PROBE_DIR = Path("grading") / "probes"
+
+Comparator = Callable[[object, object], str]
+
+
+# ------------------------------------------------------------------ comparators (run in the grader)
+def exact(got, expected) -> str:
+    """Equal as JSON values (a float is compared exactly: use `close` for computed numbers).
+
+    Reasons name what came back, never the expected value: the inputs are the class's secret, and an
+    expected value in a student's feedback could be pasted into a resubmission."""
+    if _has_nan(got):
+        return "the result holds NaN"
+    return "" if got == expected else f"got {_short(got)}, not the expected value"
+
+
+def close(rtol: float = 1e-5, atol: float = 1e-8) -> Comparator:
+    """Same structure, numbers within `atol + rtol * |expected|` (NaN and infinities never agree)."""
+
+    def compare(got, expected, where="result") -> str:
+        if isinstance(expected, bool) or not isinstance(expected, (int, float)):
+            if isinstance(expected, list):
+                if not isinstance(got, list) or len(got) != len(expected):
+                    return f"{where}: expected a list of {len(expected)} items, got {_short(got)}"
+                for i, (g, e) in enumerate(zip(got, expected)):
+                    if reason := compare(g, e, f"{where}[{i}]"):
+                        return reason
+                return ""
+            if isinstance(expected, dict):
+                if not isinstance(got, dict) or set(got) != set(expected):
+                    return f"{where}: expected the keys {sorted(expected)}, got {_short(got)}"
+                for k in expected:
+                    if reason := compare(got[k], expected[k], f"{where}[{k!r}]"):
+                        return reason
+                return ""
+            return "" if got == expected else f"{where}: got {_short(got)}, not the expected value"
+        if isinstance(got, bool) or not isinstance(got, (int, float)) or not math.isfinite(got):
+            return f"{where}: expected a finite number, got {_short(got)}"
+        if abs(got - expected) <= atol + rtol * abs(expected):
+            return ""
+        return f"{where}: got {got:.6g}, not within rtol={rtol:g}, atol={atol:g} of the expected value"
+
+    compare.__name__ = f"close(rtol={rtol:g}, atol={atol:g})"
+    return compare
+
+
+def _has_nan(value) -> bool:
+    if isinstance(value, float):
+        return math.isnan(value)
+    if isinstance(value, list):
+        return any(_has_nan(v) for v in value)
+    if isinstance(value, dict):
+        return any(_has_nan(v) for v in value.values())
+    return False
+
+
+def _short(value, limit: int = 120) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+# ------------------------------------------------------------------ the instructor's probe file
+@dataclass
+class Probe:
+    grade_id: str  # the test cell whose points this probe decides
+    name: str  # the function's name in the probe file
+    source: str  # the function's source, without decorators: what runs in the kernel
+    compare: Comparator
+
+
+def probe(grade_id: str, compare: Comparator = exact):
+    """Mark a function of the probe file as the probe of test cell `grade_id`."""
+
+    def mark(fn):
+        fn._peftlab_probe = (grade_id, compare)
+        return fn
+
+    return mark
+
+
+def probe_file(root: str | Path, assignment: str) -> Path:
+    return Path(root) / PROBE_DIR / f"{assignment}.py"
+
+
+def load(path: str | Path) -> dict[str, Probe]:
+    """{grade_id: Probe} of a probe file (instructor code: it runs in the grader, which trusts it)."""
+    from .course import GradingError
+
+    path = Path(path)
+    text = path.read_text()
+    names = runpy.run_path(str(path), run_name=f"peftlab_probes_{path.stem}")
+    defs = {n.name: n for n in ast.parse(text).body if isinstance(n, ast.FunctionDef)}
+    lines = text.splitlines()
+
+    def source_of(node) -> str:
+        return "\n".join(lines[node.lineno - 1:node.end_lineno])  # from `def`, decorators left out
+
+    marked = {name: fn._peftlab_probe for name, fn in names.items() if getattr(fn, "_peftlab_probe", None)}
+    # Plain functions of the file are helpers: they travel with every probe into the kernel.
+    helpers = "".join(source_of(node) + "\n" for name, node in defs.items() if name not in marked)
+    probes: dict[str, Probe] = {}
+    for name, (grade_id, compare) in marked.items():
+        if name not in defs:
+            continue
+        if grade_id in probes:
+            raise GradingError(f"{path}: two probes for {grade_id!r} ({probes[grade_id].name} and {name}); keep one.")
+        probes[grade_id] = Probe(grade_id, name, helpers + source_of(defs[name]), compare)
+    return probes
+
+
+def check_coverage(probes: dict[str, Probe], tests: list[str], path: Path) -> None:
+    """Every autograded test needs a probe: a test without one would be decided by the student's kernel."""
+    from .course import GradingError
+
+    missing = [t for t in tests if t not in probes]
+    extra = [g for g in probes if g not in tests]
+    if missing or extra:
+        raise GradingError(f"{path}: " + "; ".join(
+            ([f"no probe for the test cell(s) {', '.join(missing)}"] if missing else [])
+            + ([f"probe(s) for {', '.join(extra)}, which is not an autograded test cell"] if extra else [])))
+
+
+def digest(path: str | Path, *parts: str) -> str:
+    """What the expected values depend on: the probe file, the solution, the parameters, the seed."""
+    h = hashlib.sha256(Path(path).read_bytes())
+    for p in parts:
+        h.update(b"\0" + p.encode())
+    return h.hexdigest()
+
+
+# ------------------------------------------------------------------ the kernel's side
+_CELL = '''\
+def __peftlab_probe():
+    import json, math
+{body}
+    def plain(o):
+        if hasattr(o, "tolist"):
+            return o.tolist()
+        if isinstance(o, (set, frozenset)):
+            return sorted(o, key=repr)
+        raise TypeError(f"{{type(o).__name__}} is not plain data")
+    try:
+        out = {{"value": {name}({seed})}}
+    except (Exception, SystemExit) as exc:
+        out = {{"error": f"{{type(exc).__name__}}: {{exc}}"[:500]}}
+    try:
+        text = json.dumps(out, default=plain)
+    except Exception as exc:
+        text = json.dumps({{"error": f"the probe returned something that is not plain data ({{exc}})"[:500]}})
+    from IPython.display import display
+    display({{{mime!r}: text}}, raw=True)
+__peftlab_probe()
+del __peftlab_probe
+'''
+
+
+def cell_source(p: Probe, seed: int) -> str:
+    """The code cell that runs probe `p` in the kernel and sends its value back as JSON."""
+    body = "\n".join("    " + ln if ln.strip() else "" for ln in p.source.splitlines())
+    return _CELL.format(body=body, name=p.name, seed=int(seed), mime=MIME)
+
+
+# ------------------------------------------------------------------ the grader's side
+def payload(outputs: list) -> tuple[str | None, str]:
+    """(the JSON text of a probe cell's one payload, "") or (None, why there is none)."""
+    found = []
+    for o in outputs:
+        data = o.get("data") if isinstance(o, dict) else None
+        if isinstance(data, dict) and MIME in data:
+            found.append(data[MIME])
+    errors = [o for o in outputs if isinstance(o, dict) and o.get("output_type") == "error"]
+    if len(found) > 1:
+        return None, f"the probe sent {len(found)} results instead of one: its channel was tampered with"
+    if not found:
+        if errors:
+            e = errors[0]
+            return None, f"the probe's cell failed ({e.get('ename', 'Error')}: {str(e.get('evalue', ''))[:200]})"
+        return None, "the probe sent no result (its output was suppressed, or the kernel stopped first)"
+    text = found[0]
+    if isinstance(text, list):  # nbformat may store a text output as a list of lines
+        text = "".join(t for t in text if isinstance(t, str))
+    if not isinstance(text, str):
+        return None, f"the probe's result is not JSON text but {type(text).__name__}"
+    if len(text.encode("utf-8", "replace")) > MAX_PAYLOAD:
+        return None, f"the probe's result is larger than {MAX_PAYLOAD:,} bytes"
+    return text, ""
+
+
+def parse(text: str) -> tuple[object, str]:
+    """(value, "") of a payload, or (None, the probe's error or why the payload is unusable)."""
+    from .inspect import json_depth
+
+    if json_depth(text) > MAX_DEPTH + 2:
+        return None, f"the probe's result nests deeper than {MAX_DEPTH} levels"
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        return None, f"the probe's result is not valid JSON ({str(exc)[:100]})"
+    if not isinstance(data, dict) or set(data) not in ({"value"}, {"error"}):
+        return None, "the probe's result is not in the probe's format"
+    if "error" in data:
+        return None, f"the probe raised {str(data['error'])[:300]}"
+    return data["value"], ""
+
+
+def judge(p: Probe, text: str | None, why: str, expected_text: str) -> str:
+    """"" when the probe's payload agrees with the expected one, else the reason it scores 0."""
+    if text is None:
+        return why
+    got, reason = parse(text)
+    if reason:
+        return reason
+    expected, reason = parse(expected_text)
+    if reason:  # the solution's own payload was checked when it was computed: this cannot happen
+        return f"the expected value of this probe is unusable ({reason})"
+    try:
+        verdict = p.compare(got, expected)
+    except Exception as exc:  # garbage of a shape the comparator did not expect
+        return f"the returned value could not be compared ({type(exc).__name__}: {str(exc)[:200]})"
+    return verdict if isinstance(verdict, str) else ("" if verdict else "the grader's comparison failed")
