@@ -71,9 +71,9 @@ def cmd_params(args) -> int:
 
 
 def cmd_estimate(args) -> int:
-    from .memory import estimate
-
     import torch
+
+    from .memory import estimate
 
     config = _config(args)
     device, bf16 = args.device, True
