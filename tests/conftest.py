@@ -54,3 +54,15 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def run_session_notebook(notebook, tmp_path, **params):
+    """Execute a session notebook headlessly with papermill in `tmp_path`; returns the executed copy."""
+    papermill = pytest.importorskip("papermill")
+    out_nb = tmp_path / "executed.ipynb"
+    # Far above the work it bounds (about 8 minutes for a whole session notebook on 2 free cores).
+    papermill.execute_notebook(
+        str(notebook), str(out_nb), parameters=params, kernel_name="python3", cwd=str(tmp_path),
+        progress_bar=False, execution_timeout=3600,
+    )
+    return out_nb

@@ -11,20 +11,14 @@ import os
 from pathlib import Path
 
 import pytest
+from conftest import run_session_notebook
 from peftlab import smollm
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "sessions" / "02_peft_lora" / "session02_lora.ipynb"
 
 
 def _run(tmp_path, **params):
-    papermill = pytest.importorskip("papermill")
-    out_nb = tmp_path / "executed.ipynb"
-    # Far above the work it bounds (about 8 minutes for the whole notebook on 2 free cores).
-    papermill.execute_notebook(
-        str(NOTEBOOK), str(out_nb), parameters=params, kernel_name="python3", cwd=str(tmp_path),
-        progress_bar=False, execution_timeout=3600,
-    )
-    return out_nb
+    return run_session_notebook(NOTEBOOK, tmp_path, **params)
 
 
 def _rows(record):

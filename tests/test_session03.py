@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_session_notebook
 from peftlab import adapters, metrics, models, smollm
 from peftlab import multitask as mt
 from peftlab.config import preset
@@ -159,13 +160,7 @@ def test_memory_one_base_against_merged_models(three):
 
 # ------------------------------------------------------------------- notebook
 def _run(tmp_path, **params):
-    papermill = pytest.importorskip("papermill")
-    out_nb = tmp_path / "executed.ipynb"
-    # Far above the work it bounds (about 8 minutes for the whole notebook on 2 free cores).
-    papermill.execute_notebook(
-        str(NOTEBOOK), str(out_nb), parameters=params, kernel_name="python3", cwd=str(tmp_path),
-        progress_bar=False, execution_timeout=3600,
-    )
+    run_session_notebook(NOTEBOOK, tmp_path, **params)
     return json.loads((Path(params["output_dir"]) / "record.json").read_text())
 
 
