@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from peftlab import colab
 
 pytestmark = pytest.mark.gpu
 
@@ -38,12 +39,10 @@ def _qwen_05b() -> str | None:
     return "Qwen/Qwen2.5-0.5B-Instruct" if isinstance(found, str) else None
 
 
-@pytest.mark.parametrize("key", sorted(__import__("peftlab.colab").colab.GPU_NOTEBOOK_PARAMETERS))
+@pytest.mark.parametrize("key", sorted(colab.GPU_NOTEBOOK_PARAMETERS))
 def test_notebook_runs_with_its_gpu_parameters(key, tmp_path):
     """Each notebook with the parameters its cell documents for a T4, on Qwen2.5-0.5B-Instruct."""
     from pathlib import Path
-
-    from peftlab import colab
 
     papermill = pytest.importorskip("papermill")
     model = _qwen_05b()
