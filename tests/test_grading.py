@@ -302,6 +302,40 @@ def test_wall_limit_stops_a_submission(course, tmp_path):
     ((sub, out),) = batch.run([folder])
     assert out.status == "timeout" and "10 s wall limit" in out.reason
     assert _csv(batch.csv_path)["stuck"]["autograded"] == "0"
+    if os.geteuid() == 0:  # the kernel ran as the slot's own user: nothing of that user may be left running
+        deadline = time.monotonic() + 60
+        while _processes_of(settings.uid_base) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not _processes_of(settings.uid_base), "the stuck kernel outlived its worker"
+
+
+def _processes_of(uid):
+    """Live (not zombie) processes owned by `uid`."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and proc.stat().st_uid == uid and " Z " not in (proc / "stat").read_text():
+                found.append(proc.name)
+        except OSError:
+            continue
+    return found
+
+
+def test_fork_server_reports_a_failing_worker_and_stops(tmp_path):
+    from peftlab.grader.forkserver import ForkServer
+
+    server = ForkServer()
+    try:
+        log = tmp_path / "worker.log"
+        pid = server.start(str(tmp_path / "missing-job.json"), str(log))
+        exits = {}
+        while pid not in exits:
+            exits.update(server.wait(timeout=60))
+        assert exits[pid] == 1
+        assert "missing-job.json" in log.read_text() and "Traceback" in log.read_text()
+    finally:
+        server.close()
+    assert server.proc.returncode == 0
 
 
 def test_limits_apply_without_bubblewrap(monkeypatch):
