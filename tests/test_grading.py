@@ -871,3 +871,26 @@ def test_probe_payloads_are_judged_as_data():
     huge = [{"output_type": "display_data", "data": {probes.MIME: "x" * (probes.MAX_PAYLOAD + 1)}, "metadata": {}}]
     assert "larger" in probes.payload(huge)[1]
     assert "suppressed" in probes.payload([])[1]
+
+
+def test_uid_base_comes_from_the_environment_or_the_command_line(monkeypatch):
+    from peftlab.grader import batch as batch_mod
+
+    monkeypatch.setenv("PEFTLAB_GRADER_UID_BASE", "62000")
+    assert Settings().uid_base == 62000
+    monkeypatch.setenv("PEFTLAB_GRADER_UID_BASE", "root")
+    with pytest.raises(ValueError, match="PEFTLAB_GRADER_UID_BASE='root'"):
+        Settings()
+    monkeypatch.delenv("PEFTLAB_GRADER_UID_BASE")
+    assert Settings().uid_base == 61000
+    from peftlab.grader.course import GradingError
+
+    seen = {}
+
+    def fake_batch(root, assignment, work, settings, **kwargs):
+        seen["settings"] = settings
+        raise GradingError("stop before grading")
+
+    monkeypatch.setattr(batch_mod, "Batch", fake_batch)
+    assert batch_mod.main(["01_lora_from_scratch", "nowhere", "--uid-base", "63000"]) == 2
+    assert seen["settings"].uid_base == 63000
