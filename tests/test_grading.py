@@ -321,21 +321,47 @@ def _processes_of(uid):
     return found
 
 
-def test_fork_server_reports_a_failing_worker_and_stops(tmp_path):
+def test_fork_server_reports_every_worker_and_stops(tmp_path):
+    """Workers that fail at once, started back to back: their exits arrive while later starts are answered,
+    and every one must still be reported (a lost exit would leave the batch waiting for ever)."""
     from peftlab.grader.forkserver import ForkServer
 
     server = ForkServer()
     try:
-        log = tmp_path / "worker.log"
-        pid = server.start(str(tmp_path / "missing-job.json"), str(log))
-        exits = {}
-        while pid not in exits:
-            exits.update(server.wait(timeout=60))
-        assert exits[pid] == 1
-        assert "missing-job.json" in log.read_text() and "Traceback" in log.read_text()
+        pids = {server.start(str(tmp_path / f"missing-{i}.json"), str(tmp_path / f"worker-{i}.log")): i
+                for i in range(12)}
+        exits, deadline = {}, time.monotonic() + 300
+        while set(pids) - set(exits) and time.monotonic() < deadline:
+            exits.update(server.wait(timeout=10))
+        assert set(exits) == set(pids), f"exits never reported for {sorted(set(pids) - set(exits))}"
+        assert set(exits.values()) == {1}
+        log = (tmp_path / "worker-0.log").read_text()
+        assert "missing-0.json" in log and "Traceback" in log
+        assert len(os.listdir(f"/proc/{server.proc.pid}/task")) == 1, "the server must not fork with threads"
     finally:
         server.close()
     assert server.proc.returncode == 0
+
+
+def test_fork_server_client_keeps_an_exit_that_arrives_with_a_start():
+    """The server can answer a start and report another worker's exit in one write; neither may be lost."""
+    import io
+    from types import SimpleNamespace
+
+    from peftlab.grader.forkserver import ForkServer
+
+    read, write = os.pipe()
+    server = object.__new__(ForkServer)
+    server.proc = SimpleNamespace(stdin=io.BytesIO(), stdout=os.fdopen(read, "rb", buffering=0), poll=lambda: None)
+    server._buffer, server._exits = b"", {}
+    os.write(write, b'{"started": 5}\n{"exited": 3, "code": -9}\n')
+    try:
+        assert server.start("job.json", "worker.log") == 5
+        assert server.wait(timeout=0) == {3: -9}
+        assert json.loads(server.proc.stdin.getvalue())["job"] == "job.json"
+    finally:
+        os.close(write)
+        server.proc.stdout.close()
 
 
 def test_limits_apply_without_bubblewrap(monkeypatch):

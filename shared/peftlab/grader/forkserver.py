@@ -73,24 +73,40 @@ def _child(request: dict) -> None:
             os._exit(code if isinstance(code, int) else 1)
 
 
+def _threads() -> int:
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return 1
+
+
 def serve() -> int:
     """The server's loop: fork on each request, report each exit; stop when stdin closes."""
+    # papermill imports pyarrow (for HDFS paths, which grading never uses) when it can, and pyarrow starts
+    # threads of its own (jemalloc's background thread, a pool). Forking a process with threads is unsafe,
+    # so the server keeps pyarrow out and stays single-threaded.
+    sys.modules.setdefault("pyarrow", None)
     try:
         from . import warm  # noqa: F401
     except Exception as exc:  # noqa: BLE001 - workers still work, only slower (they import what they need)
         print(f"peftlab.grader.forkserver: preloading failed ({type(exc).__name__}: {exc}); "
               "workers will import the grader themselves", file=sys.stderr, flush=True)
+    if _threads() > 1:
+        print(f"peftlab.grader.forkserver: {_threads()} threads after preloading; forking a threaded process "
+              "can deadlock a worker (its wall limit would stop it)", file=sys.stderr, flush=True)
     _die_with_parent()
-    inp, out = sys.stdin.buffer, sys.stdout
-    children: set[int] = set()
-    open_ = True
+    inp, out = sys.stdin.fileno(), sys.stdout
+    buffer, children, open_ = b"", set(), True
     while open_ or children:
         ready, _, _ = select.select([inp] if open_ else [], [], [], 0.05)
         if ready:
-            line = inp.readline()
-            if not line:
-                open_ = False
-            elif line.strip():
+            chunk = os.read(inp, 65536)  # the raw descriptor: a buffered reader could hide a request from select
+            open_ = bool(chunk)
+            buffer += chunk
+            *lines, buffer = buffer.split(b"\n")
+            for line in lines:
+                if not line.strip():
+                    continue
                 request = json.loads(line)
                 pid = os.fork()
                 if pid == 0:
@@ -151,10 +167,10 @@ class ForkServer:
         request = {"job": job, "log": log, "env": dict(os.environ), "cwd": os.getcwd()}
         self.proc.stdin.write((json.dumps(request) + "\n").encode())
         while True:
-            for message in self._lines(60.0):
-                pid = self._note(message)
-                if pid is not None:
-                    return pid
+            # Several messages can come in one read (a worker's exit before this one's start): note them all.
+            started = [pid for pid in map(self._note, self._lines(60.0)) if pid is not None]
+            if started:
+                return started[0]
             if not self.alive():
                 raise RuntimeError(f"the grading fork server stopped (exit code {self.proc.returncode})")
 
