@@ -111,18 +111,50 @@ def section(bench: Path) -> str:
         out += [f"| `{r['notebook']}` | {r['seconds']:.1f} |" for r in nbs["notebooks"]]
         out += [f"| total | {nbs['total_s']:.1f} |", ""]
     if grd:
-        seq, par = grd["runs"]["sequential"], grd["runs"]["parallel"]
-        out += ["### Grading", "",
-                f"{grd['n']} submissions of `{grd['assignment']}`, sandboxed (`bench/grading.py`): "
-                f"{seq['per_minute']:.1f} submissions/min with 1 worker, {par['per_minute']:.1f} with "
-                f"{par['workers']} ({grd['ratio']:.2f}x); grades identical: {'yes' if grd['identical'] else 'NO'}. "
-                f"At the parallel rate a class of 100 takes about {100 / par['per_minute']:.0f} minutes on this "
-                "machine.", ""]
+        out += grading_section(grd)
     if sml:
         out += smollm_section(sml)
     if not out:
         return "No benchmark records yet: run `make bench`."
     return "\n".join(out).strip()
+
+
+def grading_section(grd: dict) -> list[str]:
+    """bench/grading.py's record: plain nbgrader against peftlab-grade, the targets, where the time goes."""
+    seq, par = grd["runs"]["sequential"], grd["runs"]["parallel"]
+    out = ["### Grading", "",
+           f"{grd['n']} submissions of `{grd['assignment']}`, sandboxed (`bench/grading.py`): "
+           f"{seq['per_minute']:.1f} submissions/min with 1 worker, {par['per_minute']:.1f} with "
+           f"{par['workers']} ({grd['ratio']:.2f}x); grades identical: {'yes' if grd['identical'] else 'NO'}. "
+           f"At the parallel rate a class of 100 takes about {100 / par['per_minute']:.0f} minutes on this "
+           "machine.", ""]
+    plain = grd["runs"].get("plain")
+    if plain and "one_worker_vs_plain_time" in grd:
+        busy = grd.get("busy_cores_before")
+        shared = grd["load_average"]["shared"]
+        one, thr = grd["one_worker_vs_plain_time"], grd["all_workers_vs_plain_throughput"]
+        out += [f"Against plain `nbgrader autograde` on the same submissions ({grd['hardware']['cpu_count']} cores, "
+                + (f"{busy} cores busy with other work at the start" if busy is not None
+                   else f"load average {grd['load_average']['before'][0]:.1f} at the start")
+                + (": a shared machine" if shared else ": an idle machine") + "):", "",
+                "| run | time | against plain nbgrader | target |", "|---|---:|---|---|",
+                f"| plain nbgrader, sequential | {plain['seconds']:.1f} s | | |",
+                f"| `peftlab-grade`, 1 worker | {seq['seconds']:.1f} s | {one:.2f}x the time | at most 1.25x: "
+                f"{'met' if one <= 1.25 else 'NOT met'} |",
+                f"| `peftlab-grade`, {par['workers']} workers | {par['seconds']:.1f} s | {thr:.2f}x the throughput | "
+                f"at least 1.6x: {'met' if thr >= 1.6 else 'NOT met'} |", ""]
+        if "setup_seconds" in seq:
+            out += [f"Once per class, not counted above: {seq['setup_seconds']:.1f} s to build the scratch course "
+                    "and gradebook, start the worker server and run the solution through the probes (cached "
+                    "for reruns of the class).", ""]
+        prof = seq.get("profile") or {}
+        if prof:
+            names = {"worker_start": "worker start and recording", "check": "checks", "kernel_start": "kernel start",
+                     "cells": "the notebook's cells", "canaries": "canaries", "probes": "probes",
+                     "kernel_stop": "kernel stop", "nbgrader_other": "nbgrader's own work", "feedback": "feedback"}
+            out += ["Where one submission's time goes (1 worker, mean seconds): "
+                    + ", ".join(f"{names.get(k, k)} {v:.2f}" for k, v in prof.items() if v >= 0.005) + ".", ""]
+    return out
 
 
 def smollm_section(sml: dict) -> list[str]:

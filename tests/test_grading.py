@@ -302,6 +302,40 @@ def test_wall_limit_stops_a_submission(course, tmp_path):
     ((sub, out),) = batch.run([folder])
     assert out.status == "timeout" and "10 s wall limit" in out.reason
     assert _csv(batch.csv_path)["stuck"]["autograded"] == "0"
+    if os.geteuid() == 0:  # the kernel ran as the slot's own user: nothing of that user may be left running
+        deadline = time.monotonic() + 60
+        while _processes_of(settings.uid_base) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not _processes_of(settings.uid_base), "the stuck kernel outlived its worker"
+
+
+def _processes_of(uid):
+    """Live (not zombie) processes owned by `uid`."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and proc.stat().st_uid == uid and " Z " not in (proc / "stat").read_text():
+                found.append(proc.name)
+        except OSError:
+            continue
+    return found
+
+
+def test_fork_server_reports_a_failing_worker_and_stops(tmp_path):
+    from peftlab.grader.forkserver import ForkServer
+
+    server = ForkServer()
+    try:
+        log = tmp_path / "worker.log"
+        pid = server.start(str(tmp_path / "missing-job.json"), str(log))
+        exits = {}
+        while pid not in exits:
+            exits.update(server.wait(timeout=60))
+        assert exits[pid] == 1
+        assert "missing-job.json" in log.read_text() and "Traceback" in log.read_text()
+    finally:
+        server.close()
+    assert server.proc.returncode == 0
 
 
 def test_limits_apply_without_bubblewrap(monkeypatch):
@@ -837,3 +871,26 @@ def test_probe_payloads_are_judged_as_data():
     huge = [{"output_type": "display_data", "data": {probes.MIME: "x" * (probes.MAX_PAYLOAD + 1)}, "metadata": {}}]
     assert "larger" in probes.payload(huge)[1]
     assert "suppressed" in probes.payload([])[1]
+
+
+def test_uid_base_comes_from_the_environment_or_the_command_line(monkeypatch):
+    from peftlab.grader import batch as batch_mod
+
+    monkeypatch.setenv("PEFTLAB_GRADER_UID_BASE", "62000")
+    assert Settings().uid_base == 62000
+    monkeypatch.setenv("PEFTLAB_GRADER_UID_BASE", "root")
+    with pytest.raises(ValueError, match="PEFTLAB_GRADER_UID_BASE='root'"):
+        Settings()
+    monkeypatch.delenv("PEFTLAB_GRADER_UID_BASE")
+    assert Settings().uid_base == 61000
+    from peftlab.grader.course import GradingError
+
+    seen = {}
+
+    def fake_batch(root, assignment, work, settings, **kwargs):
+        seen["settings"] = settings
+        raise GradingError("stop before grading")
+
+    monkeypatch.setattr(batch_mod, "Batch", fake_batch)
+    assert batch_mod.main(["01_lora_from_scratch", "nowhere", "--uid-base", "63000"]) == 2
+    assert seen["settings"].uid_base == 63000

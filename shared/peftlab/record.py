@@ -59,6 +59,27 @@ def hardware() -> dict:
     return info
 
 
+def busy_cores(seconds: float = 2.0) -> float | None:
+    """How many cores others keep busy now: non-idle CPU time over `seconds`, from /proc/stat (None elsewhere).
+
+    Unlike the load average, which still counts a benchmark that ended a minute ago, this says whether the
+    machine is shared while the next measurement starts."""
+    def sample():
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+        return sum(fields), idle
+
+    try:
+        total0, idle0 = sample()
+        time.sleep(seconds)
+        total1, idle1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    cores = len(Path("/proc/stat").read_text().split("\ncpu")) - 1
+    elapsed = total1 - total0
+    return round(cores * (elapsed - (idle1 - idle0)) / elapsed, 2) if elapsed else 0.0
+
+
 def make_record(config: RunConfig, **fields) -> dict:
     return {
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -11,6 +11,7 @@
 | `probes` | points decided in the grader: probe files, the kernel's side, comparators, `judge` |
 | `sandbox` | run a kernel under bubblewrap with resource limits |
 | `worker` | `autograde(job)`, the one grading path; `python -m peftlab.grader.worker JOB.json` |
+| `forkserver` | the batch's workers, forked from one process that imported the grader once (`warm`) |
 | `outcome` | a graded submission: status, reason, points |
 | `feedback` | HTML feedback with hidden tests removed |
 | `gradebook` | nbgrader's gradebook as the record; the CSV |

@@ -6,7 +6,8 @@
 SUBMISSIONS are folders or zip files of notebooks named by student
 (`alice.ipynb`, or `alice/<notebook>.ipynb`), the way they come out of Colab,
 an LMS download or a JupyterHub exchange. Each submission is graded by
-`peftlab.grader.worker.autograde` in its own worker process (checked, then
+`peftlab.grader.worker.autograde` in its own worker process, forked from a
+server that imported the grader once (checked, then
 autograded by nbgrader with its kernel in a sandbox, `peftlab.grader.sandbox`,
 grading parameters injected after its `parameters` cell, then the
 assignment's probes, whose values the worker judges against the solution's:
@@ -32,7 +33,6 @@ import re
 import secrets
 import shutil
 import stat
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -42,6 +42,7 @@ from . import course as course_mod
 from .course import GradingError
 from .export import export_all, write_intake
 from .feedback import write_feedback
+from .forkserver import ForkServer
 from .gradebook import export_csv, finished, record, record_identity
 from .intake import Submission, import_submissions, write_new
 from .outcome import Outcome
@@ -89,9 +90,23 @@ class Batch:
         self.rejected: list[Submission] = []  # files no student could be given (reported, never recorded)
         self.missing: list[str] = []  # roster students without a submission
         self.exports: dict[str, Path] = {}
+        self._server: ForkServer | None = None
+
+    def _workers(self) -> ForkServer:
+        """The server that forks this batch's workers (`peftlab.grader.forkserver`), started on first use."""
+        if self._server is None or not self._server.alive():
+            self._server = ForkServer()
+        return self._server
+
+    def close(self) -> None:
+        """Stop the worker server (`run` does it when it ends)."""
+        if self._server is not None:
+            self._server.close()
+            self._server = None
 
     def prepare(self) -> None:
         """The gradebook with this assignment, and a scratch course that each worker copies."""
+        self._workers()  # its imports overlap the set-up below
         self.work.mkdir(parents=True, exist_ok=True)
         secret = self.work / "canary-secret"
         if not secret.exists():
@@ -176,7 +191,10 @@ class Batch:
         self.log(f"{self.assignment}: {len(subs)} submissions, {skipped} already graded, {len(results)} rejected "
                  f"on import, {len(todo)} to grade with {self.settings.workers} worker(s)"
                  f"{'' if sandboxed else ' WITHOUT a sandbox'}")
-        results += self._pool(todo, inputs)
+        try:
+            results += self._pool(todo, inputs)
+        finally:
+            self.close()
         export_csv(self.work, self.assignment, self.csv_path)
         self.exports = export_all(self.work, self.assignment)
         return results
@@ -236,6 +254,7 @@ class Batch:
         from tqdm.auto import tqdm
 
         pending, running, results = list(todo), {}, []
+        exits: dict[int, int] = {}  # pid -> exit code, of workers not yet collected
         free = list(range(self.settings.workers))
         bar = tqdm(total=len(todo), desc=f"grading {self.assignment}", unit="nb", disable=not todo)
         while pending or running:
@@ -246,20 +265,20 @@ class Batch:
                 shutil.rmtree(scratch, ignore_errors=True)
                 scratch.mkdir(parents=True)
                 (scratch / "job.json").write_text(job.to_json())
-                log = (scratch / "worker.log").open("w")
-                proc = subprocess.Popen([sys.executable, "-m", "peftlab.grader.worker", str(scratch / "job.json")],
-                                        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-                running[proc] = (sub, slot, scratch, time.monotonic(), log)
-            time.sleep(0.2)
-            for proc, (sub, slot, scratch, started, log) in list(running.items()):
-                over = time.monotonic() - started > self.settings.wall_timeout
-                if proc.poll() is None and not over:
+                pid = self._workers().start(str(scratch / "job.json"), str(scratch / "worker.log"))
+                running[pid] = (sub, slot, scratch, time.monotonic())
+            # Wake when a worker ends, or when the next one reaches its wall limit.
+            deadline = min(started for _, _, _, started in running.values()) + self.settings.wall_timeout
+            exits.update(self._server.wait(timeout=max(0.0, min(5.0, deadline - time.monotonic()))))
+            for pid, (sub, slot, scratch, started) in list(running.items()):
+                over = pid not in exits and time.monotonic() - started > self.settings.wall_timeout
+                if pid not in exits and not over:
                     continue
-                if over and proc.poll() is None:
-                    os.killpg(proc.pid, 9)
-                    proc.wait()
-                log.close()
-                out = self._collect(sub, scratch, proc.returncode, over)
+                if over:
+                    self._server.kill(pid)  # the worker, its kernel and whatever the kernel started
+                    while pid not in exits:
+                        exits.update(self._server.wait(timeout=5.0))
+                out = self._collect(sub, scratch, exits.pop(pid), over)
                 try:
                     self._finish(sub, out, scratch)
                 except Exception as exc:  # one student's record must not stop the class
@@ -268,7 +287,7 @@ class Batch:
                     self._finish(sub, out, None)
                 results.append((sub, out))
                 free.append(slot)
-                del running[proc]
+                del running[pid]
                 bar.update(1)
                 bar.set_postfix_str(f"{sub.student}: {out.status}")
         bar.close()
@@ -284,7 +303,10 @@ class Batch:
                 return Outcome(**json.loads(result.read_text()))
             except (ValueError, TypeError) as exc:
                 return Outcome(student=sub.student, status="error", reason=f"unreadable worker result ({exc})")
-        tail = (scratch / "worker.log").read_text(errors="replace").strip().splitlines()[-3:]
+        try:
+            tail = (scratch / "worker.log").read_text(errors="replace").strip().splitlines()[-3:]
+        except OSError:
+            tail = ["no worker log"]
         return Outcome(student=sub.student, status="error",
                        reason=f"grader worker exited with code {code}: {' | '.join(tail)[:400]}")
 
@@ -316,6 +338,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memory-gib", type=float, default=Settings.memory_bytes / GiB,
                         help="address-space limit of a kernel process")
     parser.add_argument("--sandbox", choices=("auto", "bwrap", "none"), default=Settings.sandbox)
+    parser.add_argument("--uid-base", type=int, default=None,
+                        help="when run as root, worker N's kernel runs as this user id + N (default 61000, or "
+                             "PEFTLAB_GRADER_UID_BASE); give two batches on one machine bases that do not overlap")
     parser.add_argument("--regrade", action="store_true", help="grade again even if already in the gradebook")
     parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                         help="grading parameter injected after the parameters cell (repeatable)")
@@ -333,7 +358,8 @@ def main(argv: list[str] | None = None) -> int:
         params = {**GRADING_PARAMETERS, **parse_overrides(args.param)}
         settings = Settings(workers=max(1, args.workers), cell_timeout=args.cell_timeout,
                             wall_timeout=args.wall_timeout, memory_bytes=int(args.memory_gib * GiB),
-                            parameters=params, sandbox=args.sandbox)
+                            parameters=params, sandbox=args.sandbox,
+                            **({} if args.uid_base is None else {"uid_base": args.uid_base}))
         try:
             id_regex = re.compile(args.id_regex) if args.id_regex else None
         except re.error as exc:

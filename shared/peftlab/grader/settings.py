@@ -17,6 +17,14 @@ MiB = 2**20
 GRADING_PARAMETERS = {"model_name": "tiny-qwen2", "device": "cpu", "seed": 0}
 
 
+def _uid_base_from_env() -> int:
+    text = os.environ.get("PEFTLAB_GRADER_UID_BASE", "61000")
+    if not text.isdigit() or not 1000 <= int(text) < 2**31 - 1024:
+        raise ValueError(f"PEFTLAB_GRADER_UID_BASE={text!r}: expected a user id from 1000 on, unused on this "
+                         "machine (worker N runs as that id + N).")
+    return int(text)
+
+
 @dataclass
 class Settings:
     """How a submission is graded. Defaults are the course's; the CLI and tests override fields."""
@@ -35,7 +43,9 @@ class Settings:
     max_json_depth: int = 64  # nesting of a submitted notebook's JSON; real notebooks stay under 12
     parameters: dict = field(default_factory=lambda: dict(GRADING_PARAMETERS))
     sandbox: str = "auto"  # "auto" (bubblewrap when installed), "bwrap" (required) or "none"
-    uid_base: int = 61000  # per-worker user ids when the grader runs as root
+    # Per-worker user ids when the grader runs as root: worker N runs as uid_base + N. Two batches on one
+    # machine at once need bases at least `workers` apart (PEFTLAB_GRADER_UID_BASE, or --uid-base).
+    uid_base: int = field(default_factory=lambda: _uid_base_from_env())
     canaries: int = 2  # test-like cells that must fail, mixed among the tests (only without probes)
     # Points from the assignment's probes (grading/probes/ASSIGNMENT.py), judged in the grader, when it has
     # them. False: the in-kernel test cells decide, as in plain nbgrader (benchmarks, demonstrations).

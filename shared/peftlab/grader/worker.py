@@ -8,7 +8,9 @@ test the code that grades students. The worker process is
     python -m peftlab.grader.worker JOB.json
 
 which reads a `Job`, grades it and writes the `Outcome` to `result.json` in the
-job's scratch folder. It dies with the process that started it.
+job's scratch folder. It dies with the process that started it. The class
+grader does not start a fresh Python per submission: it forks each worker
+from a server that imported all this once (`peftlab.grader.forkserver`).
 """
 
 from __future__ import annotations

@@ -1,0 +1,198 @@
+"""Grading workers forked from one process that imported the grader once.
+
+A fresh Python per submission spent most of a small submission's time
+importing nbgrader, nbconvert, papermill, SQLAlchemy and alembic (3.4 s of
+5.4 s for the grading fixture on an idle 2-core machine, `bench/grading.py`).
+The class grader instead starts one server,
+
+    python -m peftlab.grader.forkserver
+
+which imports `peftlab.grader.warm` once and then forks one worker per
+request. It speaks JSON lines: on its stdin the batch writes
+`{"job": JOB.json, "log": worker.log, "env": {...}, "cwd": "..."}`; on its
+stdout it answers `{"started": pid}` for each request, in order, and
+`{"exited": pid, "code": n}` when a worker ends (n < 0: killed by signal -n).
+A worker runs `peftlab.grader.worker.main(JOB.json)` in a session of its own
+(the batch stops it and its kernel with one `killpg`), with its output in
+its log, and the batch's environment and folder of the request (not of when
+the server started). The server exits when its stdin closes, and its
+workers die with it (PR_SET_PDEATHSIG).
+
+The server is a fresh single-threaded Python, so nothing of the batch's
+process (threads, open files, an instructor's notebook) is forked, and the
+batch's `__main__` is never imported again, unlike with multiprocessing's
+fork server.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+
+
+def _die_with_parent() -> None:
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def _child(request: dict) -> None:
+    """In the forked worker: never returns."""
+    code = 1
+    try:
+        os.setsid()
+        _die_with_parent()
+        fd = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.close(fd)
+        os.close(null)
+        os.environ.clear()
+        os.environ.update(request["env"])
+        os.chdir(request["cwd"])
+        from .worker import main
+
+        code = main([request["job"]])
+    except BaseException:  # noqa: BLE001 - whatever happens, the log says it and the worker exits
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(code if isinstance(code, int) else 1)
+
+
+def serve() -> int:
+    """The server's loop: fork on each request, report each exit; stop when stdin closes."""
+    try:
+        from . import warm  # noqa: F401
+    except Exception as exc:  # noqa: BLE001 - workers still work, only slower (they import what they need)
+        print(f"peftlab.grader.forkserver: preloading failed ({type(exc).__name__}: {exc}); "
+              "workers will import the grader themselves", file=sys.stderr, flush=True)
+    _die_with_parent()
+    inp, out = sys.stdin.buffer, sys.stdout
+    children: set[int] = set()
+    open_ = True
+    while open_ or children:
+        ready, _, _ = select.select([inp] if open_ else [], [], [], 0.05)
+        if ready:
+            line = inp.readline()
+            if not line:
+                open_ = False
+            elif line.strip():
+                request = json.loads(line)
+                pid = os.fork()
+                if pid == 0:
+                    _child(request)
+                children.add(pid)
+                out.write(json.dumps({"started": pid}) + "\n")
+                out.flush()
+        while children:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                children.clear()
+                break
+            if pid == 0:
+                break
+            children.discard(pid)
+            try:
+                out.write(json.dumps({"exited": pid, "code": os.waitstatus_to_exitcode(status)}) + "\n")
+                out.flush()
+            except BrokenPipeError:
+                open_ = False
+        if not open_ and children:
+            time.sleep(0.05)
+    return 0
+
+
+class ForkServer:
+    """The batch's side: start workers, learn when they end, stop them."""
+
+    def __init__(self):
+        self.proc = subprocess.Popen([sys.executable, "-m", "peftlab.grader.forkserver"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, bufsize=0)
+        self._buffer = b""
+        self._exits: dict[int, int] = {}
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def _lines(self, timeout: float) -> list[dict]:
+        ready, _, _ = select.select([self.proc.stdout], [], [], max(0.0, timeout))
+        if not ready:
+            return []
+        chunk = os.read(self.proc.stdout.fileno(), 65536)
+        if not chunk:
+            raise RuntimeError(f"the grading fork server stopped (exit code {self.proc.wait()})")
+        self._buffer += chunk
+        *lines, self._buffer = self._buffer.split(b"\n")
+        return [json.loads(line) for line in lines if line.strip()]
+
+    def _note(self, message: dict) -> int | None:
+        if "exited" in message:
+            self._exits[message["exited"]] = message["code"]
+            return None
+        return message["started"]
+
+    def start(self, job: str, log: str) -> int:
+        """Fork a worker for `job` (JOB.json) with its output in `log`; its pid."""
+        request = {"job": job, "log": log, "env": dict(os.environ), "cwd": os.getcwd()}
+        self.proc.stdin.write((json.dumps(request) + "\n").encode())
+        while True:
+            for message in self._lines(60.0):
+                pid = self._note(message)
+                if pid is not None:
+                    return pid
+            if not self.alive():
+                raise RuntimeError(f"the grading fork server stopped (exit code {self.proc.returncode})")
+
+    def wait(self, timeout: float) -> dict[int, int]:
+        """{pid: exit code} of the workers that ended, waiting up to `timeout` seconds for the first."""
+        deadline = time.monotonic() + timeout
+        while not self._exits:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            for message in self._lines(left):
+                self._note(message)
+        exits, self._exits = self._exits, {}
+        return exits
+
+    @staticmethod
+    def kill(pid: int) -> None:
+        """Stop a worker, its kernel and whatever the kernel started (the worker's session)."""
+        for target in (lambda: os.killpg(pid, signal.SIGKILL), lambda: os.kill(pid, signal.SIGKILL)):
+            try:
+                target()
+                return
+            except ProcessLookupError:
+                continue
+
+    def close(self) -> None:
+        """No more workers: the server exits once the running ones have ended."""
+        try:
+            self.proc.stdin.close()
+        except OSError:
+            pass
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc.stdout.close()
+
+
+if __name__ == "__main__":
+    sys.exit(serve())
