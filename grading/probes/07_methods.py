@@ -14,12 +14,18 @@ def _linears():
     return ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
+def _shapes():
+    """linear_shapes of both models, which the count tests check first."""
+    return {key: {name: list(shape) for name, shape in linear_shapes(configs[key]).items()}  # noqa: F821
+            for key in (model_name, big_model)}  # noqa: F821
+
+
 @probe("test_lora_counts", compare=exact)
 def lora_counts(seed):
     import random
 
     rng = random.Random(seed)
-    out = []
+    out = [_shapes()]
     for key in (model_name, big_model, big_model):  # noqa: F821 (the notebook's parameters)
         targets = sorted(rng.sample(_linears(), rng.randint(1, 7)))
         r = rng.randint(1, 64)
@@ -33,7 +39,7 @@ def other_counts(seed):
     import random
 
     rng = random.Random(seed + 1)
-    out = []
+    out = [_shapes()]
     for key in (model_name, big_model):  # noqa: F821
         n = rng.randint(1, 100)
         cfg = configs[key]  # noqa: F821
@@ -46,8 +52,9 @@ def other_counts(seed):
 def full_count(seed):
     from peftlab import models
 
-    return {key: int(full_params(models.model_config(key)))  # noqa: F821
-            for key in (model_name, big_model, "Qwen/Qwen2.5-7B-Instruct")}  # noqa: F821
+    counts = {key: int(full_params(models.model_config(key)))  # noqa: F821
+              for key in (model_name, big_model, "Qwen/Qwen2.5-7B-Instruct")}  # noqa: F821
+    return {"shapes": _shapes(), "counts": counts}
 
 
 @probe("test_runs", compare=close(rtol=1e-4, atol=1e-6))
