@@ -24,9 +24,9 @@ _ONLY = [o for o in os.environ.get("PEFTLAB_GATE_ONLY", "").split(",") if o]
 ASSIGNMENTS = [a for a in ALL_ASSIGNMENTS if not _ONLY or any(o in a for o in _ONLY)]
 
 
-def test_there_are_seven_assignments():
+def test_there_are_eight_assignments():
     assert ALL_ASSIGNMENTS == ["01_lora_from_scratch", "02_rank_alpha_sweep", "03_target_modules",
-                               "04_qlora_memory", "05_custom_dataset", "07_methods", "08_custom_metric"]
+                               "04_qlora_memory", "05_custom_dataset", "06_adapters", "07_methods", "08_custom_metric"]
 
 
 def test_release_is_what_nbgrader_generates():

@@ -110,6 +110,18 @@ WRONG_ANSWERS = [
           "labels = [-100] * len(prompt) + full[len(prompt):]", "labels = list(full)"),
     Wrong("05_custom_dataset", "chat_mask", "input not stripped",
           'user += "\\n\\n" + row["input"].strip()', 'user += "\\n\\n" + row["input"]'),
+    # 06: two adapters on one base: loading, routing a batch, combining
+    Wrong("06_adapters", "load_two", "folders swapped",
+          "for name, path in ADAPTER_DIRS.items():", "for name, path in zip(ADAPTER_DIRS, reversed(ADAPTER_DIRS.values())):"),
+    Wrong("06_adapters", "route", "one adapter for the whole batch",
+          'return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], adapter_names=list(names)).logits',
+          'model.set_adapter(names[0])\n    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits'),
+    Wrong("06_adapters", "combine", "linear combination",
+          'combination_type="cat"', 'combination_type="linear"'),
+    Wrong("06_adapters", "combine", "combined adapter not activated",
+          'return adapters.combine(model, ["shakespeare", "pirate"], list(weights), "mix", combination_type="cat")',
+          'model.add_weighted_adapter(["shakespeare", "pirate"], list(weights), "mix", combination_type="cat")\n'
+          '    return model'),
     # 07: closed-form counts of each method, full fine-tuning, a run of two methods
     Wrong("07_methods", "lora_family", "k and v as wide as q",
           "kv = cfg.num_key_value_heads * (h // cfg.num_attention_heads)", "kv = h"),
