@@ -221,7 +221,17 @@ T4_PARAMETERS: dict[str, dict] = {
     "solutions/05_custom_dataset/custom_dataset.ipynb": dict(
         model_name="Qwen/Qwen2.5-0.5B-Instruct", method="lora", r=8, target_modules=["q_proj", "v_proj"],
         per_device_train_batch_size=4, seq_len=128),
+    # Exercise 06 trains nothing: two adapters and their combination on one base, forward passes only.
+    "solutions/06_adapters/adapters.ipynb": dict(
+        model_name="Qwen/Qwen2.5-0.5B-Instruct", method="lora", r=8, target_modules=["q_proj", "v_proj"],
+        per_device_train_batch_size=4, seq_len=128),
+    # Exercise 07 counts Qwen2.5-3B on the meta device (no memory) and trains two methods one after the other.
+    "solutions/07_methods/methods.ipynb": dict(
+        model_name="Qwen/Qwen2.5-0.5B-Instruct", method="lora", r=8, target_modules=["q_proj", "v_proj"],
+        per_device_train_batch_size=4, seq_len=256),
 }
+# Notebooks that load no model at all (exercise 08 scores given texts): nothing to fit on a T4.
+NO_MODEL_NOTEBOOKS = ("solutions/08_custom_metric/custom_metric.ipynb",)
 
 
 def t4_estimate(params: dict):
@@ -254,6 +264,10 @@ GPU_NOTEBOOK_PARAMETERS: dict[str, dict] = {
         "max_steps": 60, "max_train_samples": None},
     "solutions/05_custom_dataset/custom_dataset.ipynb": {
         "model_name": "Qwen/Qwen2.5-0.5B-Instruct", "device": "auto", "dtype": "float32", "max_steps": 60},
+    "solutions/06_adapters/adapters.ipynb": {"model_name": "Qwen/Qwen2.5-0.5B-Instruct", "device": "auto"},
+    "solutions/07_methods/methods.ipynb": {
+        "model_name": "Qwen/Qwen2.5-0.5B-Instruct", "device": "auto", "dtype": "float32", "max_steps": 60,
+        "max_train_samples": None},
 }
 
 

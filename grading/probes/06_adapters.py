@@ -1,0 +1,52 @@
+"""Probes of exercise 06: they decide its points (peftlab.grader.probes; grading/README.md).
+
+Each runs in the student's kernel after the notebook, on routings and weights drawn from `seed` (the class's
+secret), and returns plain values: the adapters a model holds, the active one, and logits at the last
+position of each row (the first 48 of the vocabulary: enough to tell adapters apart, small enough to send).
+The grader compares them with what the solution returns. Each checks what its test cell checks, so a wrong
+answer loses the same tests (tests/test_fair_grading.py).
+"""
+
+from peftlab.grader.probes import close, probe
+
+# Logits of the same weights and inputs: equal up to float summation order.
+LOGITS = close(rtol=1e-4, atol=1e-5)
+
+
+def _last(logits):
+    return [[round(float(x), 6) for x in row[-1, :48]] for row in logits]
+
+
+@probe("test_load_two", compare=LOGITS)
+def load_two_logits(seed):
+    fresh = load_two()  # noqa: F821
+    out = {"adapters": sorted(fresh.peft_config), "active": str(fresh.active_adapter), "training": bool(fresh.training)}
+    for name in ("shakespeare", "pirate"):
+        fresh.set_adapter(name)
+        out[name] = _last(logits_of(fresh))  # noqa: F821
+    return out
+
+
+@probe("test_route", compare=LOGITS)
+def routed_logits(seed):
+    """A drawn routing of the four rows; the base rows apart, as the test checks them first."""
+    import random
+
+    rng = random.Random(seed)
+    names = [rng.choice(["shakespeare", "pirate", "__base__"]) for _ in range(4)]
+    names[rng.randrange(4)] = "__base__"
+    fresh = load_two()  # noqa: F821
+    logits = _last(route(fresh, names))  # noqa: F821
+    return {"names": names, "base rows": [row for row, n in zip(logits, names) if n == "__base__"],
+            "adapter rows": [row for row, n in zip(logits, names) if n != "__base__"]}
+
+
+@probe("test_combine", compare=LOGITS)
+def combined_logits(seed):
+    import random
+
+    rng = random.Random(seed + 1)
+    weights = (round(rng.uniform(0.1, 1.0), 2), round(rng.uniform(0.1, 1.0), 2))
+    mixed = combine(load_two(), weights)  # noqa: F821
+    return {"weights": list(weights), "active": str(mixed.active_adapter), "rank": int(mixed.peft_config["mix"].r),
+            "logits": _last(logits_of(mixed))}  # noqa: F821

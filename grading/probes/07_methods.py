@@ -1,0 +1,74 @@
+"""Probes of exercise 07: they decide its points (peftlab.grader.probes; grading/README.md).
+
+Each runs in the student's kernel after the notebook, on ranks, target lists and token counts drawn from
+`seed` (the class's secret), and returns plain values; the grader compares them with what the solution
+returns. Counts are exact integers; held-out losses of the same seeded run agree up to summation order.
+Each checks what its test cell checks, so a wrong answer loses the same tests (tests/test_fair_grading.py).
+"""
+
+from peftlab.grader.probes import close, exact, probe
+
+
+def _linears():
+    """The linear layers of a Qwen2 decoder layer (a function: only functions travel to the kernel)."""
+    return ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def _shapes():
+    """linear_shapes of both models, which the count tests check first."""
+    return {key: {name: list(shape) for name, shape in linear_shapes(configs[key]).items()}  # noqa: F821
+            for key in (model_name, big_model)}  # noqa: F821
+
+
+@probe("test_lora_counts", compare=exact)
+def lora_counts(seed):
+    import random
+
+    rng = random.Random(seed)
+    out = [_shapes()]
+    for key in (model_name, big_model, big_model):  # noqa: F821 (the notebook's parameters)
+        targets = sorted(rng.sample(_linears(), rng.randint(1, 7)))
+        r = rng.randint(1, 64)
+        out.append([key, targets, r, int(lora_params(configs[key], targets, r)),  # noqa: F821
+                    int(dora_params(configs[key], targets, r))])  # noqa: F821
+    return out
+
+
+@probe("test_other_counts", compare=exact)
+def other_counts(seed):
+    import random
+
+    rng = random.Random(seed + 1)
+    out = [_shapes()]
+    for key in (model_name, big_model):  # noqa: F821
+        n = rng.randint(1, 100)
+        cfg = configs[key]  # noqa: F821
+        out.append([key, n, int(ia3_params(cfg)), int(prompt_params(cfg, n)),  # noqa: F821
+                    int(prefix_params(cfg, n, projection=False)), int(prefix_params(cfg, n, projection=True))])  # noqa: F821
+    return out
+
+
+@probe("test_full_count", compare=exact)
+def full_count(seed):
+    from peftlab import models
+
+    counts = {key: int(full_params(models.model_config(key)))  # noqa: F821
+              for key in (model_name, big_model, "Qwen/Qwen2.5-7B-Instruct")}  # noqa: F821
+    return {"shapes": _shapes(), "counts": counts}
+
+
+@probe("test_runs", compare=close(rtol=1e-4, atol=1e-6))
+def runs_and_rerun(seed):
+    """The table's methods and counts, a finite held-out loss below the untrained one, and one drawn method
+    trained again: its reported loss is the held-out loss, as the solution measures it."""
+    import math
+    import random
+
+    rows = runs.to_dict("records")  # noqa: F821
+    again = run_method(random.Random(seed + 2).choice(list(methods)))  # noqa: F821
+    return {"methods": [str(row["method"]) for row in rows],
+            "trainable": [int(row["trainable"]) for row in rows],
+            "total": [int(row["total"]) for row in rows],
+            "finite and below untrained": [bool(math.isfinite(row["eval_loss"]) and row["eval_loss"] < untrained)  # noqa: F821
+                                           for row in rows],
+            "rerun": [str(again["method"]), int(again["trainable"]), float(again["eval_loss"])]}
