@@ -129,3 +129,23 @@ def test_attempt_turns_a_failed_build_into_a_clear_failure(capsys):
             use(results)
     assert "missing" in repr(results)
     assert checks.attempt(lambda x: x + 1, 1, region="sweep") == 2
+
+
+def test_a_failing_test_cell_shows_its_error_in_the_notebook(tmp_path):
+    """What a student sees in Jupyter: the failing test cell's error, naming the cell to fix.
+
+    IPython discards what a custom exception handler returns, so the handler must show the error itself;
+    without that the cell failed with no message at all."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell("from peftlab import checks\nchecks.depends_on('lora_linear')\nassert 1 == 2, 'B must start at zero'"),
+        nbformat.v4.new_code_cell("raise KeyError('plain')"),
+    ])
+    NotebookClient(nb, timeout=600, kernel_name="python3", allow_errors=True,
+                   resources={"metadata": {"path": str(tmp_path)}}).execute()
+    first, second = ([o for o in cell.outputs if o.output_type == "error"] for cell in nb.cells)
+    assert len(first) == 1 and first[0].ename == "AssertionError"
+    assert first[0].evalue == "Fix `lora_linear`: B must start at zero"
+    assert len(second) == 1 and second[0].evalue == "'plain'"  # the next cell's errors are its own

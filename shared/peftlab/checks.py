@@ -57,7 +57,9 @@ def _name_the_fix(shell, etype, value, tb, tb_offset=None):
         said = text if etype is AssertionError and text else f"{etype.__name__}: {text}"
         with contextlib.suppress(Exception):  # an exception type that refuses new args keeps its own text
             value.args = (_fix(None) + said,)
-    return shell.InteractiveTB.structured_traceback(etype, value, tb, tb_offset=tb_offset)
+    # IPython discards what this handler returns: showing the error is the handler's job (in a kernel this
+    # sends the error output, and the execute reply's traceback, to the notebook).
+    shell.showtraceback((etype, value, tb), tb_offset=tb_offset)
 
 
 def _hook_ipython() -> None:
