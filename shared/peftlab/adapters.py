@@ -84,7 +84,7 @@ def peft_config(config: RunConfig, total_step: int | None = None):
     if m == "prompt":
         return PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=config.num_virtual_tokens)
     if m == "ia3":
-        # peft's defaults for Qwen2: scale k, v and the MLP's down projection input.
+        # peft's defaults for Qwen2: scale the outputs of q_proj and v_proj and the input of down_proj.
         return IA3Config(task_type=TaskType.CAUSAL_LM)
     raise AdapterError(f"no peft config for method {m!r}")
 
