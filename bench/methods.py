@@ -119,6 +119,7 @@ def main(argv=None) -> int:
     if ada:
         methods.plot_allocation(ada, out / "adalora.png")
     summary = {
+        "command": "python bench/methods.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "size": args.size, "model": args.model, "device": args.device, "dtype": dtype, "steps": args.steps,
         "n_generate": records[0]["n_generate"], "max_new_tokens": args.max_new_tokens, "methods": names,
         "separate_processes": args.separate, "commit": git_commit(), "versions": versions(), "hardware": hardware(),

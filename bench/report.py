@@ -216,7 +216,7 @@ def methods_section(bench: Path) -> str:
     c = rec0["config"]
     lrs = ", ".join(f"{r['label']} {r['config']['learning_rate']:g}" for r in records)
     out = ["### PEFT methods at equal steps", "",
-           f"`python bench/methods.py{'' if summary['size'] == 'full' else ' --size ' + summary['size']}` at commit "
+           f"`{summary.get('command', 'python bench/methods.py').strip()}` at commit "
            f"{where}: {len(records)} methods on {summary['model']} ({summary['device']}, {summary['dtype']}), "
            f"{summary['steps']} optimizer steps each (batch {c['per_device_train_batch_size']} x "
            f"{c['gradient_accumulation_steps']}), seed {c['seed']}, the Shakespeare pairs; LoRA-family r={c['r']}, "
