@@ -75,7 +75,6 @@ def child_command(args, name: str) -> list[str]:
 def main(argv=None) -> int:
     args = parse(argv)
     import torch
-
     from peftlab import methods, models
     from peftlab.record import git_commit, hardware, versions, write_record
 

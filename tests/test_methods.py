@@ -10,7 +10,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 from conftest import run_session_notebook
 from peftlab import adapters, methods, models
 from peftlab.config import ConfigError, preset
@@ -120,6 +119,8 @@ def test_table_and_plots(records, tmp_path):
         (lambda b: methods.method_config(b, "adalora", 1, "x"), "AdaLoRA needs at least 2 steps"),
         (lambda b: methods.compare(b, names=[], steps=2), r"methods=\[\]"),
         (lambda b: methods.compare(b, names="lora,bitfit", steps=2), "unknown 'bitfit'"),
+        (lambda b: methods.compare(b, names=["lora"], steps=2, learning_rates={"lroa": 1e-3}),
+         r"learning_rates: unknown method\(s\) 'lroa'"),
     ],
 )
 def test_bad_input_is_named(call, match, tiny_dir):

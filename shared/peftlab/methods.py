@@ -105,13 +105,18 @@ def method_config(base: RunConfig, name: str, steps: int, output_dir: str | Path
     so the final allocation is really made (peft fixes it at step total - tfinal).
     """
     (method,) = resolve([name])
+    rates = learning_rates or {}
+    unknown = sorted(set(rates) - set(METHODS))
+    if unknown:
+        raise MethodError(f"learning_rates: unknown method(s) {', '.join(map(repr, unknown))}; keys are method names "
+                          f"({', '.join(METHODS)}).", field="learning_rates")
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
         raise MethodError(f"steps={steps!r}: give a positive number of optimizer steps (every method gets "
                           "the same), e.g. 8 for a quick run, 64 for the case study's 8 epochs.", field="steps")
     if method.name == "adalora" and steps < 2:
         raise MethodError("steps=1: AdaLoRA needs at least 2 steps (one to score importance, one to allocate).",
                           field="steps")
-    lr = (learning_rates or {}).get(method.name, method.learning_rate) or base.learning_rate
+    lr = rates.get(method.name, method.learning_rate) or base.learning_rate
     extra = {}
     if method.name == "adalora":
         tfinal = max(1, steps // 5)
@@ -172,7 +177,7 @@ def run_method(base: RunConfig, name: str, steps: int, output_dir: str | Path, n
     In a process that ran other methods before, freed memory the allocator kept counts too: the bench
     runs each method in its own process for that reason.
     """
-    method = METHODS[name] if name in METHODS else resolve([name])[0]
+    (method,) = resolve([name])
     config = method_config(base, name, steps, output_dir, learning_rates)
     tokenizer = tokenizer or models.load_tokenizer(config.model_name)
     gc.collect()
