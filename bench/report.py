@@ -205,7 +205,7 @@ def methods_section(bench: Path) -> str:
     summary = _load(folder / "summary.json")
     if not summary:
         return "No method records yet: run `python bench/methods.py`."
-    from peftlab.methods import markdown_table, read_records
+    from peftlab.methods import markdown_table, paired_against, read_records
 
     records = read_records(folder, summary["methods"])
     v, cond = summary["versions"], summary
@@ -235,9 +235,16 @@ def methods_section(bench: Path) -> str:
     best = max(records, key=lambda r: r["chrf"])
     lowest = min(records, key=lambda r: r["perplexity"])
     out.append(f"Best chrF here: {best['label']} ({best['chrf']:.1f}); lowest held-out perplexity: "
-               f"{lowest['label']} ({lowest['perplexity']:.2f}). One run, one seed, {summary['n_generate']} "
-               "sentences: differences of a few chrF points are within noise (Session 2's bootstrap intervals "
-               "on these 24 sentences are about +-9), and each method's learning rate was set once, not tuned.")
+               f"{lowest['label']} ({lowest['perplexity']:.2f}); copying the input unchanged scores chrF "
+               f"{best['chrf'] - best['chrf_gain_vs_copy']:.1f} on the same sentences.")
+    if "lora" in by and len(records) > 1:
+        paired = paired_against(records, "lora")
+        key = next(k for k in paired[0] if k.startswith("chrF minus"))
+        real = [p for p in paired if p["beyond noise"]]
+        out.append("chrF against LoRA's on the same sentences, with the 95% interval of the paired difference "
+                   "(bootstrap): " + "; ".join(f"{p['method']} {p[key]:+.1f} +- {p['95% CI']:.1f}" for p in paired)
+                   + ". Beyond noise: " + (", ".join(p["method"] for p in real) if real else "none") + ". One seed, "
+                   "and each method's learning rate set once, not tuned: a ranking, not a verdict.")
     ada = by.get("adalora", {}).get("adalora")
     if ada:
         per_module = {m: sum(row[j] for row in ada["ranks"]) for j, m in enumerate(ada["modules"])}

@@ -48,7 +48,8 @@ class Method:
 
 
 METHODS: dict[str, Method] = {m.name: m for m in [
-    Method("full", "full fine-tuning", {"method": "full"}, 5e-5,
+    # float32 weights whatever the base config says: in 16-bit weights AdamW's small updates round away.
+    Method("full", "full fine-tuning", {"method": "full", "dtype": "float32"}, 5e-5,
            "Howard & Ruder 2018 (ULMFiT); the baseline of every PEFT paper",
            "every weight of the model trains"),
     Method("lora", "LoRA", {"method": "lora", "use_rslora": False}, None,
