@@ -53,11 +53,13 @@ lock: venv
 clean:
 	rm -rf $(VENV) .venv-min runs
 
-# Full-size benchmarks (about 15 minutes on 2 cores), then the README's Performance section.
+# Full-size benchmarks (about 15 minutes on 2 cores, plus about 40 for bench/methods.py), then the README's
+# Performance section and its methods table.
 bench: venv
 	$(PY) bench/throughput.py
 	$(PY) bench/memory.py
 	$(PY) bench/notebooks.py
 	$(PY) bench/grading.py
 	$(PY) bench/smollm.py
+	$(PY) bench/methods.py
 	$(PY) bench/report.py

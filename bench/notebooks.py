@@ -27,6 +27,8 @@ PARAMETERS = {
     "sessions/03_multi_adapter/session03_multi_adapter.ipynb": dict(
         preset="shakespeare-tiny", epochs={"shakespeare": 1, "formal": 2, "pirate": 1}, n_eval=4, n_samples=2,
         n_interp=2, interp_steps=3, max_new_tokens=6),
+    "sessions/04_methods/session04_methods.ipynb": dict(preset="shakespeare-tiny", steps=2, n_generate=2,
+                                                        max_new_tokens=4),
 }
 
 

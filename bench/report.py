@@ -5,6 +5,8 @@
 Replaces the text between the `performance:start` and `performance:end`
 markers; every number in it comes from a record written by a bench script in
 the same run of `make bench`, which also names the machine and conditions.
+The methods comparison (`bench/methods.py`) has its own markers,
+`methods:start` and `methods:end`; `--section methods` rewrites only those.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 
 GiB = 2**30
 START, END = "<!-- performance:start -->", "<!-- performance:end -->"
+METHODS_START, METHODS_END = "<!-- methods:start -->", "<!-- methods:end -->"
 
 
 def _load(path: Path):
@@ -228,21 +231,91 @@ def smollm_section(sml: dict) -> list[str]:
     return out
 
 
+def methods_section(bench: Path) -> str:
+    """The PEFT methods at equal steps (bench/methods.py): conditions, the table, AdaLoRA's allocation."""
+    folder = bench / "methods"
+    summary = _load(folder / "summary.json")
+    if not summary:
+        return "No method records yet: run `python bench/methods.py`."
+    from peftlab.methods import markdown_table, paired_against, read_records
+
+    records = read_records(folder, summary["methods"])
+    v, cond = summary["versions"], summary
+    commit = summary.get("commit") or "unknown"
+    where = f"`{commit[:10]}`" + (" with uncommitted changes" if commit.endswith("-dirty") else "")
+    shared = max(cond["load_average_at_start"][0], cond["load_average_at_end"][0]) > summary["cpu_count"]
+    rec0 = records[0]
+    c = rec0["config"]
+    lrs = ", ".join(f"{r['label']} {r['config']['learning_rate']:g}" for r in records)
+    out = ["### PEFT methods at equal steps", "",
+           f"`{summary.get('command', 'python bench/methods.py').strip()}` at commit "
+           f"{where}: {len(records)} methods on {summary['model']} ({summary['device']}, {summary['dtype']}), "
+           f"{summary['steps']} optimizer steps each (batch {c['per_device_train_batch_size']} x "
+           f"{c['gradient_accumulation_steps']}), seed {c['seed']}, the Shakespeare pairs; LoRA-family r={c['r']}, "
+           f"alpha={c['lora_alpha']:g} on {c['target_modules'] if isinstance(c['target_modules'], str) else ', '.join(c['target_modules'])}; "
+           f"{c['num_virtual_tokens']} virtual tokens for the prompt methods; learning rates: {lrs}. "
+           f"Each method in its own process; peak = {rec0['peak_source']} during training (the loaded model "
+           f"included, loading excluded); s/step = training wall time / steps; perplexity on the "
+           f"{rec0.get('heldout_rows', 24)} held-out pairs; chrF and archaic share of greedy outputs on "
+           f"{summary['n_generate']} of them ({summary['max_new_tokens']} new tokens at most). "
+           f"{summary['cpu_count']} CPU cores, {summary['torch_threads']} torch threads, load average "
+           f"{cond['load_average_at_start'][0]:.1f} at start and {cond['load_average_at_end'][0]:.1f} at the end"
+           + (" (a shared machine: times are upper bounds)" if shared else "") + f"; torch {v.get('torch')}, "
+           f"transformers {v.get('transformers')}, peft {v.get('peft')}; {summary['wall_s'] / 60:.0f} min in all.", "",
+           markdown_table(records), ""]
+    by = {r["method"]: r for r in records}
+    best = max(records, key=lambda r: r["chrf"])
+    lowest = min(records, key=lambda r: r["perplexity"])
+    out.append(f"Best chrF here: {best['label']} ({best['chrf']:.1f}); lowest held-out perplexity: "
+               f"{lowest['label']} ({lowest['perplexity']:.2f}); copying the input unchanged scores chrF "
+               f"{best['chrf'] - best['chrf_gain_vs_copy']:.1f} on the same sentences.")
+    if "lora" in by and len(records) > 1:
+        paired = paired_against(records, "lora")
+        key = next(k for k in paired[0] if k.startswith("chrF minus"))
+        real = [p for p in paired if p["beyond noise"]]
+        out.append("chrF against LoRA's on the same sentences, with the 95% interval of the paired difference "
+                   "(bootstrap): " + "; ".join(f"{p['method']} {p[key]:+.1f} +- {p['95% CI']:.1f}" for p in paired)
+                   + ". Beyond noise: " + (", ".join(p["method"] for p in real) if real else "none") + ". One seed, "
+                   "and each method's learning rate set once, not tuned: a ranking, not a verdict.")
+    ada = by.get("adalora", {}).get("adalora")
+    if ada:
+        per_module = {m: sum(row[j] for row in ada["ranks"]) for j, m in enumerate(ada["modules"])}
+        out.append(f"AdaLoRA kept {ada['allocated']} ranks of its budget of {ada['budget']} "
+                   f"({ada['target_r']} per module on average, from {ada['init_r']}); per module type, summed over "
+                   f"{len(ada['layers'])} layers: " + ", ".join(f"{m} {n}" for m, n in per_module.items()) + ".")
+    out.append("")
+    return "\n".join(out).strip()
+
+
+def _replace(text: str, start: str, end: str, body: str) -> str:
+    return re.sub(re.escape(start) + ".*?" + re.escape(end), lambda m: f"{start}\n{body}\n{end}", text, flags=re.S)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--bench", default="runs/bench")
     parser.add_argument("--readme", default="README.md")
+    parser.add_argument("--section", choices=("all", "performance", "methods"), default="all",
+                        help="which marked part of the README to rewrite (default: every one it has markers for)")
     args = parser.parse_args(argv)
     readme = Path(args.readme)
     text = readme.read_text()
-    if START not in text or END not in text:
-        print(f"{readme}: no {START} ... {END} markers", file=sys.stderr)
-        return 1
-    body = section(Path(args.bench))
-    new = re.sub(re.escape(START) + ".*?" + re.escape(END), lambda m: f"{START}\n{body}\n{END}", text, flags=re.S)
-    readme.write_text(new)
-    print(body)
-    return 0
+    parts = {"performance": (START, END, section), "methods": (METHODS_START, METHODS_END, methods_section)}
+    wanted = list(parts) if args.section == "all" else [args.section]
+    written = 0
+    for name in wanted:
+        start, end, build = parts[name]
+        if start not in text or end not in text:
+            if args.section != "all" or name == "performance":
+                print(f"{readme}: no {start} ... {end} markers", file=sys.stderr)
+                return 1
+            continue
+        body = build(Path(args.bench))
+        text = _replace(text, start, end, body)
+        print(body)
+        written += 1
+    readme.write_text(text)
+    return 0 if written else 1
 
 
 if __name__ == "__main__":

@@ -38,6 +38,8 @@ def heldout_loss(model, tokenized, tokenizer, batch_size: int = 8) -> float:
         batch = collate(rows[start : start + batch_size])
         batch = {k: v.to(device) for k, v in batch.items()}
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        # Prompt tuning prepends its virtual tokens to the input, so its logits are longer: keep the real ones.
+        logits = logits[:, -batch["input_ids"].shape[1] :]
         # Next-token prediction: logits at t predict the label at t + 1.
         logits = logits[:, :-1, :].float()  # (B, T-1, V)
         labels = batch["labels"][:, 1:]  # (B, T-1)
@@ -291,6 +293,7 @@ def example_losses(model, tokenized, tokenizer, batch_size: int = 8) -> list[tup
     for start in range(0, len(rows), batch_size):
         batch = {k: v.to(device) for k, v in collate(rows[start : start + batch_size]).items()}
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        logits = logits[:, -batch["input_ids"].shape[1] :]  # prompt tuning: drop the virtual tokens' logits
         logits = logits[:, :-1, :].float()  # (B, T-1, V)
         labels = batch["labels"][:, 1:]  # (B, T-1)
         loss = torch.nn.functional.cross_entropy(
