@@ -53,11 +53,12 @@ lock: venv
 clean:
 	rm -rf $(VENV) .venv-min runs
 
-# Full-size benchmarks (about 15 minutes on 2 cores), then the README's Performance section.
+# Full-size benchmarks (about 25 minutes on 2 cores), then the README's Performance and Inference sections.
 bench: venv
 	$(PY) bench/throughput.py
 	$(PY) bench/memory.py
 	$(PY) bench/notebooks.py
 	$(PY) bench/grading.py
 	$(PY) bench/smollm.py
+	$(PY) bench/inference.py
 	$(PY) bench/report.py
