@@ -323,6 +323,9 @@ def cache_curve(variant: Variant, tokenizer, new_tokens: int = 64, prompt_tokens
 @torch.no_grad()
 def merged_agreement(variants: dict[str, Variant], input_ids: torch.Tensor, new_tokens: int = 8) -> dict:
     """Greedy tokens of the merged model against the unmerged one; and the largest first-step logit gap."""
+    if not {"unmerged", "merged"} <= set(variants):
+        raise InferenceError(f"variants: need 'unmerged' and 'merged' to compare, got {sorted(variants)}; "
+                             "build them with build_variants(model, names).")
     un, me = variants["unmerged"], variants["merged"]
     a = timed_generate(un.model, input_ids, new_tokens)["tokens"]
     b = timed_generate(me.model, input_ids, new_tokens)["tokens"]
