@@ -102,8 +102,8 @@ def untrained_adapters(model, config: RunConfig, names: list[str]):
     Timing does not depend on what an adapter learned, only on its rank and
     targets. peft's usual initialisation sets B = 0, which would make merging a
     no-op and hide its rounding, so these use `init_lora_weights=False` (A and B
-    keep torch's default random initialisation). Their update is as large as the
-    weights themselves at alpha / r = 2; the session reports its relative size.
+    keep torch's default random initialisation), so their update is far larger
+    than a trained adapter's; `merge_roundtrip` reports its size relative to the weights.
     """
     from peft import get_peft_model
 
