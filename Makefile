@@ -53,7 +53,7 @@ lock: venv
 clean:
 	rm -rf $(VENV) .venv-min runs
 
-# Full-size benchmarks (about 25 minutes on 2 cores), then the README's Performance and Inference sections.
+# Full-size benchmarks (about 15 minutes on 2 cores, then bench/inference.py's grid), then the README's Performance and Inference sections.
 bench: venv
 	$(PY) bench/throughput.py
 	$(PY) bench/memory.py

@@ -1,7 +1,7 @@
 """Inference speed and memory of LoRA serving: unmerged, merged, several adapters in one batch.
 
-    python bench/inference.py                  # SmolLM2-135M-Instruct on a CPU (about 10 minutes on 2 idle cores)
-    python bench/inference.py --size smoke     # the tiny model, a small grid (seconds; CI)
+    python bench/inference.py                  # SmolLM2-135M-Instruct on a CPU (minutes; batch 16 without the cache costs most)
+    python bench/inference.py --size smoke     # the tiny model, a small grid (CI)
     python bench/inference.py --model Qwen/Qwen2.5-3B-Instruct --device cuda   # any Qwen2.5 on a GPU
     python bench/inference.py --adapters shakespeare=runs/session03/shakespeare/adapter formal=... pirate=...
 
