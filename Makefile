@@ -53,8 +53,8 @@ lock: venv
 clean:
 	rm -rf $(VENV) .venv-min runs
 
-# Full-size benchmarks (about 15 minutes on 2 cores, plus about 40 for bench/methods.py), then the README's
-# Performance section and its methods table.
+# Full-size benchmarks (about 15 minutes on 2 cores, plus about 40 for bench/methods.py and bench/inference.py's
+# grid), then the README's Performance section, its methods table and its Inference section.
 bench: venv
 	$(PY) bench/throughput.py
 	$(PY) bench/memory.py
@@ -62,4 +62,5 @@ bench: venv
 	$(PY) bench/grading.py
 	$(PY) bench/smollm.py
 	$(PY) bench/methods.py
+	$(PY) bench/inference.py
 	$(PY) bench/report.py

@@ -5,8 +5,10 @@
 Replaces the text between the `performance:start` and `performance:end`
 markers; every number in it comes from a record written by a bench script in
 the same run of `make bench`, which also names the machine and conditions.
-The methods comparison (`bench/methods.py`) has its own markers,
-`methods:start` and `methods:end`; `--section methods` rewrites only those.
+The methods comparison (`bench/methods.py`) and the inference measurements
+(`bench/inference.py`) have their own markers (`methods:start` ... `methods:end`,
+`inference:start` ... `inference:end`); `--sections methods,inference` renders
+only those.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from pathlib import Path
 
 GiB = 2**30
 START, END = "<!-- performance:start -->", "<!-- performance:end -->"
-METHODS_START, METHODS_END = "<!-- methods:start -->", "<!-- methods:end -->"
+MARKERS = {"performance": (START, END), "methods": ("<!-- methods:start -->", "<!-- methods:end -->"),
+           "inference": ("<!-- inference:start -->", "<!-- inference:end -->")}
 
 
 def _load(path: Path):
@@ -287,35 +290,100 @@ def methods_section(bench: Path) -> str:
     return "\n".join(out).strip()
 
 
-def _replace(text: str, start: str, end: str, body: str) -> str:
-    return re.sub(re.escape(start) + ".*?" + re.escape(end), lambda m: f"{start}\n{body}\n{end}", text, flags=re.S)
+def inference_section(bench: Path) -> str:
+    """Serving speed and memory on one model (bench/inference.py's record)."""
+    rec = _load(bench / "inference" / "record.json")
+    if not rec:
+        return "No inference record yet: run `python bench/inference.py`."
+    c, cond, v = rec["config"], rec["conditions"], rec["versions"]
+    commit = rec.get("git_commit") or "unknown"
+    where = f"`{commit[:10]}`" + (" with uncommitted changes" if commit.endswith("-dirty") else "")
+    busy = cond["load_average_start"][0] > cond["cpu_count"]
+    adapters = rec["adapters"] if isinstance(rec["adapters"], str) else "trained, " + ", ".join(rec["adapters"])
+    targets = c["target_modules"] if isinstance(c["target_modules"], str) else ", ".join(c["target_modules"])
+    first = rec["speed"][0]
+    out = [f"Measured by `python bench/inference.py` at commit {where} on {rec['hardware']['platform']}, "
+           f"{cond['cpu_count']} CPU cores, {cond['torch_threads']} torch thread(s), load average "
+           f"{cond['load_average_start'][0]:.1f} at start and {cond['load_average_end'][0]:.1f} at the end "
+           + ("(a shared machine: the times are upper bounds)" if busy else "(otherwise idle)")
+           + f"; torch {v.get('torch')}, transformers {v.get('transformers')}, peft {v.get('peft')}, "
+           f"bitsandbytes {v.get('bitsandbytes')}. Model `{c['model_name']}` in {c['dtype']} with "
+           f"{len(rec['adapter_names'])} LoRA adapters r={c['r']} on {targets} ({adapters}). Greedy, "
+           f"{first['prompt_tokens']}-token prompts, exactly {first['new_tokens']} new tokens per row, one warm-up, "
+           f"median of {first['repeats']} runs (min-max); tokens/s counts the whole generate call.", "",
+           "| variant | KV cache | batch | tokens/s (min-max) | first token ms | per token ms |",
+           "|---|---|---:|---:|---:|---:|"]
+    for r in sorted(rec["speed"], key=lambda r: (not r["use_cache"], r["variant"], r["batch_size"])):
+        t = r["tokens_per_s"]
+        out.append(f"| {r['variant']} | {'on' if r['use_cache'] else 'off'} | {r['batch_size']} | "
+                   f"{t['median']:.1f} ({t['min']:.1f}-{t['max']:.1f}) | {r['first_token_ms']['median']:.0f} | "
+                   f"{r['per_token_ms']['median']:.0f} |")
+    ups = [u for u in rec["speedups"] if u["use_cache"]]
+    for name, what in (("merged", "Merged against unmerged"), ("mixed", "A mixed batch (one adapter per row) against one adapter")):
+        row = sorted((u["batch_size"], u["speed-up vs unmerged"]) for u in ups if u["variant"] == name)
+        if row:
+            out += ["", f"{what}, tokens/s ratio by batch size (KV cache on): "
+                    + ", ".join(f"{b}: {x:.2f}x" for b, x in row) + "."]
+    cc = rec["cache_curve"]
+    out += ["", f"KV cache, batch {cc['batch_size']}, {cc['new_tokens']} new tokens after {cc['prompt_tokens']}: "
+            f"{cc['on']['total_s']:.2f} s with it, {cc['off']['total_s']:.2f} s without; the gap between tokens goes "
+            f"from {cc['on']['gap_ms'][0]:.0f} to {cc['on']['gap_ms'][-1]:.0f} ms with it and from "
+            f"{cc['off']['gap_ms'][0]:.0f} to {cc['off']['gap_ms'][-1]:.0f} ms without."]
+    rt = rec["merge_roundtrip"]
+    out += ["", f"Merge + unmerge ({len(rt[0]['rounds'])} rounds) of an update {rt[0]['delta_relative_norm']:.2%} the size "
+            "of the weights: " + "; ".join(
+                f"{r['dtype']}: max |W - W0| {r['max_abs_weight_error']:.1e} (largest |W0| {r['max_abs_w0']:.2f}), "
+                f"logits moved by up to {r['max_logit_change']:.1e} (largest {r['max_abs_logit']:.0f})" for r in rt) + "."]
+    out += ["", "Weights and process peak by format, each in a fresh process (resident memory on a CPU, Python and "
+            "libraries included):", "",
+            "| weights | weights MiB | predicted MiB | before loading MiB | process peak MiB | tokens/s |",
+            "|---|---:|---:|---:|---:|---:|"]
+    for m in rec["memory"]:
+        if "skipped" in m:
+            out.append(f"| {m['format']} | not measured: {m['skipped']} | | | | |")
+            continue
+        out.append(f"| {m['format']} | {m['weights_bytes'] / 2**20:.1f} | {m['predicted_weights_bytes'] / 2**20:.1f} | "
+                   f"{m['before_load_bytes'] / 2**20:.0f} | {m['process_peak_bytes'] / 2**20:.0f} | "
+                   f"{m['tokens_per_s']:.1f} (batch {m['batch_size']}) |")
+    p0 = rec["gpu_prediction"][0]
+    out += ["", f"**Predicted, not measured**: serving Qwen2.5 on a GPU (`peftlab.memory` estimator; bf16 KV cache for "
+            f"{p0['batch_size']} x {p0['tokens']} tokens; CUDA context and activations on top):", "",
+            "| model | bf16 weights | NF4 weights | KV cache |", "|---|---:|---:|---:|"]
+    out += [f"| {p['model']} | {p['bf16_weights_bytes'] / GiB:.2f} GiB | {p['nf4_weights_bytes'] / GiB:.2f} GiB | "
+            f"{p['kv_cache_bytes'] / GiB:.2f} GiB |" for p in rec["gpu_prediction"]]
+    return "\n".join(out).strip()
+
+
+SECTIONS = {"performance": section, "methods": methods_section, "inference": inference_section}
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--bench", default="runs/bench")
     parser.add_argument("--readme", default="README.md")
-    parser.add_argument("--section", choices=("all", "performance", "methods"), default="all",
-                        help="which marked part of the README to rewrite (default: every one it has markers for)")
+    parser.add_argument("--sections", default=None,
+                        help=f"comma-separated, of {', '.join(MARKERS)}; default: every one whose markers the README has")
     args = parser.parse_args(argv)
     readme = Path(args.readme)
     text = readme.read_text()
-    parts = {"performance": (START, END, section), "methods": (METHODS_START, METHODS_END, methods_section)}
-    wanted = list(parts) if args.section == "all" else [args.section]
-    written = 0
+    present = [name for name, (start, end) in MARKERS.items() if start in text and end in text]
+    wanted = present if args.sections is None else [s.strip() for s in args.sections.split(",") if s.strip()]
+    unknown = [s for s in wanted if s not in MARKERS]
+    if unknown:
+        parser.error(f"--sections: unknown {unknown}; choose from {', '.join(MARKERS)}")
+    missing = [s for s in wanted if s not in present] or ([] if wanted else ["performance"])
+    if missing:
+        print(f"{readme}: no " + "; ".join(f"{MARKERS[s][0]} ... {MARKERS[s][1]}" for s in missing) + " markers",
+              file=sys.stderr)
+        return 1
     for name in wanted:
-        start, end, build = parts[name]
-        if start not in text or end not in text:
-            if args.section != "all" or name == "performance":
-                print(f"{readme}: no {start} ... {end} markers", file=sys.stderr)
-                return 1
-            continue
-        body = build(Path(args.bench))
-        text = _replace(text, start, end, body)
+        start, end = MARKERS[name]
+        body = SECTIONS[name](Path(args.bench))
+        block = f"{start}\n{body}\n{end}"
+        text = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda m, block=block: block, text, flags=re.S)
         print(body)
-        written += 1
     readme.write_text(text)
-    return 0 if written else 1
+    return 0
 
 
 if __name__ == "__main__":

@@ -86,3 +86,30 @@ def test_exercise_cells_benchmark_smoke(tiny_dir, tmp_path, capsys):
     assert {"test", "solution"} <= kinds and all(c["seconds"] >= 0 for c in nb["cells"])
     assert nb["slowest"]["seconds"] == max(c["seconds"] for c in nb["cells"])
     assert "slowest cell" in capsys.readouterr().out
+
+
+def test_inference_benchmark_and_its_report_section_smoke(tiny_dir, tmp_path, capsys):
+    bench = tmp_path / "bench"
+    inference = _bench_module("inference")
+    assert inference.main(["--size", "smoke", "--out", str(bench / "inference")]) == 0
+    record = json.loads((bench / "inference" / "record.json").read_text())
+    assert {(r["variant"], r["use_cache"]) for r in record["speed"]} == {
+        (v, c) for v in ("unmerged", "merged", "mixed") for c in (True, False)}
+    assert all(r["tokens_per_s"]["median"] > 0 for r in record["speed"])
+    assert record["merged_agreement"]["token_agreement"] == 1.0 and all(record["mixed_agreement"]["rows_equal"])
+    assert {m["format"] for m in record["memory"]} == {"float32", "bfloat16", "nf4"}
+    assert (bench / "inference" / "throughput.png").stat().st_size > 1000
+    assert "merged / unmerged" in capsys.readouterr().out
+
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n\n<!-- performance:start -->\nkept\n<!-- performance:end -->\n\n"
+                      "<!-- inference:start -->\nold\n<!-- inference:end -->\n")
+    report = _bench_module("report")
+    assert report.main(["--bench", str(bench), "--readme", str(readme), "--sections", "inference"]) == 0
+    text = readme.read_text()
+    assert "kept" in text and "old" not in text  # only the inference section is rewritten
+    assert "| merged | on | 4 |" in text and "Predicted, not measured" in text and "tiny-qwen2" in text
+    bare = tmp_path / "BARE.md"
+    bare.write_text("# x\n\n<!-- performance:start -->\nkept\n<!-- performance:end -->\n")
+    assert report.main(["--bench", str(bench), "--readme", str(bare), "--sections", "inference"]) == 1
+    assert "inference:start" in capsys.readouterr().err and "kept" in bare.read_text()

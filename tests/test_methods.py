@@ -159,7 +159,7 @@ def test_bench_methods_smoke_and_report(tiny_dir, tmp_path, capsys):
     readme.write_text("# x\n\n<!-- performance:start -->\nkept\n<!-- performance:end -->\n\n"
                       "<!-- methods:start -->\nold\n<!-- methods:end -->\n")
     assert _bench("report").main(["--bench", str(tmp_path / "bench"), "--readme", str(readme),
-                                  "--section", "methods"]) == 0
+                                  "--sections", "methods"]) == 0
     text = readme.read_text()
     assert "old" not in text and "kept" in text and "| prompt tuning |" in text and "budget" in text
 

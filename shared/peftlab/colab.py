@@ -208,6 +208,12 @@ T4_PARAMETERS: dict[str, dict] = {
     # Session 4 trains nine methods one after the other; full fine-tuning is the largest (16 bytes per weight).
     "sessions/04_methods/session04_methods.ipynb": dict(
         model_name="Qwen/Qwen2.5-0.5B-Instruct", method="full", per_device_train_batch_size=4, seq_len=256),
+    # Session 5 trains nothing: its adapters' recipe stands here. It holds at most two copies of the model at
+    # once (served + merged, then served + a float32 copy: 2 x 2 GB for 0.5B in float32), and the memory
+    # section loads one more in a separate process.
+    "sessions/05_inference/session05_inference.ipynb": dict(
+        model_name="Qwen/Qwen2.5-0.5B-Instruct", method="lora", r=4, lora_alpha=16,
+        target_modules=["q_proj", "v_proj", "o_proj"], per_device_train_batch_size=4, seq_len=256),
     "solutions/01_lora_from_scratch/lora_from_scratch.ipynb": dict(
         model_name="Qwen/Qwen2.5-0.5B-Instruct", method="lora", r=8, target_modules=["q_proj", "v_proj"],
         per_device_train_batch_size=4, seq_len=256),
@@ -255,6 +261,7 @@ GPU_NOTEBOOK_PARAMETERS: dict[str, dict] = {
     "sessions/03_multi_adapter/session03_multi_adapter.ipynb": {
         "overrides": {"model_name": "Qwen/Qwen2.5-1.5B-Instruct"}},
     "sessions/04_methods/session04_methods.ipynb": {"overrides": {"model_name": "Qwen/Qwen2.5-0.5B-Instruct"}},
+    "sessions/05_inference/session05_inference.ipynb": {"overrides": {"model_name": "Qwen/Qwen2.5-0.5B-Instruct"}},
     "solutions/01_lora_from_scratch/lora_from_scratch.ipynb": {
         "model_name": "Qwen/Qwen2.5-0.5B-Instruct", "device": "auto", "dtype": "float32"},
     "solutions/02_rank_alpha_sweep/rank_alpha_sweep.ipynb": {
