@@ -35,7 +35,8 @@ import sys
 import time
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
+    """Linux: this process gets SIGKILL when its parent dies (PR_SET_PDEATHSIG)."""
     if sys.platform.startswith("linux"):
         import ctypes
 
@@ -47,7 +48,7 @@ def _child(request: dict) -> None:
     code = 1
     try:
         os.setsid()
-        _die_with_parent()
+        die_with_parent()
         fd = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
         null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)
@@ -94,7 +95,7 @@ def serve() -> int:
     if _threads() > 1:
         print(f"peftlab.grader.forkserver: {_threads()} threads after preloading; forking a threaded process "
               "can deadlock a worker (its wall limit would stop it)", file=sys.stderr, flush=True)
-    _die_with_parent()
+    die_with_parent()
     inp, out = sys.stdin.fileno(), sys.stdout
     buffer, children, open_ = b"", set(), True
     while open_ or children:

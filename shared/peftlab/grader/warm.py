@@ -1,8 +1,7 @@
 """What every grading worker needs, imported once by the process that forks the workers.
 
-`peftlab.grader.worker.fork_context` names this module as the fork server's
-preload: the server imports it once, and each submission's worker is forked
-from the server with all of it in memory. A fresh Python per submission spent
+The grading fork server (`peftlab.grader.forkserver`) imports it once, and
+each submission's worker is forked from the server with all of it in memory. A fresh Python per submission spent
 most of its time here (importing nbgrader, nbconvert, SQLAlchemy and alembic,
 and SQLAlchemy's first mapper set-up; about 3.4 s of a fixture submission's
 5.4 s on an idle 2-core machine, `bench/grading.py`).

@@ -338,11 +338,9 @@ def main(argv: list[str] | None = None) -> int:
     if len(argv) != 1:
         print("usage: python -m peftlab.grader.worker JOB.json   (written by peftlab-grade)", file=sys.stderr)
         return 2
-    if sys.platform.startswith("linux"):
-        import ctypes
-        import signal
+    from .forkserver import die_with_parent
 
-        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: die with the batch process
+    die_with_parent()  # with the batch process (or the fork server that forked this worker)
     job = Job.from_json(Path(argv[0]).read_text())
     out = autograde(job)
     result = Path(job.scratch) / "result.json"
