@@ -8,6 +8,15 @@ A row has three fields, the Alpaca convention the course uses throughout:
 `input` may be empty. Every row becomes a chat (system, user, assistant),
 is tokenized with the tokenizer's own chat template, and gets labels of -100
 on every prompt token so the loss falls on the response only.
+
+The course's Shakespeare pairs (`data/shakespeare_train.jsonl`, 172 rows, and
+`data/shakespeare_test.jsonl`, 82 held-out rows) were written by hand for the
+course: modern everyday English in, Early Modern English out. The held-out rows
+were written before any model was run on them, and none is ever dropped or
+edited because of how a model scores on it: that would tune the course's
+results to its own test. `tests/test_data.py` checks that no row repeats
+another, exactly or after `normalise_text`, and that no held-out input is a
+near-copy of a training input (`near_duplicates`).
 """
 
 from __future__ import annotations
@@ -116,6 +125,39 @@ def course_data_path(split: str) -> Path:
 def load_course_data(split: str = "train"):
     """The course's Shakespeare pairs ('train' or 'test') as a `datasets.Dataset`."""
     return load_dataset_file(course_data_path(split))
+
+
+# ------------------------------------------------------------------ duplicates
+def normalise_text(text: str) -> str:
+    """Lower case, typographic apostrophes made plain, punctuation dropped, spaces collapsed:
+    'Where is my sister?' and "where is my  sister" normalise to the same text."""
+    import re
+
+    return " ".join(re.findall(r"[a-z0-9']+", text.lower().replace("\u2019", "'")))
+
+
+def near_duplicates(texts: list[str], others: list[str] | None = None,
+                    threshold: float = 0.9) -> list[tuple[int, int, float]]:
+    """Pairs (i, j, similarity) of texts whose normalised forms are at least `threshold` alike.
+
+    Within `texts` (i < j), or between `texts[i]` and `others[j]` when `others`
+    is given. Similarity is difflib's ratio on the normalised texts: 1.0 means
+    equal after `normalise_text` (case, punctuation, spacing); 'Where is my
+    sister?' against 'Where is my sister now?' is 0.9.
+    """
+    from difflib import SequenceMatcher
+
+    if not 0 < threshold <= 1:
+        raise ValueError(f"threshold must be in (0, 1], got {threshold}.")
+    a = [normalise_text(t) for t in texts]
+    b = a if others is None else [normalise_text(t) for t in others]
+    pairs = []
+    for i, x in enumerate(a):
+        for j in range(i + 1 if others is None else 0, len(b)):
+            m = SequenceMatcher(None, x, b[j])
+            if m.real_quick_ratio() >= threshold and m.quick_ratio() >= threshold and m.ratio() >= threshold:
+                pairs.append((i, j, round(m.ratio(), 3)))
+    return pairs
 
 
 # ------------------------------------------------------------------ formatting

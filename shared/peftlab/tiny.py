@@ -40,6 +40,12 @@ TINY_SHAPE = dict(
 )
 BPE_VOCAB = 1024
 PRETRAIN_STEPS = 300
+# The tiny model is built from the course's first Shakespeare pairs, the data it was
+# designed with: 64 training and 24 held-out rows. Rows added to the data set later stay
+# out of its tokenizer's corpus and its pre-training, so the data set can grow without
+# changing the tiny model (its vocabulary, its weights, and every exercise number and
+# grader reference computed with it).
+TINY_CORPUS_ROWS = {"shakespeare_train.jsonl": 64, "shakespeare_test.jsonl": 24}
 
 
 def cache_root() -> Path:
@@ -66,9 +72,9 @@ def _course_corpus() -> list[str]:
     lines = [DEFAULT_SYSTEM, "system", "user", "assistant", "Rewrite the sentence in the style of Shakespeare."]
     for name in sorted(PACKAGE_DATA.values()):
         path = resources.files("peftlab") / "data" / name
-        for row in path.read_text().splitlines():
-            if row.strip():
-                lines.extend(str(v) for v in json.loads(row).values())
+        rows = [row for row in path.read_text().splitlines() if row.strip()][: TINY_CORPUS_ROWS[name]]
+        for row in rows:
+            lines.extend(str(v) for v in json.loads(row).values())
     return lines
 
 
@@ -145,11 +151,11 @@ def _echo_chats(tokenizer) -> list[list[int]]:
     before/after generations differ the way they do on Qwen2.5. Only the
     training split's inputs are used; held-out responses stay unseen.
     """
-    from .data import course_data_path, echo_rows, read_rows, to_messages
+    from .data import PACKAGE_DATA, course_data_path, echo_rows, read_rows, to_messages
 
     return [
         list(tokenizer.apply_chat_template(to_messages(row), tokenize=True, return_dict=True)["input_ids"])
-        for row in echo_rows(read_rows(course_data_path("train")))
+        for row in echo_rows(read_rows(course_data_path("train"))[: TINY_CORPUS_ROWS[PACKAGE_DATA["train"]]])
     ]
 
 
