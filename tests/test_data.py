@@ -143,3 +143,16 @@ def test_non_utf8_file_names_the_line_and_byte(tmp_path):
     offset = len(good.encode()) * 2 + len('{"instruction": "x", "output": "caf')
     with pytest.raises(DataError, match=rf"latin1\.jsonl:3: not UTF-8 text \(byte {offset}, byte 36 of the line"):
         data.read_rows(path)
+
+
+def test_tiny_model_is_built_from_the_first_pairs_only():
+    from peftlab import tiny
+
+    # The data set grows; the tiny model (and every number computed with it) does not change.
+    train, test = _course_rows()
+    n_train, n_test = tiny.TINY_CORPUS_ROWS["shakespeare_train.jsonl"], tiny.TINY_CORPUS_ROWS["shakespeare_test.jsonl"]
+    assert len(train) > n_train and len(test) > n_test
+    corpus = tiny._course_corpus()
+    assert len(corpus) == 5 + 3 * (n_train + n_test)
+    assert train[n_train - 1]["output"] in corpus and test[n_test - 1]["output"] in corpus
+    assert not {train[n_train]["input"], test[n_test]["input"]} & set(corpus)
