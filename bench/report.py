@@ -175,7 +175,8 @@ def smollm_section(sml: dict) -> list[str]:
            f"`make demo` on SmolLM2-135M-Instruct (preset `shakespeare-cpu`: {c['method']} r={c['r']}, "
            f"alpha={c['lora_alpha']:g} on {', '.join(c['target_modules']) if isinstance(c['target_modules'], list) else c['target_modules']}, "
            f"lr {c['learning_rate']:g}, {c['num_train_epochs']:g} epochs, batch {c['per_device_train_batch_size']} x "
-           f"{c['gradient_accumulation_steps']}, {c['dtype']}), measured by `bench/smollm.py` at commit `{commit}`, "
+           f"{c['gradient_accumulation_steps']}, {c['dtype']}; {_pairs(rec['data']['train']['examples'], rec['data']['eval']['examples'])}), "
+           f"measured by `bench/smollm.py` at commit `{commit}`, "
            f"{sml['cpu_count']} CPU cores, {cond['torch_threads']} torch thread(s), load average "
            f"{cond['load_average_at_start'][0]:.1f} at start and {cond['load_average_at_end'][0]:.1f} at the end "
            + ("(a shared machine: the times are upper bounds)." if cond["load_average_at_start"][0] > sml["cpu_count"]
@@ -214,23 +215,43 @@ def smollm_section(sml: dict) -> list[str]:
     out += [f"Reading: {verdict(rec['quality'])} "
             + (f"Targets not met in this run: {', '.join(missed)}." if missed else "All targets met in this run."), ""]
     if sml.get("sweep"):
-        sc = sml.get("sweep_conditions", cond)
-        sweep_commit = sc.get("commit", commit)
-        where = (f"at commit `{sweep_commit[:10]}`" + (" with uncommitted changes" if sweep_commit.endswith("-dirty") else "")
-                 + f", load average {sc['load_average_at_start'][0]:.1f} at start"
-                 + (f" and {sc['load_average_at_end'][0]:.1f} at the end" if sc.get("load_average_at_end") else ""))
-        shared = max(sc["load_average_at_start"][0], (sc.get("load_average_at_end") or [0])[0]) > sml["cpu_count"]
-        out += [f"Recipes around the preset (trained model only, same data and seed; {where}"
-                + ("; the machine was shared for part of it, so training times are upper bounds" if shared else "")
-                + "). Each change is relative to the preset that was current then; the gain is chrF minus copying's "
-                "(whose chrF is the same in every row):", "",
-                "| change | chrF | gain vs copy | p vs copy | archaic share | steps | training s |",
-                "|---|---:|---:|---:|---:|---:|---:|"]
-        for r in sml["sweep"]:
-            change = r["change"] if isinstance(r["change"], str) else ", ".join(f"{k}={v}" for k, v in r["change"].items())
-            out.append(f"| {change} | {r['chrF']:.1f} +- {r['chrF_ci']:.1f} | {r['chrF'] - r['copy_chrF']:+.1f} | "
-                       f"{r['p_vs_copy']:.3f} | {r['archaic_share']:.0%} | {r.get('steps', '')} | {r['train_s']:.0f} |")
-        out.append("")
+        out += sweep_section(sml, demo_data=(rec["data"]["train"]["examples"], rec["data"]["eval"]["examples"]))
+    return out
+
+
+def _pairs(train: int, held_out: int) -> str:
+    return f"{train} training and {held_out} held-out pairs"
+
+
+def sweep_section(sml: dict, demo_data: tuple[int, int] | None = None) -> list[str]:
+    """The recipes around the case study's preset (bench/smollm.py --only-sweep, or --sweep-record)."""
+    sc = sml.get("sweep_conditions", sml["conditions"])
+    sweep_commit = sc.get("commit", sml.get("commit") or "unknown")
+    data = sml.get("sweep_data")
+    where = (f"at commit `{sweep_commit[:10]}`" + (" with uncommitted changes" if sweep_commit.endswith("-dirty") else "")
+             + f", load average {sc['load_average_at_start'][0]:.1f} at start"
+             + (f" and {sc['load_average_at_end'][0]:.1f} at the end" if sc.get("load_average_at_end") else ""))
+    shared = max(sc["load_average_at_start"][0], (sc.get("load_average_at_end") or [0])[0]) > sml["cpu_count"]
+    out = ["Recipes around the preset (trained model only, same seed"
+           + (f", {_pairs(data['train'], data['test'])}" if data else ", same data") + f"; {where}"
+           + ("; the machine was shared, so training times and seconds per step are upper bounds" if shared else "")
+           + "). Each change is relative to the preset that was current then; the gain is chrF minus copying's "
+           "(whose chrF is the same in every row), and a recipe beats copying beyond noise when the gain exceeds "
+           "its 95% CI:", ""]
+    if data and demo_data and tuple(demo_data) != (data["train"], data["test"]):
+        out[0] = (f"The demo above ran on {_pairs(*demo_data)}; the recipes below on {_pairs(data['train'], data['test'])}, "
+                  "so the two tables are not comparable until the demo is measured again on the current data "
+                  "(`make bench`). " + out[0])
+    out += ["| change | chrF | gain vs copy | p vs copy | archaic share | steps | training s | s/step |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in sml["sweep"]:
+        change = r["change"] if isinstance(r["change"], str) else ", ".join(f"{k}={v}" for k, v in r["change"].items())
+        gain = (f"{r['gain']:+.1f} +- {r['gain_ci']:.1f}" if "gain_ci" in r else f"{r['chrF'] - r['copy_chrF']:+.1f}")
+        steps = r.get("steps")
+        per_step = f"{r['train_s'] / steps:.2f}" if steps else ""
+        out.append(f"| {change} | {r['chrF']:.1f} +- {r['chrF_ci']:.1f} | {gain} | "
+                   f"{r['p_vs_copy']:.3f} | {r['archaic_share']:.0%} | {steps or ''} | {r['train_s']:.0f} | {per_step} |")
+    out.append("")
     return out
 
 

@@ -77,6 +77,13 @@ def run_notebook(work: Path) -> dict:
     return {"wall_s": wall, "record": json.loads((out / "record.json").read_text())}
 
 
+def sweep_data() -> dict:
+    """How many training and held-out pairs the sweep trains and scores on (the course data)."""
+    from peftlab import data
+
+    return {"train": len(data.load_course_data("train")), "test": len(data.load_course_data("test"))}
+
+
 def run_sweep(work: Path, save=None) -> list[dict]:
     """Train and score every recipe in SWEEP; `save(results)` is called after each one, so an
     interrupted sweep keeps what it measured."""
@@ -125,6 +132,8 @@ def main(argv=None) -> int:
     result = {"hardware": record.hardware(), "cpu_count": os.cpu_count(), "versions": record.versions(),
               "commit": record.git_commit(), "conditions": conditions()}
     work = Path(tempfile.mkdtemp(prefix="peftlab-bench-smollm-"))
+    if args.only_sweep or args.sweep:
+        result["sweep_data"] = sweep_data()
     if args.only_sweep:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -151,6 +160,8 @@ def main(argv=None) -> int:
             earlier = json.loads(Path(args.sweep_record).read_text())
             result["sweep"] = earlier["sweep"]
             result["sweep_conditions"] = earlier["conditions"] | {"commit": earlier["commit"]}
+            if earlier.get("sweep_data"):
+                result["sweep_data"] = earlier["sweep_data"]
         elif args.sweep:
             result["sweep"] = run_sweep(work)
     finally:

@@ -113,3 +113,20 @@ def test_inference_benchmark_and_its_report_section_smoke(tiny_dir, tmp_path, ca
     bare.write_text("# x\n\n<!-- performance:start -->\nkept\n<!-- performance:end -->\n")
     assert report.main(["--bench", str(bench), "--readme", str(bare), "--sections", "inference"]) == 1
     assert "inference:start" in capsys.readouterr().err and "kept" in bare.read_text()
+
+
+def test_case_study_sweep_table_reads_gain_against_its_ci():
+    report = _bench_module("report")
+    row = {"change": {"num_train_epochs": 3}, "train_s": 300.0, "steps": 66, "chrF": 55.0, "chrF_ci": 4.0,
+           "copy_chrF": 47.4, "gain": 7.6, "gain_ci": 3.1, "p_vs_copy": 0.001, "archaic_share": 0.6}
+    old = {"change": "preset", "train_s": 160.0, "steps": 64, "chrF": 55.0, "chrF_ci": 8.9, "copy_chrF": 49.0,
+           "p_vs_copy": 0.116, "archaic_share": 0.62}  # an older record: no gain CI
+    sml = {"cpu_count": 2, "conditions": {"load_average_at_start": [5.0]}, "commit": "abcdef1234567",
+           "sweep": [row, old], "sweep_data": {"train": 172, "test": 82}}
+    text = "\n".join(report.sweep_section(sml, demo_data=(64, 24)))
+    assert "| num_train_epochs=3 | 55.0 +- 4.0 | +7.6 +- 3.1 | 0.001 | 60% | 66 | 300 | 4.55 |" in text
+    assert "| preset | 55.0 +- 8.9 | +6.0 |" in text
+    assert "172 training and 82 held-out pairs" in text and "not comparable" in text  # demo on other data
+    assert "upper bounds" in text  # load 5 on 2 cores
+    same = "\n".join(report.sweep_section(sml, demo_data=(172, 82)))
+    assert "not comparable" not in same
