@@ -163,11 +163,17 @@ def grading_section(grd: dict) -> list[str]:
     return out
 
 
+def estimator_error(rec: dict) -> float:
+    """(estimated - measured) / measured tensor peak of the case study's training step."""
+    return rec["estimated_peak_bytes"] / rec["step_peak_bytes"] - 1
+
+
 def smollm_section(sml: dict) -> list[str]:
     """The case study on SmolLM2-135M (bench/smollm.py): targets, quality against copying, forgetting."""
     rec = sml["demo"]["record"]
     c, cond = rec["config"], sml["conditions"]
     q = {t["system"]: t for t in rec["quality"]}
+    step_shape = " x ".join(map(str, rec["step_batch_shape"])) + " tokens"
     b, a = rec["before"], rec["after"]
     commit = (sml.get("commit") or "unknown")[:10]
     nb = sml.get("notebook")
@@ -190,8 +196,13 @@ def smollm_section(sml: dict) -> list[str]:
     out += [f"| trained chrF minus copy-the-input chrF, > the 95% CI of that paired difference | "
             f"{gain['chrF gain']:+.1f} +- {gain['chrF gain 95% CI']:.1f} (paired bootstrap p = {gain['chrF p vs copy']:.3f}) |",
             f"| held-out outputs with an archaic form, >= 40% | {q['trained']['archaic share']:.0%} |",
-            f"| estimator vs measured training peak, within 15% | {rec['estimated_peak_bytes'] / GiB:.2f} vs "
-            f"{rec['peak_memory_bytes'] / GiB:.2f} GiB ({100 * (rec['estimated_peak_bytes'] / rec['peak_memory_bytes'] - 1):+.1f}%) |",
+            f"| estimator vs the measured tensor peak of a training step ({step_shape}), within 15% | "
+            f"{rec['estimated_peak_bytes'] / GiB:.2f} vs {rec['step_peak_bytes'] / GiB:.2f} GiB "
+            f"({100 * estimator_error(rec):+.1f}%) |",
+            "", f"The tensor peak is measured on one forward and backward pass over the longest training batch "
+            f"({rec['step_peak_source']}; `torch.cuda.max_memory_allocated` counts the same on a GPU). The "
+            f"process's resident peak over all of training was {rec['peak_memory_bytes'] / GiB:.2f} GiB: on top of "
+            "the tensors it holds Python, the libraries and freed memory that glibc keeps for reuse.",
             "", "| system | BLEU | chrF | chrF gain vs copy | archaic share |", "|---|---:|---:|---:|---:|"]
     for t in rec["quality"]:
         g = "" if t["system"] == "copy the input" else f"{t['chrF gain']:+.1f} +- {t['chrF gain 95% CI']:.1f}"
@@ -210,7 +221,7 @@ def smollm_section(sml: dict) -> list[str]:
         ("notebook time", nb is None or nb["wall_s"] <= 480),
         ("chrF gain over copying beyond its CI", beats_copying(q["trained"])),
         ("archaic share", q["trained"]["archaic share"] >= 0.4),
-        ("estimator within 15%", abs(rec["estimated_peak_bytes"] / rec["peak_memory_bytes"] - 1) <= 0.15),
+        ("estimator within 15%", abs(estimator_error(rec)) <= 0.15),
     ] if not ok]
     out += [f"Reading: {verdict(rec['quality'])} "
             + (f"Targets not met in this run: {', '.join(missed)}." if missed else "All targets met in this run."), ""]

@@ -41,15 +41,75 @@ def test_what_each_switch_saves():
 
 
 def test_activations_follow_what_trains():
-    """A frozen linear layer keeps no input for backward; an adapted or trained one does."""
-    from peftlab.memory import saved_per_token
+    """A frozen linear layer keeps no input for backward; an adapted or trained one does, and
+    peft's LoRA keeps each adapter's input in fp32 (dropped out, with its noise, when dropout > 0)."""
+    from peftlab.memory import saved_bytes_per_token
     from peftlab.models import model_config
 
     cfg = model_config(QWEN3B)
     h, i = cfg.hidden_size, cfg.intermediate_size
-    frozen = saved_per_token(cfg, RunConfig(method="prompt"))
-    assert frozen == 6 * h + 3 * i
-    assert saved_per_token(cfg, RunConfig(r=8, target_modules=["q_proj", "v_proj"])) == frozen + h + 2 * 8
-    assert saved_per_token(cfg, RunConfig(method="full")) == frozen + 3 * h + i + 2 * h  # + norm outputs
-    every = saved_per_token(cfg, RunConfig(r=8, target_modules="all-linear"))
-    assert every == frozen + 3 * h + i + 7 * 8
+    frozen = saved_bytes_per_token(cfg, RunConfig(method="prompt"), act_bytes=2)
+    assert frozen == 2 * h * 4 + 2 * (4 * h + 3 * i)  # the norms keep their input in fp32
+    assert saved_bytes_per_token(cfg, RunConfig(method="prompt"), act_bytes=4) == 4 * (2 * h + 4 * h + 3 * i)
+    qv = dict(r=8, target_modules=["q_proj", "v_proj"])
+    # fp32, no dropout: q and v share one input; each adapter keeps its rank-8 intermediate in fp32.
+    fp32_frozen = saved_bytes_per_token(cfg, RunConfig(method="prompt"), act_bytes=4)
+    assert saved_bytes_per_token(cfg, RunConfig(lora_dropout=0.0, **qv), act_bytes=4) == fp32_frozen + 4 * h + 4 * 2 * 8
+    # bf16: each adapter casts its input to fp32 and keeps its own copy.
+    assert saved_bytes_per_token(cfg, RunConfig(lora_dropout=0.0, **qv), act_bytes=2) == frozen + 4 * 2 * h + 4 * 2 * 8
+    # Dropout keeps the dropped-out input and the noise (fp32 on a CPU) or a 1-byte mask (CUDA).
+    assert saved_bytes_per_token(cfg, RunConfig(lora_dropout=0.1, **qv), 2, device="cpu") == frozen + 8 * 2 * h + 64
+    assert saved_bytes_per_token(cfg, RunConfig(lora_dropout=0.1, **qv), 2, device="cuda") == frozen + 5 * 2 * h + 64
+    every = saved_bytes_per_token(cfg, RunConfig(r=8, lora_dropout=0.0, target_modules="all-linear"), 2)
+    assert every == frozen + 4 * (6 * h + i) + 4 * 7 * 8
+    assert saved_bytes_per_token(cfg, RunConfig(method="full"), 2) == frozen + 2 * (3 * h + i + 2 * h)
+
+
+@pytest.mark.parametrize("change", [{}, {"dtype": "bfloat16", "target_modules": "all-linear", "r": 8},
+                                    {"dtype": "bfloat16", "lora_dropout": 0.0}, {"method": "full"}])
+def test_estimator_matches_one_measured_training_step(tiny_dir, change):
+    """The estimator predicts, from the config alone, the tensors one training step really holds."""
+    from peftlab import adapters, data, memory, models, train
+    from peftlab.config import preset
+
+    config = preset("shakespeare-tiny", **change)
+    tokenizer = models.load_tokenizer(config.model_name)
+    model = models.load_model(config)
+    train_ds, *_ = train.load_data(config, tokenizer)
+    if config.method == "full":
+        model.requires_grad_(True)
+    else:
+        model = adapters.attach(model, config, total_step=10)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    step = memory.measure_training_step(model, data.longest_batch(train_ds, tokenizer, 4))
+    b, seq_len = step.batch_shape
+    assert b == 4 and seq_len == max(len(r["input_ids"]) for r in train_ds)
+    predicted = memory.estimate(config.model_name, config, seq_len=seq_len, batch_size=b, device="cpu",
+                                runtime_bytes=0)
+    assert step.bytes > step.at_start > 0
+    assert abs(predicted.total / step.bytes - 1) <= 0.15, (predicted.table(), step)
+    # Measuring leaves the model as it was: no gradients, same weights.
+    assert all(p.grad is None for p in model.parameters())
+    assert all(p.equal(before[n]) for n, p in model.named_parameters())
+
+
+def test_measured_step_counts_what_the_step_allocates(tiny_dir):
+    """The measurement follows the batch: twice the rows, more memory; and it counts the optimizer's states."""
+    import torch
+    from peftlab import adapters, data, memory, models, train
+    from peftlab.config import preset
+
+    config = preset("shakespeare-tiny")
+    tokenizer = models.load_tokenizer(config.model_name)
+    model = adapters.attach(models.load_model(config), config, total_step=10)
+    train_ds, *_ = train.load_data(config, tokenizer)
+    small = memory.measure_training_step(model, data.longest_batch(train_ds, tokenizer, 2))
+    large = memory.measure_training_step(model, data.longest_batch(train_ds, tokenizer, 8))
+    assert large.bytes - large.at_start > 1.5 * (small.bytes - small.at_start)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
+    model(**data.longest_batch(train_ds, tokenizer, 2)).loss.backward()
+    optimizer.step()
+    with_states = memory.measure_training_step(model, data.longest_batch(train_ds, tokenizer, 2), optimizer)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    # AdamW's m and v in fp32, and its step count per parameter as a 0-dim fp32 tensor
+    assert with_states.at_start - small.at_start == 8 * sum(p.numel() for p in trainable) + 4 * len(trainable)

@@ -38,6 +38,7 @@ def test_session02_headless_on_tiny_model(tiny_dir, tmp_path):
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
     assert record["merge_max_logit_gap"] < 1e-4 and record["merge_agreement"] == 1.0
     assert record["peak_memory_bytes"] > 0 and record["estimated_peak_bytes"] > 0
+    assert abs(record["estimated_peak_bytes"] / record["step_peak_bytes"] - 1) <= 0.15  # the measured step
     assert set(_rows(record)) == {"copy the input", "base", "trained", "references"}
     # The adapter's own files only: far smaller than adapter + tokenizer.
     assert record["adapter_bytes"] < sum(f.stat().st_size for f in (out / "adapter").iterdir())
@@ -56,8 +57,10 @@ def test_session02_on_smollm_learns_the_style(tmp_path):
     assert copy["archaic share"] == 0 and trained["BLEU"] > base["BLEU"]
     assert record["after"]["perplexity"] < record["before"]["perplexity"]
     assert record["merge_agreement"] == 1.0 and record["merge_max_logit_gap"] < 1e-3
-    # Beating copy-the-input by more than the CI and the estimator's 15% are benchmark targets
-    # (bench/smollm.py, README Performance), reported there rather than asserted on one noisy run.
+    assert trained["chrF gain"] > 0, "the trained model does not beat copying its input"
+    # Beating copy-the-input by more than the gain's CI is a benchmark target (bench/smollm.py,
+    # README Performance), reported there rather than asserted on one run.
+    assert abs(record["estimated_peak_bytes"] / record["step_peak_bytes"] - 1) <= 0.15
     assert 0 <= record["after"]["knowledge_accuracy"] <= 1  # forgetting is reported, not bounded
 
 

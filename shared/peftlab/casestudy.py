@@ -15,7 +15,7 @@ import os
 import time
 from pathlib import Path
 
-from . import adapters, memory, metrics, models, train
+from . import adapters, data, memory, metrics, models, train
 from .config import RunConfig
 from .plots import plot_loss
 from .record import make_record, write_record
@@ -66,7 +66,6 @@ def run(config: RunConfig, progress: bool = True, n_samples: int = 3, log=print)
     train_ds, train_stats, eval_ds, eval_stats, eval_rows = train.load_data(config, tokenizer)
     log(f"train data: {train_stats.summary()}")
     log(f"held-out data: {eval_stats.summary()}")
-    estimate = memory.estimate(config.model_name, config, seq_len=max(train_stats.lengths), device=device.type)
 
     log("evaluating the base model ...")
     t = time.perf_counter()
@@ -75,6 +74,13 @@ def run(config: RunConfig, progress: bool = True, n_samples: int = 3, log=print)
     result = train.train(config, progress=progress, model=model, tokenizer=tokenizer)
     config = result.config  # the settings training really used
     counts = adapters.count_parameters(result.model)
+    log("measuring one training step's tensor memory on the longest batch ...")
+    step = memory.measure_training_step(
+        result.model, data.longest_batch(train_ds, tokenizer, config.per_device_train_batch_size),
+        result.trainer.optimizer)
+    b, seq_len = step.batch_shape
+    estimate = memory.estimate(config.model_name, config, seq_len=seq_len, batch_size=b, device=device.type,
+                               runtime_bytes=0)
     log("evaluating the fine-tuned model ...")
     after = evaluate(result.model, tokenizer, eval_ds, eval_rows, config, progress, log)
     quality = metrics.quality_table({"base": before["generations"], "trained": after["generations"]}, eval_rows)
@@ -98,6 +104,9 @@ def run(config: RunConfig, progress: bool = True, n_samples: int = 3, log=print)
         load_average=list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         peak_memory_bytes=result.peak.bytes,
         peak_memory_source=result.peak.source,
+        step_peak_bytes=step.bytes,
+        step_peak_source=step.source,
+        step_batch_shape=list(step.batch_shape),
         estimated_peak_bytes=estimate.total,
         params={"trainable": counts.trainable, "total": counts.total, "percent": counts.percent},
         data={"train": vars(result.train_stats) | {"lengths": None}, "eval": vars(eval_stats) | {"lengths": None}},
@@ -158,6 +167,20 @@ def verdict(quality: list[dict]) -> str:
             f"{style:.0%} of its outputs use archaic forms: not clearly better than copying.")
 
 
+def memory_lines(record: dict) -> list[str]:
+    """The estimator against the measured tensor peak of one step, and the process's peak beside it."""
+    b, seq_len = record["step_batch_shape"]
+    step, est = record["step_peak_bytes"], record["estimated_peak_bytes"]
+    return [
+        f"memory         one training step on the longest batch ({b} x {seq_len} tokens): "
+        f"{step / 2**30:.2f} GiB of tensors measured ({record['step_peak_source']}), "
+        f"{est / 2**30:.2f} GiB estimated ({100 * (est / step - 1):+.1f}%)",
+        f"               training's peak {record['peak_memory_bytes'] / 2**30:.2f} GiB "
+        f"({record['peak_memory_source']}: on a CPU this adds Python, the libraries and freed memory "
+        "the allocator keeps)",
+    ]
+
+
 def summary(record: dict, record_path: Path | str, n_samples: int = 3) -> str:
     p, b, a = record["params"], record["before"], record["after"]
     lines = [
@@ -175,9 +198,7 @@ def summary(record: dict, record_path: Path | str, n_samples: int = 3) -> str:
         "training loss  epoch means " + ", ".join(f"{e}: {v:.3f}" for e, v in record["epoch_mean_loss"]),
         f"training       {record['steps']} steps in {record['train_wall_s']:.1f} s, "
         f"{record['tokens_per_s']:.0f} tokens/s",
-        f"memory         peak {record['peak_memory_bytes'] / 2**30:.2f} GiB measured, "
-        f"{record['estimated_peak_bytes'] / 2**30:.2f} GiB estimated "
-        f"({100 * (record['estimated_peak_bytes'] / record['peak_memory_bytes'] - 1):+.1f}%)",
+        *memory_lines(record),
     ]
     for s in record["samples"][:n_samples]:
         lines += [

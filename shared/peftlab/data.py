@@ -292,6 +292,13 @@ def make_collator(tokenizer, pad_to: int | None = None):
     )
 
 
+def longest_batch(dataset, tokenizer, batch_size: int) -> dict:
+    """The `batch_size` longest tokenized rows, collated as training collates them: the
+    batch with the most tokens, where a training step's memory peaks."""
+    order = sorted(range(len(dataset)), key=lambda i: -len(dataset[i]["input_ids"]))
+    return make_collator(tokenizer)([dataset[i] for i in order[:batch_size]])
+
+
 def show_masking(tokenizer, row: dict[str, str], max_length: int = 512, system_prompt: str | None = None):
     """[(token text, carries_loss)] for one example, to show students what is trained."""
     ex = tokenize_example(tokenizer, row, max_length, system_prompt)

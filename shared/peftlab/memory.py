@@ -16,20 +16,29 @@ weight dtype: 16 bytes/param in fp32, 8 in bf16 (16 with fp32 master weights,
 the mixed-precision recipe the ZeRO paper counts).
 
 Activations are the tensors a Qwen2 decoder layer saves for backward, per
-token (h = hidden size, i = MLP size; see `saved_per_token`): attention keeps
-q and the key/value heads repeated to h, and its output (4h); the MLP keeps
-gate, SiLU and up outputs (3i); each RMSNorm keeps its input (2h). A linear
-layer keeps its input only if its weight trains: full fine-tuning adds the
-inputs of every projection (3h + i) and the norms' outputs (2h); LoRA adds
-the inputs of the adapted projections and its rank-r intermediates.
+token (h = hidden size, i = MLP size; see `saved_bytes_per_token`): each
+RMSNorm keeps its input in fp32 (it computes in fp32 whatever the model's
+dtype); attention keeps q and the key/value heads repeated to h, and its
+output (4h); the MLP keeps gate, SiLU and up outputs (3i). A linear layer
+keeps its input only if its weight trains: full fine-tuning adds the inputs of
+every projection (3h + i) and the norms' outputs (2h). LoRA keeps each
+adapter's input in the adapter's dtype, fp32: with dropout, every adapted
+projection keeps its own dropped-out copy plus the dropout noise (on a CPU
+at::dropout multiplies by a noise tensor of the input's dtype; CUDA's fused
+kernel keeps a 1-byte mask), so 8 (CPU) or 5 (CUDA) bytes per input feature
+and adapted projection; without dropout, a bf16 model still makes one fp32
+copy per adapter, and an fp32 model shares one input among q, k and v. Each
+adapter also keeps its rank-r intermediate.
 Gradient checkpointing keeps only each layer's input, plus one layer's worth
 while it is recomputed.
 
 The peak comes at the start of backward, when every activation is alive; by
 the end of backward the activations are freed and the gradients allocated
 (Trainer and the benchmark free gradients before each forward, `set_to_none`).
-So the peak holds the larger of the two, not their sum. Checked against
-measurements by `bench/memory.py` (README, Performance).
+So the peak holds the larger of the two, not their sum. `measure_training_step`
+measures the same tensors for one step (the profiler's allocation events on a
+CPU, `max_memory_allocated` on CUDA); `bench/memory.py` checks the estimator
+against processes' resident peaks (README, Performance).
 """
 
 from __future__ import annotations
@@ -91,24 +100,54 @@ class MemoryEstimate:
 
 
 LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+LORA_FAMILY = ("lora", "qlora", "dora", "adalora")
+ADAPTER_BYTES = 4  # peft keeps adapter weights in fp32 (autocast_adapter_dtype) and casts each input to them
 
 
-def saved_per_token(cfg, config: RunConfig) -> int:
-    """Values one decoder layer saves for backward, per token (see the module docstring)."""
+def _in_features(cfg) -> dict[str, int]:
     h, i = cfg.hidden_size, cfg.intermediate_size
-    saved = 2 * h + 4 * h + 3 * i  # two RMSNorm inputs; attention q, k, v (repeated) and output; MLP
+    return {name: (i if name == "down_proj" else h) for name in LINEARS}
+
+
+def _trained_linears(config: RunConfig) -> set[str]:
     if config.method == "full":
-        trained = set(LINEARS)
-        saved += 2 * h  # trainable RMSNorm weights: each norm also keeps its normalized output
-    elif config.method in ("lora", "qlora", "dora", "adalora"):
+        return set(LINEARS)
+    if config.method in LORA_FAMILY:
         targets = config.target_modules
-        trained = set(LINEARS) if targets in ("all-linear", None) else {t.rsplit(".", 1)[-1] for t in targets}
-        saved += len(trained & set(LINEARS)) * config.r  # the rank-r intermediate of each adapter
+        names = set(LINEARS) if targets in ("all-linear", None) else {t.rsplit(".", 1)[-1] for t in targets}
+        return names & set(LINEARS)
+    return set()
+
+
+def saved_bytes_per_token(cfg, config: RunConfig, act_bytes: int, device: str = "cuda") -> int:
+    """Bytes one decoder layer saves for backward, per token (see the module docstring).
+
+    `act_bytes` is the activations' element size (2 in bf16/fp16, 4 in fp32).
+    """
+    h, i = cfg.hidden_size, cfg.intermediate_size
+    # Qwen2/Llama RMSNorm computes in fp32 and keeps its fp32 input; attention keeps q, k and v
+    # (repeated to h) and its output; the MLP keeps gate, SiLU and up outputs.
+    saved = 2 * h * max(act_bytes, 4) + act_bytes * (4 * h + 3 * i)
+    trained = _trained_linears(config)
+    shared_inputs = h * bool(trained & {"q_proj", "k_proj", "v_proj"})  # one input feeds q, k and v
+    shared_inputs += h * ("o_proj" in trained) + h * bool(trained & {"gate_proj", "up_proj"})
+    shared_inputs += i * ("down_proj" in trained)
+    if config.method == "full":
+        return saved + act_bytes * (2 * h + shared_inputs)  # trainable norm weights keep their outputs too
+    if config.method not in LORA_FAMILY:
+        return saved
+    per_module_in = sum(_in_features(cfg)[name] for name in trained)
+    if config.lora_dropout > 0:
+        # Each adapter drops out its own fp32 copy of the input and keeps the result for lora_A.
+        # On CUDA the fused kernel keeps a 1-byte mask; on a CPU, at::dropout multiplies by a
+        # noise tensor of the input's dtype and keeps that.
+        mask = 1 if device == "cuda" else ADAPTER_BYTES
+        saved += (ADAPTER_BYTES + mask) * per_module_in
+    elif act_bytes != ADAPTER_BYTES:
+        saved += ADAPTER_BYTES * per_module_in  # each adapter keeps its own fp32 copy of the input
     else:
-        trained = set()
-    saved += h * bool(trained & {"q_proj", "k_proj", "v_proj"})  # the attention input (shared by q, k, v)
-    saved += h * ("o_proj" in trained) + h * bool(trained & {"gate_proj", "up_proj"}) + i * ("down_proj" in trained)
-    return saved
+        saved += act_bytes * shared_inputs  # fp32 model, no dropout: the adapters share one input
+    return saved + ADAPTER_BYTES * config.r * len(trained)  # the rank-r intermediate of each adapter
 
 
 def _split_params(model) -> tuple[int, int]:
@@ -169,7 +208,7 @@ def estimate(
     h = cfg.hidden_size
     layers = cfg.num_hidden_layers
     tokens = b * seq_len
-    per_layer_token = abytes * saved_per_token(cfg, config)
+    per_layer_token = saved_bytes_per_token(cfg, config, abytes, device)
     if config.gradient_checkpointing:
         acts = tokens * layers * h * abytes + tokens * per_layer_token
     else:
@@ -322,3 +361,102 @@ def track_peak_memory(device="cpu"):
         stop.set()
         thread.join()
         result.bytes, result.source = peak[0], "process resident peak (sampled)"
+
+
+# ------------------------------------------- measured tensor peak of one step
+@dataclass
+class StepPeak:
+    """Tensor memory of one training step (forward + backward), measured."""
+
+    bytes: int  # tensors alive at the step's peak: `at_start` plus the step's own peak
+    at_start: int  # weights, gradients and optimizer states alive before the step
+    batch_shape: tuple
+    source: str
+
+    @property
+    def gib(self) -> float:
+        return self.bytes / GiB
+
+
+def live_tensor_bytes(model, optimizer=None) -> int:
+    """Bytes of the distinct storages behind a model's parameters, buffers and gradients,
+    and an optimizer's states (AdamW's m and v)."""
+    import torch
+
+    storages = {}
+
+    def add(t):
+        if torch.is_tensor(t) and t.device.type != "meta":
+            s = t.untyped_storage()
+            storages[(t.device, s.data_ptr())] = s.nbytes()
+
+    for p in model.parameters():
+        add(p)
+        add(p.grad)
+    for b in model.buffers():
+        add(b)
+    if optimizer is not None:
+        for state in getattr(optimizer, "optimizer", optimizer).state.values():
+            for value in state.values():
+                add(value)
+    return sum(storages.values())
+
+
+def _profiled_peak(fn) -> int:
+    """Peak bytes newly allocated by the CPU allocator while `fn()` runs (torch.profiler's
+    allocation events carry the allocator's running total)."""
+    from torch._C._profiler import _EventType
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    totals, stack = [], list(prof.profiler.kineto_results.experimental_event_tree())
+    while stack:
+        event = stack.pop()
+        stack.extend(event.children)
+        if event.tag == _EventType.Allocation and event.extra_fields.device.type == "cpu":
+            f = event.extra_fields
+            totals.append((event.start_time_ns, f.total_allocated, f.alloc_size))
+    if not totals:
+        return 0
+    totals.sort()
+    first = totals[0]
+    baseline = first[1] - first[2]  # the running total just before the first allocation
+    return max(0, max(t[1] for t in totals) - baseline)
+
+
+def measure_training_step(model, batch: dict, optimizer=None) -> StepPeak:
+    """Run one forward and backward pass on `batch` and measure the peak of live tensors.
+
+    What `torch.cuda.max_memory_allocated` reports on a GPU, also on a CPU, where
+    the profiler's allocation events give the same count. Gradients are set to
+    None afterwards and the model's train/eval mode is restored, so a trained
+    model is left as it was. Compare with `estimate(..., runtime_bytes=0)`: the
+    estimator's tensors, without the runtime a process adds.
+    """
+    import torch
+
+    device = next(model.parameters()).device
+    batch = {k: v.to(device) for k, v in batch.items()}
+    was_training = model.training
+    model.train()
+    model.zero_grad(set_to_none=True)
+    at_start = live_tensor_bytes(model, optimizer)
+
+    def step():
+        model(**batch).loss.backward()
+
+    try:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            before = torch.cuda.memory_allocated(device)
+            step()
+            torch.cuda.synchronize(device)
+            peak, source = at_start + torch.cuda.max_memory_allocated(device) - before, "cuda max_memory_allocated"
+        else:
+            peak, source = at_start + _profiled_peak(step), "torch.profiler allocation events"
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.train(was_training)
+    return StepPeak(bytes=peak, at_start=at_start, batch_shape=tuple(batch["input_ids"].shape), source=source)
