@@ -49,7 +49,7 @@ def parse(argv=None):
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--dtype", default="auto", help="auto: float32 on a CPU, bfloat16 on a GPU that has it")
     p.add_argument("--steps", type=int, help="optimizer steps per method (full: 64, smoke: 2)")
-    p.add_argument("--n-generate", type=int, help="held-out rows generated and scored (default: all 24)")
+    p.add_argument("--n-generate", type=int, help="held-out rows generated and scored (default: all of them)")
     p.add_argument("--max-new-tokens", type=int)
     p.add_argument("--methods", default=",".join(METHODS), help="comma-separated, from " + ", ".join(METHODS))
     p.add_argument("--out", default="runs/bench/methods")
