@@ -175,14 +175,16 @@ def smollm_section(sml: dict) -> list[str]:
     q = {t["system"]: t for t in rec["quality"]}
     step_shape = " x ".join(map(str, rec["step_batch_shape"])) + " tokens"
     b, a = rec["before"], rec["after"]
-    commit = (sml.get("commit") or "unknown")[:10]
+    full_commit = sml.get("commit") or "unknown"
+    commit = full_commit[:10] + ("` with uncommitted changes" if full_commit.endswith("-dirty") else "`")
     nb = sml.get("notebook")
     out = ["### The case study on a real model, CPU", "",
            f"`make demo` on SmolLM2-135M-Instruct (preset `shakespeare-cpu`: {c['method']} r={c['r']}, "
            f"alpha={c['lora_alpha']:g} on {', '.join(c['target_modules']) if isinstance(c['target_modules'], list) else c['target_modules']}, "
-           f"lr {c['learning_rate']:g}, {c['num_train_epochs']:g} epochs, batch {c['per_device_train_batch_size']} x "
+           f"dropout {c['lora_dropout']:g}, lr {c['learning_rate']:g}, {c['num_train_epochs']:g} epochs, "
+           f"batch {c['per_device_train_batch_size']} x "
            f"{c['gradient_accumulation_steps']}, {c['dtype']}; {_pairs(rec['data']['train']['examples'], rec['data']['eval']['examples'])}), "
-           f"measured by `bench/smollm.py` at commit `{commit}`, "
+           f"measured by `bench/smollm.py` at commit `{commit}, "
            f"{sml['cpu_count']} CPU cores, {cond['torch_threads']} torch thread(s), load average "
            f"{cond['load_average_at_start'][0]:.1f} at start and {cond['load_average_at_end'][0]:.1f} at the end "
            + ("(a shared machine: the times are upper bounds)." if cond["load_average_at_start"][0] > sml["cpu_count"]

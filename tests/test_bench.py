@@ -130,3 +130,20 @@ def test_case_study_sweep_table_reads_gain_against_its_ci():
     assert "upper bounds" in text  # load 5 on 2 cores
     same = "\n".join(report.sweep_section(sml, demo_data=(172, 82)))
     assert "not comparable" not in same
+
+
+def test_case_study_report_reads_a_real_record(tiny_dir, tmp_path):
+    """The README's case-study section from a real (tiny-model) case-study record: the estimator is
+    compared with the measured step, and the targets the run missed are named."""
+    from peftlab import casestudy
+    from peftlab.config import preset
+
+    record = casestudy.run(preset("shakespeare-tiny", num_train_epochs=1, output_dir=str(tmp_path / "run")),
+                           progress=False, log=lambda *a: None)
+    sml = {"cpu_count": 2, "commit": "0123456789abcdef-dirty", "demo": {"wall_s": 90.0, "record": record},
+           "conditions": {"torch_threads": 2, "load_average_at_start": [0.3], "load_average_at_end": [1.0]}}
+    text = "\n".join(_bench_module("report").smollm_section(sml))
+    b, seq_len = record["step_batch_shape"]
+    assert f"tensor peak of a training step ({b} x {seq_len} tokens), within 15%" in text
+    assert "`0123456789` with uncommitted changes" in text and "(otherwise idle)" in text
+    assert "Targets not met in this run: chrF gain over copying beyond its CI, archaic share." in text
