@@ -920,3 +920,33 @@ def test_uid_base_comes_from_the_environment_or_the_command_line(monkeypatch):
     monkeypatch.setattr(batch_mod, "Batch", fake_batch)
     assert batch_mod.main(["01_lora_from_scratch", "nowhere", "--uid-base", "63000"]) == 2
     assert seen["settings"].uid_base == 63000
+
+
+def test_expected_values_follow_the_course_package(tmp_path):
+    """The solution's cached probe values are keyed by the course package too: a held-out set that
+    grows (or any code the solution imports that changes) recomputes them instead of grading every
+    submission against stale values."""
+    from peftlab.grader import probes
+
+    pkg = tmp_path / "peftlab"
+    (pkg / "data").mkdir(parents=True)
+    (pkg / "metrics.py").write_text("def loss(): ...\n")
+    (pkg / "data" / "held_out.jsonl").write_text('{"input": "a", "output": "b"}\n')
+    before = probes.tree_digest(pkg)
+    (pkg / "__pycache__").mkdir()
+    (pkg / "__pycache__" / "metrics.cpython-311.pyc").write_bytes(b"\0")
+    assert probes.tree_digest(pkg) == before  # compiled bytecode is not the package
+    with (pkg / "data" / "held_out.jsonl").open("a") as fh:
+        fh.write('{"input": "c", "output": "d"}\n')
+    assert probes.tree_digest(pkg) != before
+    probe_file = tmp_path / "probe.py"
+    probe_file.write_text("x = 1\n")
+    key = probes.digest(probe_file, "solution", "{}", "0")
+    probes.package_digest.cache_clear()
+    try:
+        import unittest.mock as mock
+
+        with mock.patch.object(probes, "tree_digest", return_value="another package"):
+            assert probes.digest(probe_file, "solution", "{}", "0") != key
+    finally:
+        probes.package_digest.cache_clear()

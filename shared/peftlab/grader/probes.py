@@ -39,6 +39,7 @@ inputs it has not seen earn points, which means solving the task.
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 import json
 import math
@@ -173,10 +174,27 @@ def check_coverage(probes: dict[str, Probe], tests: list[str], path: Path) -> No
 
 
 def digest(path: str | Path, *parts: str) -> str:
-    """What the expected values depend on: the probe file, the solution, the parameters, the seed."""
+    """What the expected values depend on: the probe file, the solution, the parameters, the seed,
+    and the course package the solution imports (its code and data files, `package_digest`)."""
     h = hashlib.sha256(Path(path).read_bytes())
-    for p in parts:
+    for p in (*parts, package_digest()):
         h.update(b"\0" + p.encode())
+    return h.hexdigest()
+
+
+@functools.lru_cache(maxsize=1)
+def package_digest() -> str:
+    """The installed peftlab package's `tree_digest`: a solution's values change with the package's
+    code or its data (a held-out set that grows changes every held-out loss)."""
+    return tree_digest(Path(__file__).resolve().parents[1])
+
+
+def tree_digest(root: str | Path) -> str:
+    """SHA-256 over every file under `root` (names and contents), compiled bytecode left out."""
+    root, h = Path(root), hashlib.sha256()
+    for f in sorted(root.rglob("*")):
+        if f.is_file() and "__pycache__" not in f.parts and f.suffix not in (".pyc", ".pyo"):
+            h.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes() + b"\0")
     return h.hexdigest()
 
 
