@@ -14,13 +14,13 @@ def test_torchrun_two_processes(tiny_dir, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
            "-m", "peftlab.cli", "train", "--config", "shakespeare-tiny", "--no-progress",
-           "max_steps=4", "eval_each_epoch=false", f"output_dir={out}"]
+           "max_steps=4", "max_train_samples=64", "eval_each_epoch=false", f"output_dir={out}"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     record = json.loads((out / "record.json").read_text())
     assert record["steps"] == 4 and record["world_size"] == 2
     # Two ranks each see their own shard, and tokens are counted across both processes:
-    # 4 steps x batch 4 x accumulation 2 x 2 ranks = the 64 training pairs once, so the
+    # 4 steps x batch 4 x accumulation 2 x 2 ranks = the first 64 training pairs once, so the
     # count is every non-padding token of the training set (one rank alone would see half).
     assert record["data"]["train"]["examples"] == 64
     assert record["tokens_seen"] == record["data"]["train"]["tokens"]
