@@ -141,7 +141,7 @@ def saved_bytes_per_token(cfg, config: RunConfig, act_bytes: int, device: str = 
         # Each adapter drops out its own fp32 copy of the input and keeps the result for lora_A.
         # On CUDA the fused kernel keeps a 1-byte mask; on a CPU, at::dropout multiplies by a
         # noise tensor of the input's dtype and keeps that.
-        mask = 1 if device == "cuda" else ADAPTER_BYTES
+        mask = 1 if str(device).startswith("cuda") else ADAPTER_BYTES
         saved += (ADAPTER_BYTES + mask) * per_module_in
     elif act_bytes != ADAPTER_BYTES:
         saved += ADAPTER_BYTES * per_module_in  # each adapter keeps its own fp32 copy of the input
