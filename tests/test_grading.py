@@ -489,7 +489,10 @@ from hypothesis import strategies as st  # noqa: E402
 
 _JUNK = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6), st.floats(allow_nan=True),
                   st.text(max_size=20), st.just("x" * 300_000), st.lists(st.integers(), max_size=3),
-                  st.dictionaries(st.text(max_size=5), st.integers(), max_size=2), st.just([[[[[[[[1]]]]]]]]))
+                  st.dictionaries(st.text(max_size=5), st.integers(), max_size=2),
+                  # a fresh list each draw: a later edit may mutate it, and st.just would hand that
+                  # mutated object to the next example (hypothesis then reports a flaky strategy)
+                  st.builds(lambda: [[[[[[[[1]]]]]]]]))
 
 
 def _paths(value, prefix=()):
