@@ -163,13 +163,10 @@ def grading_section(grd: dict) -> list[str]:
     return out
 
 
-def estimator_error(rec: dict) -> float:
-    """(estimated - measured) / measured tensor peak of the case study's training step."""
-    return rec["estimated_peak_bytes"] / rec["step_peak_bytes"] - 1
-
-
 def smollm_section(sml: dict) -> list[str]:
     """The case study on SmolLM2-135M (bench/smollm.py): targets, quality against copying, forgetting."""
+    from peftlab.casestudy import beats_copying, estimator_error, verdict
+
     rec = sml["demo"]["record"]
     c, cond = rec["config"], sml["conditions"]
     q = {t["system"]: t for t in rec["quality"]}
@@ -216,7 +213,6 @@ def smollm_section(sml: dict) -> list[str]:
             f"answers correctly, {b['knowledge_accuracy']:.0%} before and {a['knowledge_accuracy']:.0%} after; "
             f"perplexity of general modern prose {b['general_text_perplexity']:.2f} before, "
             f"{a['general_text_perplexity']:.2f} after. {rec['steps']} optimizer steps in {rec['train_wall_s']:.0f} s.", ""]
-    from peftlab.casestudy import beats_copying, verdict
 
     missed = [name for name, ok in [
         ("demo time", sml["demo"]["wall_s"] <= 360),

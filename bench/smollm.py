@@ -128,6 +128,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     from peftlab import record, smollm
+    from peftlab.casestudy import estimator_error
 
     smollm.ensure_smollm()  # build the cache first: the demo's time excludes the one-off conversion
     result = {"hardware": record.hardware(), "cpu_count": os.cpu_count(), "versions": record.versions(),
@@ -176,7 +177,7 @@ def main(argv=None) -> int:
           f"{result.get('notebook', {}).get('wall_s', float('nan')):.0f} s (target <= 480 s)")
     print(f"chrF gain over copying {t['chrF gain']:+.1f} +- {t['chrF gain 95% CI']:.1f} (target: gain > CI); archaic share "
           f"{q['trained']['archaic share']:.0%} (target >= 40%); estimator error "
-          f"{100 * (rec['estimated_peak_bytes'] / rec['step_peak_bytes'] - 1):+.1f}% against one step's measured "
+          f"{100 * estimator_error(rec):+.1f}% against one step's measured "
           "tensor peak (target within 15%)")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

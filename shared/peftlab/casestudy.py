@@ -167,6 +167,11 @@ def verdict(quality: list[dict]) -> str:
             f"{style:.0%} of its outputs use archaic forms: not clearly better than copying.")
 
 
+def estimator_error(record: dict) -> float:
+    """(estimated - measured) / measured tensor peak of the case study's training step."""
+    return record["estimated_peak_bytes"] / record["step_peak_bytes"] - 1
+
+
 def memory_lines(record: dict) -> list[str]:
     """The estimator against the measured tensor peak of one step, and the process's peak beside it."""
     b, seq_len = record["step_batch_shape"]
@@ -174,7 +179,7 @@ def memory_lines(record: dict) -> list[str]:
     return [
         f"memory         one training step on the longest batch ({b} x {seq_len} tokens): "
         f"{step / 2**30:.2f} GiB of tensors measured ({record['step_peak_source']}), "
-        f"{est / 2**30:.2f} GiB estimated ({100 * (est / step - 1):+.1f}%)",
+        f"{est / 2**30:.2f} GiB estimated ({100 * estimator_error(record):+.1f}%)",
         f"               training's peak {record['peak_memory_bytes'] / 2**30:.2f} GiB "
         f"({record['peak_memory_source']}: on a CPU this adds Python, the libraries and freed memory "
         "the allocator keeps)",
