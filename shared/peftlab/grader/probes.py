@@ -184,7 +184,7 @@ def digest(path: str | Path, *parts: str) -> str:
 
 @functools.lru_cache(maxsize=1)
 def package_digest() -> str:
-    """The installed peftlab package's `tree_digest`: a solution's values change with the package's
+    """`tree_digest` of the installed course package (`peftlab`): a solution's values change with the package's
     code or its data (a held-out set that grows changes every held-out loss)."""
     return tree_digest(Path(__file__).resolve().parents[1])
 
