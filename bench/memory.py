@@ -269,10 +269,17 @@ def main(argv=None) -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    result = {"default_malloc_lora16_peak_bytes": allocator,"model": model_dir, "size": args.model or args.size, "hardware": record.hardware(),
+    from peftlab import models
+
+    dev = models.pick_device(args.device)
+    dtype = str(models.pick_dtype(dev)).removeprefix("torch.")  # what dtype='auto' gives every run here
+    result = {"default_malloc_lora16_peak_bytes": allocator, "model": model_dir, "size": args.model or args.size,
+              "command": "python bench/memory.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+              "hardware": record.hardware(),
               "cpu_count": os.cpu_count(), "versions": record.versions(), "commit": record.git_commit(),
               "conditions": {"device": args.device, "steps": args.steps, "seq_len": args.seq_len,
-                             "batch": args.batch, "optimizer": "torch AdamW", "dtype": "float32 on CPU"},
+                             "batch": args.batch, "optimizer": "torch AdamW",
+                             "dtype": f"{dtype} on {'GPU' if dev.type == 'cuda' else 'CPU'}"},
               "records": records, "theory": THEORY, "predictions": predictions()}
     (out / "records.json").write_text(json.dumps(result, indent=2))
     (out / "table.md").write_text(table(records) + "\n")

@@ -35,6 +35,7 @@ def section(bench: Path) -> str:
     nbs = _load(bench / "notebooks.json")
     grd = _load(bench / "grading.json")
     sml = _load(bench / "smollm.json")
+    gpu = _load(bench / "memory-cuda" / "records.json")
     out = []
     if mem:
         hw, v, c = mem["hardware"], mem["versions"], mem["conditions"]
@@ -94,10 +95,15 @@ def section(bench: Path) -> str:
                 base = r["base_linear_bytes_per_param"]
                 out.append(f"| {r['config']} | {r['state_bytes_per_param']:.2f} | "
                            f"{'-' if base != base else f'{base:.3f}'} |")
+        if gpu:
+            out += [""] + gpu_memory_section(gpu)
+        # The predictions of the newer estimator where a GPU record has them (they are code, not measurements).
+        predicted = (gpu or mem)["predictions"]
         out += ["", "The estimator's training peaks for Qwen2.5 on a GPU (bf16, batch 4 x 512 tokens, no "
-                "gradient checkpointing), before anything is downloaded:", "",
+                "gradient checkpointing), before anything is downloaded"
+                + (f" (computed by the GPU run's commit `{gpu['commit'][:10]}`)" if gpu else "") + ":", "",
                 "| model | full fine-tuning | LoRA r=16 all linear | QLoRA r=16 all linear |", "|---|---:|---:|---:|"]
-        for row in mem["predictions"]:
+        for row in predicted:
             out.append(f"| {row['model']} | {row['full'] / GiB:.1f} GiB | {row['LoRA r=16 all'] / GiB:.1f} GiB "
                        f"| {row['QLoRA r=16 all'] / GiB:.1f} GiB |")
         out.append("")
@@ -123,6 +129,46 @@ def section(bench: Path) -> str:
     if not out:
         return "No benchmark records yet: run `make bench`."
     return "\n".join(out).strip()
+
+
+def gpu_memory_section(gpu: dict) -> list[str]:
+    """The memory benchmark on a GPU: the estimator against `max_memory_allocated`."""
+    hw, v, c = gpu["hardware"], gpu["versions"], gpu["conditions"]
+    commit = gpu.get("commit") or "unknown"
+    where = f"`{commit[:10]}`" + (" with uncommitted changes" if commit.endswith("-dirty") else "")
+    recs = {r["config"]: r for r in gpu["records"]}
+    worst = max(abs(r["error_pct"]) for r in gpu["records"])
+    out = ["### Memory of one training step on a GPU", "",
+           f"`{gpu.get('command', 'python bench/memory.py --device cuda')}` at commit {where} on an "
+           f"{hw.get('gpu', 'unknown GPU')} ({hw.get('gpu_memory_gib', 0):.0f} GiB); torch {v.get('torch')}, "
+           f"transformers {v.get('transformers')}, peft {v.get('peft')}, bitsandbytes {v.get('bitsandbytes')}. "
+           f"The same {gpu['records'][0]['total'] / 1e6:.0f}M-parameter model, {c['dtype']} (QLoRA: NF4 weights, "
+           f"bfloat16 compute), batch {c['batch']} x {c['seq_len']} tokens, {c['steps']} AdamW steps, LoRA dropout "
+           "0; peak = `torch.cuda.max_memory_allocated` over the training steps (tensors only: the CUDA context "
+           "and the allocator's cached blocks are outside it, as they are outside the estimate).", "",
+           "| configuration | trainable | measured peak | estimated | error | step | tokens/s |",
+           "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in gpu["records"]:
+        out.append(f"| {r['config']} | {r['trainable']:,} ({100 * r['trainable'] / r['total']:.2f}%) "
+                   f"| {r['peak_bytes'] / GiB:.2f} GiB | {r['estimated_bytes'] / GiB:.2f} GiB "
+                   f"| {r['error_pct']:+.1f}% | {r['step_s']:.3f} s | {r['tokens_per_s']:,.0f} |")
+    out += ["", f"Largest estimator error: {worst:.1f}% (target: within 15%)."]
+    qlora, lora16 = recs.get("QLoRA NF4+DQ r=16 all linear"), recs.get("LoRA r=16 all linear")
+    if qlora and lora16:
+        q, lo = qlora["estimate"], lora16["estimate"]
+        more = qlora["peak_bytes"] > lora16["peak_bytes"]
+        out.append(
+            f"Here QLoRA needs {'**more**' if more else 'less'} memory than bf16 LoRA with the same adapter: "
+            f"{qlora['peak_bytes'] / GiB:.2f} against {lora16['peak_bytes'] / GiB:.2f} GiB. Its weights are smaller "
+            f"({q['base_weights'] / GiB:.2f} against {lo['base_weights'] / GiB:.2f} GiB estimated), but peft's `prepare_model_for_kbit_training` "
+            "casts the embeddings and norms to fp32, so the residual stream and every activation are fp32 "
+            "(bitsandbytes returns each 4-bit layer's output in its input's dtype), and on CUDA fp32 attention "
+            "with grouped KV heads runs PyTorch's math kernel, which keeps the softmax probabilities "
+            f"(estimated activations {q['activations'] / GiB:.2f} against {lo['activations'] / GiB:.2f} GiB). "
+            "QLoRA saves memory where the weights dominate: large models, short sequences, small batches, and "
+            "gradient checkpointing, which `prepare_model_for_kbit_training` turns on by default "
+            "(`gradient_checkpointing` in the course's config).")
+    return out
 
 
 def grading_section(grd: dict) -> list[str]:
@@ -310,6 +356,18 @@ def methods_section(bench: Path) -> str:
                    "(bootstrap): " + "; ".join(f"{p['method']} {p[key]:+.1f} +- {p['95% CI']:.1f}" for p in paired)
                    + ". Beyond noise: " + (", ".join(p["method"] for p in real) if real else "none") + ". One seed, "
                    "and each method's learning rate set once, not tuned: a ranking, not a verdict.")
+    for r in records:
+        losses = r.get("train_losses") or []
+        if losses and r["train_loss_last"] > r["train_loss_first"]:
+            peak = max(range(len(losses)), key=losses.__getitem__)
+            sample = next((s.get("output") for s in r.get("samples", []) if isinstance(s, dict) and s.get("output")), None)
+            label = r["label"][0].upper() + r["label"][1:]
+            out.append(f"{label} diverged: its training loss rose from {r['train_loss_first']:.2f} to "
+                       f"{losses[peak]:.2f} at step {peak + 1} (learning rate {r['config']['learning_rate']:g}) and "
+                       f"ended at {r['train_loss_last']:.2f}, above where it started"
+                       + (f"; its first held-out output is \"{sample}\"" if sample else "")
+                       + f". Its archaic share of {r['style_share']:.0%} is then no sign of style: read a style "
+                       "measure beside chrF or perplexity.")
     ada = by.get("adalora", {}).get("adalora")
     if ada:
         per_module = {m: sum(row[j] for row in ada["ranks"]) for j, m in enumerate(ada["modules"])}

@@ -73,6 +73,23 @@ def test_memory_notebooks_and_report_smoke(tiny_dir, tmp_path, capsys):
     text = readme.read_text()
     assert "old" not in text and "| full fine-tuning |" in text and "fixture.ipynb" in text
     assert "Largest estimator error" in text
+    assert "on a GPU" not in text.split("The estimator's training peaks")[0]  # no GPU record, no GPU section
+
+    # A GPU run's record (bench/memory.py --device cuda) adds its own table, and its predictions replace the
+    # CPU record's: the estimator's newer code. Same layout, so the CPU record stands in for it here.
+    gpu = json.loads(json.dumps(record))
+    gpu["hardware"].update(gpu="NVIDIA H200", gpu_memory_gib=139.8)
+    gpu["conditions"].update(device="cuda", dtype="bfloat16 on GPU")
+    gpu["commit"] = "f" * 40
+    gpu["predictions"][-1]["full"] = 123.0 * 2**30
+    (bench / "memory-cuda").mkdir()
+    (bench / "memory-cuda" / "records.json").write_text(json.dumps(gpu))
+    assert _bench_module("report").main(["--bench", str(bench), "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    gpu_part = text.split("### Memory of one training step on a GPU")[1].split("The estimator's training peaks")[0]
+    assert "NVIDIA H200" in gpu_part and "bfloat16 on GPU" in gpu_part
+    assert "| full fine-tuning |" in gpu_part and "| LoRA r=8 q+v |" in gpu_part
+    assert "| Qwen/Qwen2.5-7B-Instruct | 123.0 GiB |" in text and "`ffffffffff`" in text
 
 
 def test_exercise_cells_benchmark_smoke(tiny_dir, tmp_path, capsys):

@@ -15,7 +15,7 @@ import pytest
 import torch
 from conftest import run_session_notebook
 from peftlab import inference as inf
-from peftlab import models
+from peftlab import models, smollm
 from peftlab.config import preset
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "sessions" / "05_inference" / "session05_inference.ipynb"
@@ -231,3 +231,27 @@ def test_session05_headless_on_tiny_model(tiny_dir, tmp_path):
     assert len(record["cache_curve"]["off"]["gap_ms"]) == 5
     assert all("prediction" in r["kind"] for r in record["gpu_prediction"])
     assert (out / "throughput.png").stat().st_size > 1000 and (out / "kv_cache.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not smollm.is_available(), reason=f"needs {smollm.INSTALL} (make venv installs it)")
+def test_session05_on_smollm(tmp_path):
+    """The notebook end to end on the real model (its CPU default), on a small grid: every measurement is
+    recorded, the variants agree with each other, and the formats' weights shrink as the formats say."""
+    out = tmp_path / "run"
+    run_session_notebook(NOTEBOOK, tmp_path, batch_sizes=[1, 4], no_cache_batch_sizes=[1], prompt_tokens=16,
+                         new_tokens=8, repeats=1, curve_tokens=8, roundtrip_rounds=2, memory_batch_size=2,
+                         output_dir=str(out))
+    record = json.loads((out / "record.json").read_text())
+    assert RECORD_KEYS <= set(record)
+    assert record["config"]["model_name"] == "smollm2-135m"
+    assert {(r["variant"], r["batch_size"], r["use_cache"]) for r in record["speed"]} == (
+        {(v, b, True) for v in inf.VARIANTS for b in (1, 4)} | {(v, 1, False) for v in inf.VARIANTS})
+    assert all(r["tokens_per_s"]["median"] > 0 for r in record["speed"])
+    # bfloat16 may flip a near-tie between two tokens; anything beyond that is a wrong merge or routing.
+    assert record["merged_agreement"]["token_agreement"] >= 0.9
+    assert sum(record["mixed_agreement"]["rows_equal"]) >= len(record["mixed_agreement"]["rows_equal"]) - 1
+    weights = {m["format"]: m["weights_bytes"] for m in record["memory"]}
+    assert weights["float32"] > 1.9 * weights["bfloat16"] > 1.9 * 1.5 * weights["nf4"]
+    for m in record["memory"]:
+        assert abs(m["predicted_weights_bytes"] / m["weights_bytes"] - 1) < 0.15, m

@@ -6,8 +6,9 @@
 Base weights depend on the storage format: 4 bytes/param in fp32, 2 in
 bf16/fp16, about 0.52 in NF4 with double quantization (QLoRA, Dettmers et al.
 2023, section 3: 4 bits + an 8-bit absmax per 64 weights + an fp32 constant
-per 256 absmax = 4 + 8/64 + 32/(64*256) = 4.127 bits). Embeddings, norms and
-the LM head stay in the compute dtype.
+per 256 absmax = 4 + 8/64 + 32/(64*256) = 4.127 bits). For training, peft's
+prepare_model_for_kbit_training casts embeddings, norms and the LM head to fp32,
+and with them every activation (see `estimate`).
 
 Trainable weights: peft keeps adapter weights in fp32 (autocast_adapter_dtype),
 so each trainable LoRA parameter costs 4 (weight) + 4 (grad) + 8 (AdamW m and v)
@@ -119,15 +120,21 @@ def _trained_linears(config: RunConfig) -> set[str]:
     return set()
 
 
-def saved_bytes_per_token(cfg, config: RunConfig, act_bytes: int, device: str = "cuda") -> int:
+def saved_bytes_per_token(cfg, config: RunConfig, act_bytes: int, device: str = "cuda", seq_len: int = 0) -> int:
     """Bytes one decoder layer saves for backward, per token (see the module docstring).
 
     `act_bytes` is the activations' element size (2 in bf16/fp16, 4 in fp32).
+    `seq_len` matters only where attention keeps its probabilities (`math_attention`).
     """
     h, i = cfg.hidden_size, cfg.intermediate_size
-    # Qwen2/Llama RMSNorm computes in fp32 and keeps its fp32 input; attention keeps q, k and v
-    # (repeated to h) and its output; the MLP keeps gate, SiLU and up outputs.
-    saved = 2 * h * max(act_bytes, 4) + act_bytes * (4 * h + 3 * i)
+    # Qwen2/Llama RMSNorm computes in fp32 and keeps its fp32 input; the MLP keeps gate, SiLU and
+    # up outputs. A fused attention kernel keeps q, k, v and its output (4h); the math kernel keeps
+    # q, k and v repeated to h, and the softmax probabilities, heads x seq_len per token.
+    if math_attention(cfg, act_bytes, device):
+        attention = act_bytes * (3 * h + cfg.num_attention_heads * seq_len)
+    else:
+        attention = act_bytes * 4 * h
+    saved = 2 * h * max(act_bytes, 4) + attention + act_bytes * 3 * i
     trained = _trained_linears(config)
     shared_inputs = h * bool(trained & {"q_proj", "k_proj", "v_proj"})  # one input feeds q, k and v
     shared_inputs += h * ("o_proj" in trained) + h * bool(trained & {"gate_proj", "up_proj"})
@@ -148,6 +155,20 @@ def saved_bytes_per_token(cfg, config: RunConfig, act_bytes: int, device: str = 
     else:
         saved += act_bytes * shared_inputs  # fp32 model, no dropout: the adapters share one input
     return saved + ADAPTER_BYTES * config.r * len(trained)  # the rank-r intermediate of each adapter
+
+
+def math_attention(cfg, act_bytes: int, device: str) -> bool:
+    """Whether PyTorch's scaled_dot_product_attention falls back to its math kernel in training.
+
+    On CUDA the flash kernel takes only fp16/bf16, and the memory-efficient kernel does not take
+    grouped key/value heads (GQA, as in every Qwen2.5): fp32 activations with GQA, as in QLoRA
+    (see `estimate`) or an fp32 run on a T4, use the math kernel, which keeps the attention
+    probabilities. Measured on an H200 (README, Performance). On a CPU the flash kernel takes
+    fp32 and GQA.
+    """
+    heads = cfg.num_attention_heads
+    kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
+    return str(device).startswith("cuda") and act_bytes == 4 and kv_heads < heads
 
 
 def _split_params(model) -> tuple[int, int]:
@@ -185,17 +206,22 @@ def estimate(
 
     cfg = model_config(model_name)
     b = batch_size or config.per_device_train_batch_size
-    dtype, compute = run_dtypes(config, device, bf16_supported=bf16)
+    dtype, _ = run_dtypes(config, device, bf16_supported=bf16)
     wbytes = DTYPE_BYTES[dtype]
-    abytes = DTYPE_BYTES[compute] if config.quantization == "4bit" else wbytes
+    # k-bit training (models.load_model) runs prepare_model_for_kbit_training, which casts every
+    # weight that is not quantized to fp32: embeddings, norms, LM head. The residual stream is then
+    # fp32 from the embedding on, and bitsandbytes returns a quantized layer's output in its input's
+    # dtype, so activations are fp32 whatever the compute dtype (that sets only the matmul's).
+    kbit = config.quantization in ("4bit", "8bit")
+    abytes = 4 if kbit else wbytes
 
     linear, other = _split_params(meta_model(cfg))
     counts = lora_counts_on_meta(model_name, config)
     base_params = linear + other
     if config.quantization == "4bit":
-        base = linear * nf4_bytes_per_param(config.double_quant) + other * DTYPE_BYTES[compute]
+        base = linear * nf4_bytes_per_param(config.double_quant) + other * 4
     elif config.quantization == "8bit":
-        base = linear * (1 + 4 / 4096) + other * wbytes  # int8 + fp32 scale per row (approx.)
+        base = linear * (1 + 4 / 4096) + other * 4  # int8 + fp32 scale per row (approx.)
     else:
         base = base_params * wbytes
 
@@ -208,7 +234,7 @@ def estimate(
     h = cfg.hidden_size
     layers = cfg.num_hidden_layers
     tokens = b * seq_len
-    per_layer_token = saved_bytes_per_token(cfg, config, abytes, device)
+    per_layer_token = saved_bytes_per_token(cfg, config, abytes, device, seq_len)
     if config.gradient_checkpointing:
         acts = tokens * layers * h * abytes + tokens * per_layer_token
     else:
@@ -448,6 +474,11 @@ def measure_training_step(model, batch: dict, optimizer=None) -> StepPeak:
 
     try:
         if device.type == "cuda":
+            # A warm-up step first: the first matrix product on a stream allocates cuBLAS's workspace
+            # (tens of MiB on recent GPUs) through the same allocator. It stays for the process's
+            # life, so it belongs to the runtime, not to a step.
+            step()
+            model.zero_grad(set_to_none=True)
             torch.cuda.synchronize(device)
             torch.cuda.reset_peak_memory_stats(device)
             before = torch.cuda.memory_allocated(device)
