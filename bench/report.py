@@ -67,7 +67,9 @@ def section(bench: Path) -> str:
         full = recs.get("full fine-tuning")
         lora = recs.get("LoRA r=8 q+v")
         qlora = recs.get("QLoRA NF4+DQ r=16 all linear")
-        pred7 = next((p for p in mem["predictions"] if "7B" in p["model"]), None)
+        # The predictions of the newer estimator where a GPU record has them (they are code, not measurements).
+        predicted = (gpu or mem)["predictions"]
+        pred7 = next((p for p in predicted if "7B" in p["model"]), None)
         if full and lora:
             out += ["", f"Full fine-tuning needs {full['peak_bytes'] / lora['peak_bytes']:.1f}x the peak memory of LoRA "
                     "r=8 on q+v here. The LoRA paper reports 3x for GPT-3 175B (1.2 TB to 350 GB, Hu et al. 2021, "
@@ -97,8 +99,6 @@ def section(bench: Path) -> str:
                            f"{'-' if base != base else f'{base:.3f}'} |")
         if gpu:
             out += [""] + gpu_memory_section(gpu)
-        # The predictions of the newer estimator where a GPU record has them (they are code, not measurements).
-        predicted = (gpu or mem)["predictions"]
         out += ["", "The estimator's training peaks for Qwen2.5 on a GPU (bf16, batch 4 x 512 tokens, no "
                 "gradient checkpointing), before anything is downloaded"
                 + (f" (computed by the GPU run's commit `{gpu['commit'][:10]}`)" if gpu else "") + ":", "",
