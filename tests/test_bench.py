@@ -164,3 +164,37 @@ def test_case_study_report_reads_a_real_record(tiny_dir, tmp_path):
     assert f"tensor peak of a training step ({b} x {seq_len} tokens), within 15%" in text
     assert "`0123456789` with uncommitted changes" in text and "(otherwise idle)" in text
     assert "Targets not met in this run: chrF gain over copying beyond its CI, archaic share." in text
+
+
+def test_adapter_outputs_smoke_and_bad_arguments(tiny_dir, tmp_path, capsys):
+    """Exercise 8's given outputs come from this script: one output per sentence and system, and where each
+    adapter came from; a malformed --adapter stops with a message naming it."""
+    import peft
+    import pytest
+    import torch
+    from peftlab import models
+    from peftlab.config import preset
+
+    torch.manual_seed(0)
+    folder = tmp_path / "run" / "adapter"
+    model = peft.get_peft_model(models.load_model(preset("shakespeare-tiny")),
+                                peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    model.save_pretrained(folder)
+    (tmp_path / "run" / "record.json").write_text(json.dumps({"git_commit": "abc", "kind": "session02",
+                                                              "config": {"num_train_epochs": 2.0}}))
+    (tmp_path / "run" / "checkpoint-6").mkdir()
+    script = _bench_module("adapter_outputs")
+    out = tmp_path / "outputs.json"
+    assert script.main(["--preset", "shakespeare-tiny", "--adapter", f"mine={folder}", "--max-new-tokens", "3",
+                        "--out", str(out)]) == 0
+    record = json.loads(out.read_text())
+    assert list(record["outputs"]) == ["base", "mine"]
+    assert all(len(texts) == len(script.PROMPTS) for texts in record["outputs"].values())
+    assert record["adapters"]["mine"] == {"folder": str(folder), "r": 4, "lora_alpha": 8,
+                                          "target_modules": ["q_proj", "v_proj"],
+                                          "run_record": str(tmp_path / "run" / "record.json"), "run_commit": "abc",
+                                          "run_kind": "session02", "epochs": 2.0, "steps": 6}
+    for bad, says in [("mine", "NAME=FOLDER"), (f"base={folder}", "taken"), (f"x={tmp_path}", "adapter_config.json")]:
+        with pytest.raises(SystemExit):
+            script.main(["--adapter", bad, "--out", str(out)])
+        assert says in capsys.readouterr().err
