@@ -19,8 +19,11 @@ the mixed-precision recipe the ZeRO paper counts).
 Activations are the tensors a Qwen2 decoder layer saves for backward, per
 token (h = hidden size, i = MLP size; see `saved_bytes_per_token`): each
 RMSNorm keeps its input in fp32 (it computes in fp32 whatever the model's
-dtype); attention keeps q and the key/value heads repeated to h, and its
-output (4h); the MLP keeps gate, SiLU and up outputs (3i). A linear layer
+dtype); a fused attention kernel keeps q, k, v and its output (4h); the MLP
+keeps gate, SiLU and up outputs (3i). On CUDA, fp32 activations with grouped
+KV heads (QLoRA, or fp32 on a T4) run attention's math kernel instead, which
+keeps q, k and v repeated to h and the softmax probabilities, heads x seq_len
+per token (`math_attention`). A linear layer
 keeps its input only if its weight trains: full fine-tuning adds the inputs of
 every projection (3h + i) and the norms' outputs (2h). LoRA keeps each
 adapter's input in the adapter's dtype, fp32: with dropout, every adapted
@@ -474,9 +477,9 @@ def measure_training_step(model, batch: dict, optimizer=None) -> StepPeak:
 
     try:
         if device.type == "cuda":
-            # A warm-up step first: the first matrix product on a stream allocates cuBLAS's workspace
-            # (tens of MiB on recent GPUs) through the same allocator. It stays for the process's
-            # life, so it belongs to the runtime, not to a step.
+            # A warm-up step first: the first matrix products on a stream allocate cuBLAS's workspace
+            # through the same allocator. It stays for the process's life, so it belongs to the
+            # runtime, not to a step.
             step()
             model.zero_grad(set_to_none=True)
             torch.cuda.synchronize(device)
