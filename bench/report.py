@@ -98,7 +98,7 @@ def section(bench: Path) -> str:
                 out.append(f"| {r['config']} | {r['state_bytes_per_param']:.2f} | "
                            f"{'-' if base != base else f'{base:.3f}'} |")
         if gpu:
-            out += [""] + gpu_memory_section(gpu)
+            out += [""] + gpu_memory_section(gpu, (bench / "memory-cuda" / "table.md").read_text())
         out += ["", "The estimator's training peaks for Qwen2.5 on a GPU (bf16, batch 4 x 512 tokens, no "
                 "gradient checkpointing), before anything is downloaded"
                 + (f" (computed by the GPU run's commit `{gpu['commit'][:10]}`)" if gpu else "") + ":", "",
@@ -131,8 +131,8 @@ def section(bench: Path) -> str:
     return "\n".join(out).strip()
 
 
-def gpu_memory_section(gpu: dict) -> list[str]:
-    """The memory benchmark on a GPU: the estimator against `max_memory_allocated`."""
+def gpu_memory_section(gpu: dict, table: str) -> list[str]:
+    """The memory benchmark on a GPU (its record and its table.md): the estimator against `max_memory_allocated`."""
     hw, v, c = gpu["hardware"], gpu["versions"], gpu["conditions"]
     commit = gpu.get("commit") or "unknown"
     where = f"`{commit[:10]}`" + (" with uncommitted changes" if commit.endswith("-dirty") else "")
@@ -146,12 +146,7 @@ def gpu_memory_section(gpu: dict) -> list[str]:
            f"bfloat16 compute), batch {c['batch']} x {c['seq_len']} tokens, {c['steps']} AdamW steps, LoRA dropout "
            "0; peak = `torch.cuda.max_memory_allocated` over the training steps (tensors only: the CUDA context "
            "and the allocator's cached blocks are outside it, as they are outside the estimate).", "",
-           "| configuration | trainable | measured peak | estimated | error | step | tokens/s |",
-           "|---|---:|---:|---:|---:|---:|---:|"]
-    for r in gpu["records"]:
-        out.append(f"| {r['config']} | {r['trainable']:,} ({100 * r['trainable'] / r['total']:.2f}%) "
-                   f"| {r['peak_bytes'] / GiB:.2f} GiB | {r['estimated_bytes'] / GiB:.2f} GiB "
-                   f"| {r['error_pct']:+.1f}% | {r['step_s']:.3f} s | {r['tokens_per_s']:,.0f} |")
+           table.strip()]
     out += ["", f"Largest estimator error: {worst:.1f}% (target: within 15%)."]
     qlora, lora16 = recs.get("QLoRA NF4+DQ r=16 all linear"), recs.get("LoRA r=16 all linear")
     if qlora and lora16:

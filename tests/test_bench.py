@@ -84,6 +84,7 @@ def test_memory_notebooks_and_report_smoke(tiny_dir, tmp_path, capsys):
     gpu["predictions"][-1]["full"] = 123.0 * 2**30
     (bench / "memory-cuda").mkdir()
     (bench / "memory-cuda" / "records.json").write_text(json.dumps(gpu))
+    (bench / "memory-cuda" / "table.md").write_text((bench / "memory" / "table.md").read_text())
     assert _bench_module("report").main(["--bench", str(bench), "--readme", str(readme)]) == 0
     text = readme.read_text()
     gpu_part = text.split("### Memory of one training step on a GPU")[1].split("The estimator's training peaks")[0]

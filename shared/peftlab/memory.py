@@ -53,7 +53,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
-from .config import RunConfig
+from .config import LORA_FAMILY, RunConfig
 
 GiB = 2**30
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
@@ -104,7 +104,6 @@ class MemoryEstimate:
 
 
 LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-LORA_FAMILY = ("lora", "qlora", "dora", "adalora")
 ADAPTER_BYTES = 4  # peft keeps adapter weights in fp32 (autocast_adapter_dtype) and casts each input to them
 
 
