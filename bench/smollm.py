@@ -1,6 +1,7 @@
 """The case study on SmolLM2-135M-Instruct, CPU: what `make demo` and the Session 2 notebook do, timed.
 
-    python bench/smollm.py [--out runs/bench/smollm.json] [--skip-notebook] [--sweep]
+    python bench/smollm.py [--out runs/bench/smollm.json] [--skip-notebook] [--sweep] [--simulate-avx2]
+                           [--set key=value ...]
 
 1. The demo: `peftlab train --config shakespeare-cpu` in a fresh process (model
    cache already built), wall time measured around the whole command.
@@ -11,7 +12,11 @@
 Prints and records the targets: wall times (<= 6 min demo, <= 8 min notebook
 on 2 cores), chrF margin over copying the input against its CI, archaic
 share (>= 40%), estimator vs measured peak (within 15%). Conditions (threads,
-load average) go into the record: on a shared machine the times are upper bounds.
+load average) go into the record, and so do the CPU's kind and the dtype 'auto' chose there:
+on a shared machine the times are upper bounds. `--simulate-avx2` runs everything with torch,
+oneDNN and MKL held to AVX2 (`models.AVX2_ONLY_ENV`), as on a CPU without AVX-512: on a CPU
+that has AVX512-BF16 or AMX it measures what most students' laptops do. `--set` changes the
+preset's fields for the demo, the notebook and the sweep alike (e.g. `--set num_train_epochs=4`).
 """
 
 from __future__ import annotations
@@ -47,15 +52,24 @@ SWEEP = [
 
 def conditions() -> dict:
     import torch
+    from peftlab import models
 
     return {"torch_threads": torch.get_num_threads(), "load_average_at_start": list(os.getloadavg()),
-            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")}
+            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu_kind": models.cpu_kind(),
+            "simulated_avx2": all(os.environ.get(k) == v for k, v in models.AVX2_ONLY_ENV.items()),
+            "dtype": str(models.pick_dtype(torch.device("cpu"), PRESET_CHANGES.get("dtype", "auto")))
+            .removeprefix("torch.")}
+
+
+# Changes to the preset from --set, applied to the demo, the notebook and the sweep alike.
+PRESET_CHANGES: dict = {}
 
 
 def run_demo(work: Path) -> dict:
     out = work / "demo"
     cmd = [sys.executable, "-m", "peftlab.cli", "train", "--config", "shakespeare-cpu", "--no-progress",
-           f"output_dir={out}"]
+           f"output_dir={out}", *(f"{k}={v}" for k, v in PRESET_CHANGES.items())]
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=work, capture_output=True, text=True)
     wall = time.perf_counter() - start
@@ -72,7 +86,8 @@ def run_notebook(work: Path) -> dict:
     out = work / "notebook"
     start = time.perf_counter()
     papermill.execute_notebook(str(NOTEBOOK), str(work / "executed.ipynb"),
-                               parameters={"preset": "shakespeare-cpu", "output_dir": str(out)},
+                               parameters={"preset": "shakespeare-cpu", "output_dir": str(out),
+                                           **({"overrides": PRESET_CHANGES} if PRESET_CHANGES else {})},
                                kernel_name="python3", cwd=str(work), progress_bar=False, execution_timeout=3600)
     wall = time.perf_counter() - start
     return {"wall_s": wall, "record": json.loads((out / "record.json").read_text())}
@@ -94,7 +109,7 @@ def run_sweep(work: Path, save=None) -> list[dict]:
     rows = list(data.load_course_data("test"))
     results = []
     for i, change in enumerate(SWEEP):
-        config = preset("shakespeare-cpu", output_dir=str(work / f"sweep{i}"), **change)
+        config = preset("shakespeare-cpu", output_dir=str(work / f"sweep{i}"), **{**PRESET_CHANGES, **change})
         start = time.perf_counter()
         result = train.train(config, progress=False)
         train_s = time.perf_counter() - start
@@ -125,14 +140,28 @@ def main(argv=None) -> int:
     parser.add_argument("--demo-record", default="",
                         help="reuse a finished demo run's record.json instead of running the demo; its wall time "
                              "is then the record's in-process wall_s (interpreter start-up not included)")
+    parser.add_argument("--simulate-avx2", action="store_true",
+                        help="hold torch, oneDNN and MKL to AVX2, as on a CPU without AVX-512 (re-runs this script)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="change the preset's fields for every run here")
     args = parser.parse_args(argv)
 
     from peftlab import record, smollm
     from peftlab.casestudy import estimator_error
+    from peftlab.config import parse_overrides
+    from peftlab.models import AVX2_ONLY_ENV
+
+    if args.simulate_avx2 and any(os.environ.get(k) != v for k, v in AVX2_ONLY_ENV.items()):
+        # The settings must be in place before torch loads its kernels: start again under them.
+        os.environ.update(AVX2_ONLY_ENV)
+        os.execv(sys.executable, [sys.executable, *sys.argv])
+    PRESET_CHANGES.update(parse_overrides(args.set))
 
     smollm.ensure_smollm()  # build the cache first: the demo's time excludes the one-off conversion
     result = {"hardware": record.hardware(), "cpu_count": os.cpu_count(), "versions": record.versions(),
-              "commit": record.git_commit(), "conditions": conditions()}
+              "commit": record.git_commit(), "conditions": conditions(), "preset_changes": PRESET_CHANGES}
+    print(f"CPU: {result['conditions']['cpu_kind']}; dtype {result['conditions']['dtype']}; "
+          f"{result['conditions']['torch_threads']} torch threads; preset changes {PRESET_CHANGES or 'none'}", flush=True)
     work = Path(tempfile.mkdtemp(prefix="peftlab-bench-smollm-"))
     if args.only_sweep or args.sweep:
         result["sweep_data"] = sweep_data()

@@ -63,6 +63,7 @@ def run(config: RunConfig, progress: bool = True, n_samples: int = 3, log=print)
     tokenizer = models.load_tokenizer(config.model_name)
     model = models.load_model(config)
     device = next(model.parameters()).device
+    log(f"running on     {hardware_line(device, models.pick_dtype(device, config.dtype))}")
     train_ds, train_stats, eval_ds, eval_stats, eval_rows = train.load_data(config, tokenizer)
     log(f"train data: {train_stats.summary()}")
     log(f"held-out data: {eval_stats.summary()}")
@@ -101,6 +102,8 @@ def run(config: RunConfig, progress: bool = True, n_samples: int = 3, log=print)
         train_wall_s=result.wall_s,
         tokens_per_s=result.tokens_per_s,
         torch_threads=__import__("torch").get_num_threads(),
+        dtype=str(models.pick_dtype(device, config.dtype)).removeprefix("torch."),
+        device=str(device),
         load_average=list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         peak_memory_bytes=result.peak.bytes,
         peak_memory_source=result.peak.source,
@@ -186,12 +189,29 @@ def memory_lines(record: dict) -> list[str]:
     ]
 
 
+def _where(record: dict) -> str:
+    hw = record.get("hardware", {})
+    if str(record.get("device", "cpu")).startswith("cuda"):
+        return f"{record['device']} ({hw.get('gpu', 'GPU')})"
+    return f"cpu ({hw.get('cpu_kind', 'CPU kind not recorded')})"
+
+
+def hardware_line(device, dtype) -> str:
+    """'cpu (AVX2, no native bfloat16), float32, 2 torch threads': what a time in this run depends on."""
+    import torch
+
+    where = f"cpu ({models.cpu_kind()})" if device.type == "cpu" else str(device)
+    return f"{where}, {str(dtype).removeprefix('torch.')}, {torch.get_num_threads()} torch threads"
+
+
 def summary(record: dict, record_path: Path | str, n_samples: int = 3) -> str:
     p, b, a = record["params"], record["before"], record["after"]
     lines = [
         "",
         "=== Summary ===",
         f"model          {record['config']['model_name']} ({record['config']['method']}, r={record['config']['r']})",
+        f"ran on         {_where(record)}, {record.get('dtype', record['config']['dtype'])}, "
+        f"{record.get('torch_threads', '?')} torch threads",
         f"parameters     trainable {p['trainable']:,} / total {p['total']:,} ({p['percent']:.4f}%)",
         f"held-out ppl   before {b['perplexity']:.2f} +- {b['perplexity_ci']:.2f} -> "
         f"after {a['perplexity']:.2f} +- {a['perplexity_ci']:.2f}",

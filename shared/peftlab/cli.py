@@ -73,19 +73,18 @@ def cmd_params(args) -> int:
 def cmd_estimate(args) -> int:
     import torch
 
+    from . import models
     from .memory import estimate
 
     config = _config(args)
-    device, bf16 = args.device, True
+    device, bf16 = args.device, None  # None: the dtype rule asks this machine (models.resolve_dtype)
     if device == "auto":  # this machine: its GPU if it has one (and whether that GPU has bf16), else the CPU
-        from .models import bf16_native
-
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        bf16 = device == "cuda" and bf16_native()
+        bf16 = models.bf16_native() if device == "cuda" else None
     elif device == "cuda-no-bf16":
         device, bf16 = "cuda", False
-    where = {"cpu": "this CPU process (resident memory)",
-             "cuda": f"a CUDA GPU {'with' if bf16 else 'without'} bfloat16 (max_memory_allocated)"}[device]
+    where = {"cpu": f"this CPU process (resident memory; {models.cpu_kind()})",
+             "cuda": f"a CUDA GPU {'without' if bf16 is False else 'with'} bfloat16 (max_memory_allocated)"}[device]
     est = estimate(config.model_name, config, seq_len=args.seq_len, device=device, bf16=bf16)
     print(f"{config.model_name} {config.method} quantization={config.quantization} "
           f"batch={config.per_device_train_batch_size} seq={args.seq_len} "
@@ -95,9 +94,21 @@ def cmd_estimate(args) -> int:
 
 
 def cmd_build_tiny(args) -> int:
-    from .tiny import ensure_tiny_model
+    import time
 
-    print(ensure_tiny_model(force=args.force))
+    import torch
+
+    from .models import cpu_kind
+    from .tiny import ensure_tiny_model, tiny_model_dir
+
+    built = args.force or not (tiny_model_dir() / "config.json").is_file()
+    start = time.perf_counter()
+    path = ensure_tiny_model(force=args.force)
+    if built:
+        print(f"{path} (built in {time.perf_counter() - start:.1f} s on {cpu_kind()}, "
+              f"{torch.get_num_threads()} torch threads)")
+    else:
+        print(f"{path} (already built; --force builds it again)")
     return 0
 
 

@@ -121,8 +121,9 @@ class RunConfig:
     )
     device: str = _help("'auto' (CUDA, then MPS, then CPU), 'cuda', 'mps' or 'cpu'.", "auto")
     dtype: str = _help(
-        "Weight dtype: 'auto' picks bfloat16 on CUDA GPUs that support it, float16 on "
-        "older GPUs and MPS, float32 on CPU.",
+        "Weight dtype: 'auto' picks bfloat16 wherever the hardware computes it natively (Ampere+ GPUs, "
+        "CPUs with AVX512-BF16/AMX or Arm BF16, MPS on macOS 14+) and float32 everywhere else, never "
+        "float16 (Qwen2.5 overflows it); see models.resolve_dtype.",
         "auto",
     )
     # --- method -------------------------------------------------------------
@@ -448,15 +449,16 @@ PRESETS["shakespeare-tiny"] = dict(
 # peftlab.smollm): what `make demo` and the Session 2 notebook run without a GPU.
 # Changes to the reference recipe, chosen by `bench/smollm.py --only-sweep` on the 172 training
 # and 82 held-out pairs (its table, with each run's chrF gain over copying the input and the
-# 95% CI of that gain, is in the README's Performance section): bfloat16 weights (the LoRA
-# weights stay float32), r=8 on every linear layer instead of r=4 on q/v/o, lr 2e-3, and no
+# 95% CI of that gain, is in the README's Performance section): dtype 'auto' (bfloat16 weights
+# on a CPU that computes bf16 natively, float32 on one that would emulate it 50-80x slower;
+# the LoRA weights stay float32 either way), r=8 on every linear layer instead of r=4 on q/v/o, lr 2e-3, and no
 # LoRA dropout. On a CPU, dropout draws its noise with aten::bernoulli_, about a quarter of
 # each training step in torch.profiler; without it the 110 steps of 5 epochs fit the demo's
 # 6 minutes on 2 cores. 5 epochs as in the reference: fewer did not beat copying clearly.
 PRESETS["shakespeare-cpu"] = dict(
     PRESETS["shakespeare-reference"],
     model_name="smollm2-135m",
-    dtype="bfloat16",
+    dtype="auto",
     r=8,
     target_modules="all-linear",
     lora_dropout=0.0,

@@ -193,13 +193,13 @@ def estimate(
     batch_size: int | None = None,
     device: str = "cuda",
     runtime_bytes: float | None = None,
-    bf16: bool = True,
+    bf16: bool | None = None,
 ) -> MemoryEstimate:
     """Peak training memory of `config` on `model_name` (no weights are loaded).
 
     `device` only sets defaults: the dtype for dtype='auto' (`models.resolve_dtype`:
-    on cuda bf16 when `bf16` is True, an Ampere or newer GPU, else float32 as on a
-    T4; fp32 on cpu) and the runtime overhead (CUDA context is outside
+    on cuda bf16 unless `bf16` is False, as on a T4, where it is float32; on cpu and
+    mps what this machine computes natively unless `bf16` says otherwise) and the runtime overhead (CUDA context is outside
     max_memory_allocated; a CPU process's resident peak includes Python and
     the libraries, about 0.45 GiB).
     """
@@ -208,6 +208,8 @@ def estimate(
 
     cfg = model_config(model_name)
     b = batch_size or config.per_device_train_batch_size
+    if bf16 is None and device == "cuda":
+        bf16 = True  # predicting for a GPU this machine may not have: an Ampere or newer one
     dtype, _ = run_dtypes(config, device, bf16_supported=bf16)
     wbytes = DTYPE_BYTES[dtype]
     # k-bit training (models.load_model) runs prepare_model_for_kbit_training, which casts every

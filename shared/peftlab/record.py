@@ -47,11 +47,19 @@ def git_commit() -> str | None:
 
 
 def hardware() -> dict:
+    """Where a run ran. The CPU's kind is part of every number: torch emulates bfloat16 50-80x slower
+    on a CPU without AVX512-BF16/AMX (or Arm BF16), so a time means nothing without it."""
+    from .models import cpu_bf16_native, cpu_kind
+
     info = {
         "platform": platform.platform(),
         "python": platform.python_version(),
         "cpu_count": torch.get_num_threads(),
+        "torch_threads": torch.get_num_threads(),
         "machine": platform.machine(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_kind": cpu_kind(),
+        "cpu_bf16_native": cpu_bf16_native(),
     }
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
