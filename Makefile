@@ -5,7 +5,7 @@ PYTHON ?= python3
 STAMP  := $(VENV)/.installed-stamp
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: venv demo test lint lock clean bench release grade formgrader
+.PHONY: venv demo test test-fast lint lock clean bench release grade formgrader
 
 venv: $(STAMP)
 
@@ -28,6 +28,16 @@ demo: venv
 
 test: venv
 	$(PY) -m pytest -q
+
+# The fast tier for development: the library's unit tests and Session 2 on the tiny model. It leaves
+# out what `make test` (CI) adds: the grader's batches and sandbox, the exercises' mutation gate, the
+# SmolLM2 notebooks and the benchmarks' smoke runs. README.md (Development) says how long each takes.
+FAST_TESTS := tests/test_config.py tests/test_models.py tests/test_data.py tests/test_lora_invariants.py \
+	tests/test_lowrank.py tests/test_checks.py tests/test_memory.py tests/test_metrics.py \
+	tests/test_metrics_style.py tests/test_facts.py tests/test_repair.py \
+	"tests/test_colab.py::test_notebook_runs_alone_in_an_empty_folder[sessions/02_peft_lora/session02_lora.ipynb]"
+test-fast: venv
+	$(PY) -m pytest -q $(FAST_TESTS)
 
 lint: venv
 	$(VENV)/bin/ruff check shared tests bench

@@ -1,7 +1,7 @@
 """The case study's training step on this CPU: dtype x torch threads x a second busy process.
 
     python bench/cpu_speed.py [--steps 4] [--dtypes float32 bfloat16] [--threads 1 2] [--busy 0 1]
-                              [--simulate-avx2] [--out runs/bench/cpu_speed.json]
+                              [--simulate-avx2] [--matmul-only] [--out runs/bench/cpu_speed.json]
 
 Each cell runs in a fresh process: preset `shakespeare-cpu` (SmolLM2-135M-Instruct) for
 `--steps` optimizer steps, timing every step after the first (the first pays for kernel
@@ -112,6 +112,7 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     parser.add_argument("--busy", nargs="+", type=int, default=[0, 1])
     parser.add_argument("--simulate-avx2", action="store_true")
+    parser.add_argument("--matmul-only", action="store_true", help="only the matrix product, no training steps")
     parser.add_argument("--out", default="runs/bench/cpu_speed.json")
     args = parser.parse_args(argv)
 
@@ -134,7 +135,8 @@ def main(argv=None) -> int:
         print(f"576x576 @ 576x1536, 1 thread, {label} kernels ({row['capability']}): float32 "
               f"{row['float32_ms']:.1f} ms, bfloat16 {row['bfloat16_ms']:.1f} ms ({row['bf16_over_fp32']:.1f}x)",
               flush=True)
-    for dtype in args.dtypes:
+    out.write_text(json.dumps(result, indent=2))
+    for dtype in [] if args.matmul_only else args.dtypes:
         for threads in args.threads:
             for busy in args.busy:
                 row = run_cell(dtype, threads, busy, args.steps, env)

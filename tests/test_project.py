@@ -97,3 +97,20 @@ def test_strip_keeps_tags_and_nbgrader(tmp_path):
 def test_committed_notebooks_are_clean():
     found = [m for nb in notebooks.find_notebooks(ROOT) for m in notebooks.problems(nb, ROOT)]
     assert not found, "\n".join(found)
+
+
+def test_the_fast_tier_names_tests_that_exist():
+    """`make test-fast` lists files and one node id by name: a renamed test must not silently drop out."""
+    import re
+    import subprocess
+    import sys
+
+    makefile = (ROOT / "Makefile").read_text()
+    block = re.search(r"^FAST_TESTS := (.*?)\n(?!\t)", makefile, re.S | re.M).group(1)
+    items = [item.strip('"') for item in block.replace("\\\n", " ").split()]
+    assert len(items) >= 10 and any("::" in item for item in items)
+    proc = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", *items],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    collected = int(re.search(r"(\d+) tests? collected", proc.stdout).group(1))
+    assert collected >= 100
