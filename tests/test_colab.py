@@ -10,7 +10,7 @@ from pathlib import Path
 import nbformat
 import pytest
 import torch
-from peftlab import colab, models, train
+from peftlab import colab, models, notebooks, runtime, train
 from peftlab.config import RunConfig
 from peftlab.memory import GiB
 
@@ -199,11 +199,13 @@ def test_setup_cell_on_colab_installs_nothing_when_present_and_runs_setup(monkey
 
 def test_setup_cell_installs_without_extras():
     src = colab.setup_cell_source(URL)
-    assert 'f"peftlab @ git+{COURSE_URL}"' in src and "[course]" not in src
+    assert 'f"peftlab @ git+{_url}"' in src and "[course]" not in src
     assert json.dumps(URL) in src
 
 
 def test_setup_reports_gpu_licence_and_copies_data(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(colab, "_pip", lambda args: pytest.fail(f"pip ran: {args}"))
+    monkeypatch.setattr(colab, "detect", lambda: runtime.Runtime("cpu", 8 * GiB, network=True))
     colab.setup(before=colab.installed_versions(), dest=tmp_path)
     out = capsys.readouterr().out
     assert "Qwen Research License" in out and "Apache-2.0" in out
@@ -265,7 +267,7 @@ def test_write_then_check_with_a_url(tmp_path):
     assert main(["setup-cells", "--check", str(course)]) == 1  # the committed cells hold no URL
     assert main(["setup-cells", "--write", str(course)]) == 0
     assert main(["setup-cells", "--check", str(course)]) == 0
-    assert colab.sync(course, write=True) == [], "a second write changed something"
+    assert notebooks.sync(course, write=True) == [], "a second write changed something"
     nb = nbformat.read(course / "solutions/04_qlora_memory/qlora_memory.ipynb", as_version=4)
     i = next(i for i, c in enumerate(nb.cells) if colab.SETUP_TAG in c.metadata.get("tags", []))
     link = "https://colab.research.google.com/github/example-org/peft-lab/blob/main/exercises/04_qlora_memory/qlora_memory.ipynb"
@@ -273,7 +275,7 @@ def test_write_then_check_with_a_url(tmp_path):
     assert f'COURSE_URL = "{URL}"' in nb.cells[i].source
     readme = (course / "README.md").read_text()
     assert link in readme and "sessions/02_peft_lora/session02_lora.ipynb" in readme
-    assert "solutions/" not in readme.split(colab.MARKERS[0])[1].split(colab.MARKERS[1])[0]
+    assert "solutions/" not in readme.split(notebooks.MARKERS[0])[1].split(notebooks.MARKERS[1])[0]
     # Unset again: badges go, the one-sentence note comes back.
     (course / "pyproject.toml").write_text((ROOT / "pyproject.toml").read_text())
     assert main(["setup-cells", "--write", str(course)]) == 0
