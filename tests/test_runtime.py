@@ -9,7 +9,6 @@ from pathlib import Path
 import nbformat
 import pytest
 from peftlab import colab, models, runtime, smollm
-from peftlab.config import preset
 from peftlab.memory import GiB
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -97,7 +96,7 @@ def test_session_notebooks_print_the_choice_before_anything_else():
         i = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
         src = nb.cells[i + 1].source
         first_print = min(src.index(w) for w in ("print(", "display(") if w in src)
-        assert f'runtime.resolve(preset, ' in src and f'notebook="{key}"' in src, rel
+        assert 'runtime.resolve(preset, ' in src and f'notebook="{key}"' in src, rel
         assert src.index("print(choice)") == first_print, f"{rel}: something prints before the auto choice"
 
 
