@@ -25,7 +25,7 @@ from pathlib import Path
 
 from .colab import BADGE_TAG, SETUP_TAG, ColabConfigError, badge, repository_url, setup_cell_source
 
-SKIP_DIRS = {".venv", ".venv-min", ".git", ".ipynb_checkpoints", "runs", "node_modules", "autograded", "submitted", "feedback", "work"}
+SKIP_DIRS = {".venv", ".venv-min", ".venv-colab", ".git", ".ipynb_checkpoints", "runs", "node_modules", "autograded", "submitted", "feedback", "work"}
 NEEDS_PARAMETERS = ("sessions", "solutions", "exercises")
 NEEDS_NBGRADER = ("solutions", "exercises")
 
