@@ -169,6 +169,10 @@ def convert(gguf_path: Path, out_dir: Path) -> None:
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.config.eos_token_id = im_end
     tokenizer.eos_token = "<|im_end|>"
+    # transformers 5.15's GGUF reader sets clean_up_tokenization_spaces=True, which its BPE decoder then
+    # ignores with a long warning at every first decode; 5.23's sets nothing (False). False decodes the
+    # same text on both and says nothing.
+    tokenizer.clean_up_tokenization_spaces = False
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
 
