@@ -34,6 +34,23 @@ def pip_check(before: str, after: str) -> None:
     assert new - NO_DEPS_WHEEL <= old, f"installing the course broke: {sorted(new - old - NO_DEPS_WHEEL)}"
 
 
+# What issue 26 saw a student get on Colab's versions; silenced at the source (peftlab.memory, peftlab.smollm).
+NOISE = ("Ignoring clean_up_tokenization_spaces", "Profiler clears events", "gpuGetDeviceCount failed")
+
+
+def no_noise(*paths: str) -> None:
+    import nbformat
+
+    for path in paths:
+        nb = nbformat.read(path, as_version=4)
+        for i, cell in enumerate(nb.cells):
+            for out in cell.get("outputs", []):
+                text = out.get("text", "") + "".join(str(v) for v in out.get("data", {}).values())
+                found = [n for n in NOISE if n in text]
+                assert not found, f"{path}, cell {i}: {found}"
+    print(f"  no known warning noise in {len(paths)} notebook(s)")
+
+
 def heldout(path: str, n: str) -> None:
     from peftlab import data
 
@@ -51,4 +68,4 @@ def smollm_record(path: str) -> None:
 
 if __name__ == "__main__":
     {"first-lines": first_lines, "pip-check": pip_check, "heldout": heldout,
-     "smollm-record": smollm_record}[sys.argv[1]](*sys.argv[2:])
+     "smollm-record": smollm_record, "no-noise": no_noise}[sys.argv[1]](*sys.argv[2:])
