@@ -241,7 +241,10 @@ def setup(before: dict[str, str] | None = None, dest: str | Path = ".", runtime=
     """
     rt = runtime or detect()
     choice = choose(rt)
-    print(f"preset='auto' on this runtime: {choice.first_line()}")
+    if rt.device == "cuda":  # the recipe differs by session (T4_RECIPES): each session prints its own choice
+        print(f"preset='auto' on this runtime: {choice.reason}; each session prints its choice and predicted memory")
+    else:
+        print(f"preset='auto' on this runtime: {choice.first_line()}")
     installed = install_for(choice)
     print("installed for it: " + "; ".join(installed) if installed else
           "installed for it: nothing beyond the course package")
