@@ -5,7 +5,7 @@ PYTHON ?= python3
 STAMP  := $(VENV)/.installed-stamp
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: venv demo test test-fast lint lock clean bench release grade formgrader
+.PHONY: venv demo test test-fast lint lock clean bench release grade formgrader publish-check
 
 venv: $(STAMP)
 
@@ -56,6 +56,11 @@ formgrader: venv
 
 release: venv
 	$(PY) -m peftlab.grader.exercises release
+
+# Fails until pyproject.toml's [project.urls] Repository is set (and lists what setting it generates),
+# then while any generated setup cell, badge or README link does not use it.
+publish-check: venv
+	$(PY) -m peftlab.notebooks publish-check
 
 lock: venv
 	{ head -3 constraints.txt; $(PY) -m pip freeze --exclude-editable | sed 's/+cpu//'; } > constraints.new && mv constraints.new constraints.txt

@@ -1,5 +1,6 @@
 """Colab and GPUs: the generated setup cell, Colab links, dtype without bf16, T4 fit, NaN stop, installs."""
 
+import importlib.util
 import json
 import shutil
 import subprocess
@@ -10,7 +11,7 @@ from pathlib import Path
 import nbformat
 import pytest
 import torch
-from peftlab import colab, models, train
+from peftlab import colab, models, notebooks, runtime, train
 from peftlab.config import RunConfig
 from peftlab.memory import GiB
 
@@ -199,11 +200,13 @@ def test_setup_cell_on_colab_installs_nothing_when_present_and_runs_setup(monkey
 
 def test_setup_cell_installs_without_extras():
     src = colab.setup_cell_source(URL)
-    assert 'f"peftlab @ git+{COURSE_URL}"' in src and "[course]" not in src
+    assert 'f"peftlab @ git+{_url}"' in src and "[course]" not in src
     assert json.dumps(URL) in src
 
 
 def test_setup_reports_gpu_licence_and_copies_data(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(colab, "_pip", lambda args: pytest.fail(f"pip ran: {args}"))
+    monkeypatch.setattr(colab, "detect", lambda: runtime.Runtime("cpu", 8 * GiB, network=True))
     colab.setup(before=colab.installed_versions(), dest=tmp_path)
     out = capsys.readouterr().out
     assert "Qwen Research License" in out and "Apache-2.0" in out
@@ -265,7 +268,7 @@ def test_write_then_check_with_a_url(tmp_path):
     assert main(["setup-cells", "--check", str(course)]) == 1  # the committed cells hold no URL
     assert main(["setup-cells", "--write", str(course)]) == 0
     assert main(["setup-cells", "--check", str(course)]) == 0
-    assert colab.sync(course, write=True) == [], "a second write changed something"
+    assert notebooks.sync(course, write=True) == [], "a second write changed something"
     nb = nbformat.read(course / "solutions/04_qlora_memory/qlora_memory.ipynb", as_version=4)
     i = next(i for i, c in enumerate(nb.cells) if colab.SETUP_TAG in c.metadata.get("tags", []))
     link = "https://colab.research.google.com/github/example-org/peft-lab/blob/main/exercises/04_qlora_memory/qlora_memory.ipynb"
@@ -273,7 +276,7 @@ def test_write_then_check_with_a_url(tmp_path):
     assert f'COURSE_URL = "{URL}"' in nb.cells[i].source
     readme = (course / "README.md").read_text()
     assert link in readme and "sessions/02_peft_lora/session02_lora.ipynb" in readme
-    assert "solutions/" not in readme.split(colab.MARKERS[0])[1].split(colab.MARKERS[1])[0]
+    assert "solutions/" not in readme.split(notebooks.MARKERS[0])[1].split(notebooks.MARKERS[1])[0]
     # Unset again: badges go, the one-sentence note comes back.
     (course / "pyproject.toml").write_text((ROOT / "pyproject.toml").read_text())
     assert main(["setup-cells", "--write", str(course)]) == 0
@@ -316,8 +319,12 @@ def test_notebook_runs_alone_in_an_empty_folder(tiny_dir, tmp_path, rel):
 # ------------------------------------------------ a Colab-like install with pip
 def _resolve(tmp_path, target: str) -> subprocess.CompletedProcess:
     """pip's resolver on the course plus Colab's packages, constrained to Colab's versions; nothing installed."""
-    colab_pins = ROOT / ".ci" / "colab-constraints.txt"
-    wanted = [line.split("==")[0] for line in colab_pins.read_text().splitlines() if "==" in line]
+    # Colab's pins but torch: this CI's torch is the 2.13.0 CPU build (.ci/colab installs Colab's 2.11.0).
+    pins = [line for line in (ROOT / ".ci" / "colab-constraints.txt").read_text().splitlines()
+            if "==" in line and not line.startswith("torch==")]
+    colab_pins = tmp_path / "colab-pins.txt"
+    colab_pins.write_text("\n".join(pins) + "\n")
+    wanted = [line.split("==")[0] for line in pins]
     return subprocess.run(
         [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet",
          "--report", str(tmp_path / "report.json"), "-c", str(colab_pins), target, *wanted],
@@ -355,3 +362,87 @@ def test_min_constraints_are_pyprojects_lower_bounds():
         if name == "torch":
             continue  # CPU CI has torch 2.13.0 only; the floor is Colab's 2.11
         assert Version(version) == Version(floors[name]), f"{name}: min {version}, pyproject >={floors[name]}"
+
+
+# ------------------------------------- the URL on Colab: the variable, the env var, file://
+def _install_run(monkeypatch, returncode=0):
+    """On Colab without peftlab installed: record pip's command, succeed or fail; setup() is recorded too."""
+    calls = []
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a, **k: None if name == "peftlab" else real(name, *a, **k))
+    monkeypatch.setattr(subprocess, "run", lambda cmd, *a, **k: calls.append(cmd) or subprocess.CompletedProcess(cmd, returncode))
+    monkeypatch.setattr(colab, "setup", lambda **kw: calls.append("setup"))
+    return calls
+
+
+@pytest.mark.parametrize("cell_url, env_url, installed_from", [
+    (None, "file:///srv/peft-lab", "git+file:///srv/peft-lab"),  # CI's fresh clone, as the simulation did
+    (None, "git+file:///srv/peft-lab", "git+file:///srv/peft-lab"),
+    (URL, None, f"git+{URL}"),
+    (URL, "file:///srv/other", "git+file:///srv/other"),  # the environment variable wins
+])
+def test_setup_cell_installs_from_the_variable_or_the_environment(monkeypatch, cell_url, env_url, installed_from):
+    if env_url:
+        monkeypatch.setenv(colab.URL_ENV, env_url)
+    else:
+        monkeypatch.delenv(colab.URL_ENV, raising=False)
+    calls = _install_run(monkeypatch)
+    _run_cell(colab.setup_cell_source(cell_url), monkeypatch, on_colab=True)
+    assert calls[0][-1] == f"peftlab @ {installed_from}" and calls[1] == "setup"
+
+
+def test_the_url_variable_is_the_first_line_a_student_sees():
+    lines = colab.setup_cell_source(None).splitlines()
+    assert "repository URL" in lines[0] and colab.URL_ENV in lines[1] and lines[2] == 'COURSE_URL = ""'
+
+
+def test_a_student_pasting_the_url_needs_nothing_else(monkeypatch):
+    monkeypatch.delenv(colab.URL_ENV, raising=False)
+    calls = _install_run(monkeypatch)
+    source = colab.setup_cell_source(None).replace('COURSE_URL = ""', f'COURSE_URL = "{URL}"', 1)
+    _run_cell(source, monkeypatch, on_colab=True)
+    assert calls[0][-1] == f"peftlab @ git+{URL}"
+
+
+@pytest.mark.parametrize("bad", ["github.com/example-org/peft-lab", "peft-lab", "ftp://x/y"])
+def test_setup_cell_rejects_a_url_pip_cannot_use_in_one_line(monkeypatch, bad):
+    monkeypatch.setenv(colab.URL_ENV, bad)
+    calls = _install_run(monkeypatch)
+    with pytest.raises(SystemExit) as exc:
+        _run_cell(colab.setup_cell_source(None), monkeypatch, on_colab=True)
+    assert str(exc.value) == colab.URL_BAD.format(url=bad) and calls == []
+
+
+def test_setup_cell_says_what_to_check_when_pip_fails(monkeypatch):
+    monkeypatch.setenv(colab.URL_ENV, "file:///nowhere")
+    calls = _install_run(monkeypatch, returncode=1)
+    with pytest.raises(SystemExit) as exc:
+        _run_cell(colab.setup_cell_source(None), monkeypatch, on_colab=True)
+    assert str(exc.value) == colab.INSTALL_FAILED.format(url="file:///nowhere") and "setup" not in calls
+
+
+# ------------------------------------------------------------ publish-check
+def test_publish_check_fails_until_the_url_is_set_and_says_what_it_generates(tmp_path, capsys):
+    course = _course_copy(tmp_path / "unset")
+    assert notebooks.main(["publish-check", str(course)]) == 1
+    out = capsys.readouterr().out
+    assert "not publishable yet" in out and "[project.urls] Repository" in out
+    plan = notebooks.publish_plan(course)
+    n_notebooks = sum(1 for top in ("sessions", "solutions") for _ in (course / top).glob("*/*.ipynb"))
+    assert len([p for p in plan if ".ipynb:" in p]) == n_notebooks and any(p.startswith("README.md:") for p in plan)
+    assert all(line in out for line in plan)
+    assert "exercises/04_qlora_memory/qlora_memory.ipynb" in out  # the badge opens the student's copy
+
+    course = _course_copy(tmp_path / "set", f'Repository = "{URL}"')
+    assert notebooks.main(["publish-check", str(course)]) == 1  # set, but not written yet
+    assert "setup-cells --write" in capsys.readouterr().out
+    assert notebooks.main(["setup-cells", "--write", str(course)]) == 0
+    capsys.readouterr()
+    assert notebooks.main(["publish-check", str(course)]) == 0
+    assert f"point at {URL}" in capsys.readouterr().out
+
+
+def test_publish_check_names_a_malformed_url(tmp_path, capsys):
+    course = _course_copy(tmp_path, 'Repository = "gitlab.com/x/y"')
+    assert notebooks.main(["publish-check", str(course)]) == 1
+    assert "write it as" in capsys.readouterr().out

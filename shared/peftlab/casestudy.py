@@ -24,10 +24,13 @@ ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
 
 
 def default_preset() -> str:
-    """The case study's preset for this machine: Qwen2.5-3B on a CUDA GPU, SmolLM2-135M otherwise."""
-    import torch
+    """The case study's preset for this machine (`make demo`): the name peftlab.runtime's auto choice
+    starts from, Qwen2.5-3B on a CUDA GPU, SmolLM2-135M otherwise. The notebooks use
+    `runtime.resolve`, which also applies the T4 recipe on a GPU without bfloat16 and the hub's
+    SmolLM2 on a CPU with network."""
+    from .runtime import choose, detect
 
-    return "shakespeare-reference" if torch.cuda.is_available() else "shakespeare-cpu"
+    return choose(detect(check_network=False)).preset
 
 
 def adapter_bytes(adapter_dir: str | Path) -> int:

