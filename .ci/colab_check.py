@@ -34,7 +34,7 @@ def pip_check(before: str, after: str) -> None:
     assert new - NO_DEPS_WHEEL <= old, f"installing the course broke: {sorted(new - old - NO_DEPS_WHEEL)}"
 
 
-# What issue 26 saw a student get on Colab's versions; silenced at the source (peftlab.memory, peftlab.smollm).
+# What a student saw on Colab's versions before the course silenced it at the source (peftlab.memory, peftlab.smollm).
 NOISE = ("Ignoring clean_up_tokenization_spaces", "Profiler clears events", "gpuGetDeviceCount failed")
 
 
