@@ -45,6 +45,7 @@ import torch
 
 from . import adapters, memory, models
 from .config import RunConfig, with_overrides
+from .files import package_file
 
 VARIANTS = ("unmerged", "merged", "mixed")
 FORMATS = ("float32", "bfloat16", "nf4")  # weight formats of `memory_by_format`
@@ -82,12 +83,10 @@ def prompt_ids(tokenizer, batch_size: int, prompt_tokens: int) -> torch.Tensor:
 
     Every row has the same length, so nothing is padded and every row costs the same.
     """
-    from importlib import resources
-
     check_batch_sizes([batch_size])
     if prompt_tokens < 1:
         raise InferenceError(f"prompt_tokens={prompt_tokens}: need at least 1 prompt token.")
-    text = (resources.files("peftlab") / "data" / "general_text.txt").read_text()
+    text = package_file("general_text.txt").read_text()
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     stride = 7
     need = prompt_tokens + stride * (batch_size - 1)

@@ -47,6 +47,8 @@ class Method:
     changes: str = ""
 
 
+# The recipes Session 4 compares, by name (rsLoRA is LoRA with one flag): not config.METHODS, the values
+# RunConfig.method accepts, nor multitask.COMBINATIONS, the ways of combining adapters.
 METHODS: dict[str, Method] = {m.name: m for m in [
     # float32 weights whatever the base config says: in 16-bit weights AdamW's small updates round away.
     Method("full", "full fine-tuning", {"method": "full", "dtype": "float32"}, 5e-5,

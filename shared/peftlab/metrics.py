@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from .data import IGNORE_INDEX, make_collator, prompt_text
+from .files import package_file
 
 
 def perplexity_from_loss(loss: float) -> float:
@@ -386,17 +387,14 @@ def paired_gain(
 def general_questions() -> list[dict]:
     """The course's general-knowledge probe: [{"question", "answers": [accepted substrings]}]."""
     import json
-    from importlib import resources
 
-    text = (resources.files("peftlab") / "data" / "general_questions.jsonl").read_text()
+    text = package_file("general_questions.jsonl").read_text()
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 def general_text() -> list[str]:
     """Paragraphs of plain modern English prose (not Shakespeare) for a forgetting perplexity."""
-    from importlib import resources
-
-    text = (resources.files("peftlab") / "data" / "general_text.txt").read_text()
+    text = package_file("general_text.txt").read_text()
     return [p.strip() for p in text.split("\n\n") if p.strip()]
 
 

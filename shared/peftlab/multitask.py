@@ -30,13 +30,13 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
 import torch
 
 from . import adapters, data, metrics, models, train
 from .config import RunConfig, with_overrides
+from .files import package_file
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ TASKS: dict[str, Task] = {
 
 
 def data_path(filename: str) -> Path:
-    return Path(str(resources.files("peftlab") / "data" / filename))
+    return package_file(filename)
 
 
 def test_rows(task: Task, n: int | None = None) -> list[dict]:
@@ -312,18 +312,20 @@ def delta_error(model, combined: str, adapter_names: list[str], weights: list[fl
     return (num / den) ** 0.5
 
 
-METHODS = {  # combination_type: keyword arguments it needs
+# peft's ways of combining adapters (`add_weighted_adapter(combination_type=...)`), not the training
+# methods of config.METHODS or the compared recipes of methods.METHODS.
+COMBINATIONS = {  # combination_type: keyword arguments it needs
     "linear": {}, "cat": {}, "svd": {}, "ties": {"density": 0.5}, "dare_linear": {"density": 0.5},
 }
 
 
-def compose(model, a: str, b: str, weights: tuple[float, float], methods=tuple(METHODS), seed: int = 0) -> list[dict]:
+def compose(model, a: str, b: str, weights: tuple[float, float], methods=tuple(COMBINATIONS), seed: int = 0) -> list[dict]:
     """One combined adapter per method from adapters a and b; rank and relative delta error of each."""
     rows = []
     for method in methods:
         name = f"{method}_{a}_{b}"
         torch.manual_seed(seed)  # DARE drops entries at random
-        adapters.combine(model, [a, b], list(weights), name, combination_type=method, **METHODS[method])
+        adapters.combine(model, [a, b], list(weights), name, combination_type=method, **COMBINATIONS[method])
         rows.append({"method": method, "adapter": name, "rank": model.peft_config[name].r,
                      "relative_delta_error": delta_error(model, name, [a, b], list(weights))})
     return rows

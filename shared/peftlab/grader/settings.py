@@ -12,11 +12,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, fields
 
+from ..tiny import TINY_NAME
+
 GiB = 2**30
 MiB = 2**20
 
 # What grading injects after each notebook's `parameters` cell: small, CPU, deterministic.
-GRADING_PARAMETERS = {"model_name": "tiny-qwen2", "device": "cpu", "seed": 0}
+GRADING_PARAMETERS = {"model_name": TINY_NAME, "device": "cpu", "seed": 0}
 
 
 def _uid_base_from_env() -> int:
