@@ -307,10 +307,10 @@ def markdown_table(records: list[dict]) -> str:
 
 def plot_methods(records: list[dict], path: str | Path | None = None, title: str = "PEFT methods at equal steps"):
     """Quality against trainable parameters (log scale), and step time and peak memory per method."""
-    from .plots import _pyplot, _save
+    from .plots import pyplot, save_figure
 
     df = table(records)
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     for ax, col, ylabel in ((axes[0], "chrF", "chrF (held-out)"), (axes[1], "held-out ppl", "held-out perplexity")):
         ax.scatter(df["trainable"], df[col])
@@ -329,14 +329,14 @@ def plot_methods(records: list[dict], path: str | Path | None = None, title: str
         axes[2].annotate(f"{mib:,.0f} MiB", (0, i), fontsize=7, xytext=(3, 0), textcoords="offset points",
                          va="center", color="white")
     fig.suptitle(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_allocation(alloc: dict, path: str | Path | None = None):
     """AdaLoRA's final rank per layer (rows) and module (columns) as a heatmap, numbers in the cells."""
-    from .plots import _pyplot, _save
+    from .plots import pyplot, save_figure
 
-    plt = _pyplot()
+    plt = pyplot()
     ranks = alloc["ranks"]
     fig, ax = plt.subplots(figsize=(1.1 * len(alloc["modules"]) + 2, 0.28 * len(alloc["layers"]) + 1.6))
     image = ax.imshow(ranks, aspect="auto", cmap="viridis", vmin=0, vmax=alloc["init_r"])
@@ -349,4 +349,4 @@ def plot_allocation(alloc: dict, path: str | Path | None = None):
     ax.set_title(f"AdaLoRA ranks: {alloc['allocated']} of budget {alloc['budget']} "
                  f"(uniform: {alloc['target_r']} each, start {alloc['init_r']})", fontsize=9)
     fig.colorbar(image, ax=ax, label="rank")
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from . import adapters, data, metrics, models, train
+from . import adapters, data, models, style, train
 from .config import RunConfig, with_overrides
 from .files import package_file
 
@@ -54,12 +54,12 @@ class Task:
 
 TASKS: dict[str, Task] = {
     "shakespeare": Task("shakespeare", "shakespeare_train.jsonl", "shakespeare_test.jsonl", "archaic share",
-                        metrics.style_share, metrics.archaic_forms, 1.0),
+                        style.style_share, style.archaic_forms, 1.0),
     # Exercise 05's example file (16 rows) trains; a held-out set written for this session scores.
     "formal": Task("formal", "formal_emails.csv", "formal_emails_test.jsonl", "formal share",
-                   metrics.formal_share, metrics.informal_marks, 10.0),
+                   style.formal_share, style.informal_marks, 10.0),
     "pirate": Task("pirate", "pirate_train.jsonl", "pirate_test.jsonl", "pirate share",
-                   metrics.pirate_share, metrics.pirate_forms, 3.0),
+                   style.pirate_share, style.pirate_forms, 3.0),
 }
 
 
