@@ -274,6 +274,41 @@ def paired_against(records: list[dict], reference: str = "lora") -> list[dict]:
     return out
 
 
+def findings(records: list[dict], steps: int) -> dict:
+    """What Session 4 concludes from `records`: the reference method (LoRA if it ran), the paired chrF
+    differences against it, the winners (best chrF, lowest held-out perplexity, fewest trainable parameters,
+    fastest step) and the sentences that say so (`lines`, one per finding)."""
+    by = {r["method"]: r for r in records}
+    reference = "lora" if "lora" in by else records[0]["method"]
+    paired = paired_against(records, reference) if len(records) > 1 else []
+    best_chrf = max(records, key=lambda r: r["chrf"])
+    best_ppl = min(records, key=lambda r: r["perplexity"])
+    fewest = min(records, key=lambda r: r["trainable"])
+    fastest = min(records, key=lambda r: r["step_s"])
+    lines = [f"At {steps} equal steps: best chrF {best_chrf['label']} ({best_chrf['chrf']:.1f}), lowest held-out "
+             f"perplexity {best_ppl['label']} ({best_ppl['perplexity']:.2f}), fewest trainable parameters "
+             f"{fewest['label']} ({fewest['trainable']:,}, {fewest['trainable_percent']:.4f}%), fastest step "
+             f"{fastest['label']} ({fastest['step_s']:.2f} s)."]
+    real = [p for p in paired if p["beyond noise"]]
+    lines.append(f"Beyond noise against {by[reference]['label']}: "
+                 + (", ".join(f"{p['method']} ({p[next(k for k in p if k.startswith('chrF'))]:+.1f})" for p in real)
+                    if real else "none")
+                 + f" of {len(paired)} methods, on {records[0]['n_generate']} sentences.")
+    if "full" in by and reference in by:
+        f, ref = by["full"], by[reference]
+        lines.append(f"Full fine-tuning trains {f['trainable'] / ref['trainable']:.0f}x the parameters of "
+                     f"{ref['label']} and peaked at {f['peak_bytes'] / 2**20:,.0f} MiB against "
+                     f"{ref['peak_bytes'] / 2**20:,.0f} MiB ({f['step_s'] / ref['step_s']:.2f}x the step time).")
+    prompt_like = [by[n] for n in ("prefix", "ptuning_v2", "prompt") if n in by]
+    if prompt_like and reference in by:
+        lines.append("Held-out perplexity of the prompt methods: "
+                     + ", ".join(f"{r['label']} {r['perplexity']:.2f}" for r in prompt_like)
+                     + f"; {by[reference]['label']}: {by[reference]['perplexity']:.2f}.")
+    return {"by": by, "reference": reference, "paired": paired, "lines": lines,
+            "best": {"chrF": best_chrf["label"], "perplexity": best_ppl["label"], "fewest parameters": fewest["label"],
+                     "fastest step": fastest["label"]}}
+
+
 # --------------------------------------------------------------- table and plots
 COLUMNS = {"label": "method", "trainable": "trainable", "trainable_percent": "trainable %",
            "peak_mib": "peak MiB", "step_s": "s/step", "perplexity": "held-out ppl", "chrf": "chrF",
