@@ -35,7 +35,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 def make_class(root: Path, assignment: str, n: int, dest: Path) -> None:
     """Student notebooks: the release with every solution filled in, or untouched."""
     import nbformat
-    from peftlab.grader.exercises import fill_solutions
+    from peftlab.grader.course import fill_solutions
 
     solved = fill_solutions(root, assignment)
     blank = fill_solutions(root, assignment, only=set())
@@ -112,7 +112,6 @@ def main(argv=None) -> int:
             # Once per class, not per submission: the scratch course and gradebook, the fork server's
             # imports, the solution run through the probes (cached for reruns of the class).
             batch.prepare()
-            batch._probes()
             setup = time.perf_counter() - start
             start = time.perf_counter()
             results = batch.run([tmp / "class"])

@@ -203,9 +203,9 @@ def table(records: list[dict]) -> str:
 
 
 def plot(records: list[dict], path: Path) -> None:
-    from peftlab.plots import _pyplot, _save
+    from peftlab.plots import pyplot, save_figure
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 3.6))
     names = [r["config"] for r in records]
     x = range(len(names))
@@ -215,7 +215,7 @@ def plot(records: list[dict], path: Path) -> None:
     ax.set_ylabel("GiB")
     ax.set_title("Training peak memory: measured vs estimated")
     ax.legend()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def main(argv=None) -> int:

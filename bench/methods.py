@@ -32,9 +32,10 @@ SIZES = {  # steps, held-out rows generated, new tokens, model, in its own proce
 def base_config(model: str, device: str, dtype: str):
     """The case study's recipe for this model: shakespeare-cpu (SmolLM2) or shakespeare-reference (Qwen2.5)."""
     from peftlab.config import preset
+    from peftlab.tiny import TINY_NAME
 
     name = "shakespeare-reference" if model.lower().startswith("qwen/") else "shakespeare-cpu"
-    if model == "tiny-qwen2":
+    if model == TINY_NAME:
         name = "shakespeare-tiny"
     # float32 on a CPU: full fine-tuning in bfloat16 would round away updates below 2^-8 of a weight.
     return preset(name, model_name=model, device=device, dtype=dtype)

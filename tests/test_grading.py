@@ -723,7 +723,6 @@ def test_malformed_submissions_get_named_statuses_in_a_batch(attacked):
 
 def test_owner_only_model_cache_is_a_clear_error(tmp_path, monkeypatch):
     """Kernels run as another user: a cache they cannot read is the instructor's to fix, said before grading."""
-    from peftlab.grader import worker
     from peftlab.grader.course import GradingError
 
     if os.geteuid() != 0 or not sandbox.bwrap_path():
@@ -733,9 +732,9 @@ def test_owner_only_model_cache_is_a_clear_error(tmp_path, monkeypatch):
     cache.chmod(0o700)
     monkeypatch.setenv("PEFTLAB_CACHE", str(cache))
     with pytest.raises(GradingError, match="chmod 755"):
-        worker.policy_for(Settings(sandbox="bwrap"), hide=[])
+        sandbox.policy_for(Settings(sandbox="bwrap"), hide=[])
     cache.chmod(0o755)
-    assert worker.policy_for(Settings(sandbox="bwrap"), hide=[]).uid is not None
+    assert sandbox.policy_for(Settings(sandbox="bwrap"), hide=[]).uid is not None
 
 
 # ------------------------------------------------------------------ forgers who know the grader's source

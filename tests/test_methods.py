@@ -182,3 +182,31 @@ def test_session04_headless_on_tiny_model(tiny_dir, tmp_path):
     assert summary["best"]["chrF"] in {m.label for m in methods.METHODS.values()}
     for name in methods.METHODS:
         assert (out / f"{name}.json").is_file()
+
+
+def test_findings_name_the_winners_and_say_them():
+    samples = [{"reference": "Thou art here.", "output": "Thou art here."},
+               {"reference": "Hast thou eaten?", "output": "Have you eaten?"}]
+
+    def rec(method, label, chrf, ppl, trainable, step_s, peak):
+        return {"method": method, "label": label, "chrf": chrf, "perplexity": ppl, "trainable": trainable,
+                "trainable_percent": trainable / 1e4, "step_s": step_s, "peak_bytes": peak * 2**20,
+                "n_generate": 2, "samples": samples}
+
+    records = [rec("full", "full fine-tuning", 50.0, 9.0, 10_000, 2.0, 300),
+               rec("lora", "LoRA", 55.0, 8.5, 100, 1.0, 100),
+               rec("prompt", "prompt tuning", 40.0, 12.0, 10, 0.5, 90)]
+    found = methods.findings(records, steps=8)
+    assert found["reference"] == "lora" and set(found["by"]) == {"full", "lora", "prompt"}
+    assert found["best"] == {"chrF": "LoRA", "perplexity": "LoRA", "fewest parameters": "prompt tuning",
+                             "fastest step": "prompt tuning"}
+    assert [p["method"] for p in found["paired"]] == ["full fine-tuning", "prompt tuning"]
+    assert found["lines"] == [
+        "At 8 equal steps: best chrF LoRA (55.0), lowest held-out perplexity LoRA (8.50), fewest trainable "
+        "parameters prompt tuning (10, 0.0010%), fastest step prompt tuning (0.50 s).",
+        "Beyond noise against LoRA: none of 2 methods, on 2 sentences.",  # same outputs: no difference
+        "Full fine-tuning trains 100x the parameters of LoRA and peaked at 300 MiB against 100 MiB (2.00x the step time).",
+        "Held-out perplexity of the prompt methods: prompt tuning 12.00; LoRA: 8.50.",
+    ]
+    alone = methods.findings(records[2:], steps=8)
+    assert alone["reference"] == "prompt" and alone["paired"] == [] and len(alone["lines"]) == 3

@@ -14,7 +14,7 @@ import argparse
 import json
 import sys
 
-from .config import ConfigError, RunConfig
+from .config import PRESETS, ConfigError, RunConfig
 
 
 def _config(args) -> RunConfig:
@@ -118,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def add(name, func, help_text):
         p = sub.add_parser(name, help=help_text)
-        p.add_argument("--config", help="YAML file or preset (shakespeare-tiny, shakespeare-reference)")
+        p.add_argument("--config", help=f"YAML file or preset ({', '.join(PRESETS)})")
         p.add_argument("overrides", nargs="*", help="key=value overrides of RunConfig fields")
         p.set_defaults(func=func)
         return p

@@ -24,9 +24,10 @@ from __future__ import annotations
 import csv
 import json
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
+
+from .files import package_file
 
 IGNORE_INDEX = -100  # the label value torch's cross-entropy skips
 REQUIRED_FIELDS = ("instruction", "input", "output")
@@ -119,7 +120,7 @@ def load_dataset_file(path: str | Path):
 def course_data_path(split: str) -> Path:
     if split not in PACKAGE_DATA:
         raise DataError(f"unknown split {split!r}; choose one of {', '.join(PACKAGE_DATA)}.")
-    return Path(str(resources.files("peftlab") / "data" / PACKAGE_DATA[split]))
+    return package_file(PACKAGE_DATA[split])
 
 
 def load_course_data(split: str = "train"):

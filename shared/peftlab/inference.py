@@ -23,46 +23,42 @@ prefill), per-token latency the mean gap between the others (decoding).
 
 Merging has a price when an adapter is switched: `unmerge_adapter` subtracts
 the update again, and in 16-bit weights W + dW - dW is not W. `merge_roundtrip`
-measures what is left. Memory compares the weights' bytes and the process's
-resident peak for the same model in float32, bfloat16 and 4-bit NF4
-(bitsandbytes), each in a fresh process; `gpu_prediction` gives the
-estimator's numbers for Qwen2.5 on a GPU, a prediction, not a measurement.
+measures what is left.
+
+Neighbours this module uses and re-exports under their old names: timed
+generation (`generation`), memory per weight format and the GPU prediction
+(`memory.memory_by_format`, `memory.gpu_prediction`), the plots (`plots`).
 """
 
 from __future__ import annotations
 
 import copy
-import json
-import os
 import statistics
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
-from . import adapters, memory, models
+from . import adapters, models
 from .config import RunConfig, with_overrides
 
+# Moved out, still reachable as inference.<name> (Session 5, bench/inference.py): generation, memory per
+# weight format, the serving plots.
+from .generation import InferenceError, TokenClock, check_batch_sizes, prompt_ids, timed_generate  # noqa: F401
+from .memory import (  # noqa: F401
+    FORMATS,
+    bitsandbytes_runs,
+    format_run,
+    gpu_prediction,
+    kv_cache_bytes,
+    memory_by_format,
+)
+from .plots import plot_cache_curve, plot_throughput  # noqa: F401
+
 VARIANTS = ("unmerged", "merged", "mixed")
-FORMATS = ("float32", "bfloat16", "nf4")  # weight formats of `memory_by_format`
-
-
-class InferenceError(ValueError):
-    """A measurement asked for something that cannot work; the message names the argument and the fix."""
 
 
 # ------------------------------------------------------------------ inputs
-def check_batch_sizes(batch_sizes) -> list[int]:
-    sizes = list(batch_sizes)
-    bad = [b for b in sizes if isinstance(b, bool) or not isinstance(b, int) or b < 1]
-    if not sizes or bad:
-        raise InferenceError(f"batch_sizes={sizes!r}: every batch size must be an integer >= 1, e.g. [1, 2, 4, 8, 16].")
-    return sizes
-
-
 def check_adapter_names(model, names) -> list[str]:
     """`names` if every one is an adapter loaded on `model` (or '__base__'); otherwise say which are not."""
     loaded = sorted(getattr(model, "peft_config", {}))
@@ -75,24 +71,6 @@ def check_adapter_names(model, names) -> list[str]:
         raise InferenceError(f"adapter_names: {unknown or 'empty'} not loaded on this model; loaded: {loaded} "
                              "('__base__' means no adapter).")
     return names
-
-
-def prompt_ids(tokenizer, batch_size: int, prompt_tokens: int) -> torch.Tensor:
-    """(batch_size, prompt_tokens) token ids cut from the course's general text, a different window per row.
-
-    Every row has the same length, so nothing is padded and every row costs the same.
-    """
-    from importlib import resources
-
-    check_batch_sizes([batch_size])
-    if prompt_tokens < 1:
-        raise InferenceError(f"prompt_tokens={prompt_tokens}: need at least 1 prompt token.")
-    text = (resources.files("peftlab") / "data" / "general_text.txt").read_text()
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    stride = 7
-    need = prompt_tokens + stride * (batch_size - 1)
-    ids = (ids * (need // len(ids) + 1))[:need]
-    return torch.tensor([ids[i * stride: i * stride + prompt_tokens] for i in range(batch_size)])
 
 
 # ------------------------------------------------------------------ models
@@ -176,53 +154,6 @@ def build_variants(model, adapter_names: list[str], variants=VARIANTS) -> dict[s
 
 
 # ------------------------------------------------------------------ timing
-def _streamer_base():
-    from transformers.generation.streamers import BaseStreamer
-
-    return BaseStreamer
-
-
-class TokenClock(_streamer_base()):
-    """A generate streamer that notes the time each new token arrives (the prompt's own put is skipped)."""
-
-    def __init__(self):
-        self.times: list[float] = []
-        self._prompt_seen = False
-
-    def put(self, value):
-        if self._prompt_seen:
-            self.times.append(time.perf_counter())
-        self._prompt_seen = True
-
-    def end(self):
-        pass
-
-
-@torch.no_grad()
-def timed_generate(model, input_ids: torch.Tensor, new_tokens: int, use_cache: bool = True,
-                   adapter_names: list[str] | None = None, pad_token_id: int | None = None) -> dict:
-    """Greedy generation of exactly `new_tokens` tokens per row, timed token by token.
-
-    Returns the new tokens (B, new_tokens), the wall time, the first-token latency
-    (prompt in, first token out) and the gaps between later tokens.
-    """
-    if new_tokens < 1:
-        raise InferenceError(f"new_tokens={new_tokens}: generate at least 1 token.")
-    device = next(model.parameters()).device
-    input_ids = input_ids.to(device)
-    extra = {} if adapter_names is None else {"adapter_names": list(adapter_names)}
-    clock = TokenClock()
-    start = time.perf_counter()
-    out = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), do_sample=False,
-                         max_new_tokens=new_tokens, min_new_tokens=new_tokens, use_cache=use_cache,
-                         streamer=clock, pad_token_id=pad_token_id, temperature=None, top_p=None, top_k=None,
-                         **extra)
-    total = time.perf_counter() - start
-    gaps = [b - a for a, b in zip(clock.times, clock.times[1:])]
-    return {"tokens": out[:, input_ids.shape[1]:].cpu(), "total_s": total, "first_token_s": clock.times[0] - start,
-            "gaps_s": gaps}
-
-
 def _spread(values: list[float]) -> dict:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
@@ -403,179 +334,3 @@ def merge_roundtrip(model, adapter: str, input_ids: torch.Tensor, rounds: int = 
             "delta_relative_norm": delta / base_norm, "max_abs_w0": scale, "rounds": out,
             "max_abs_weight_error": out[-1]["max_abs_weight_error"],
             "max_logit_change": float((after - before).abs().max()), "max_abs_logit": float(before.abs().max())}
-
-
-# ------------------------------------------------------------------ memory
-def _resident_bytes() -> int:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
-def format_run(model_name: str, fmt: str, device: str = "cpu", batch_size: int = 4, prompt_tokens: int = 32,
-               new_tokens: int = 16) -> dict:
-    """In this process: load `model_name` with weights in `fmt`, generate one batch; bytes, peaks and speed.
-
-    Meant for a fresh process (`memory_by_format` starts one per format), so
-    that one format's memory never counts in another's peak. On a CPU the
-    peaks are resident memory (Python and the libraries included, see
-    `before_load_bytes`); loading reads the checkpoint through a memory map and
-    converts it, so the load peak can exceed what the loaded weights hold.
-    On CUDA they are `max_memory_allocated`.
-    """
-    if fmt not in FORMATS:
-        raise InferenceError(f"format {fmt!r}: choose one of {', '.join(FORMATS)}.")
-    dtype = "float32" if fmt == "float32" else "bfloat16"
-    config = RunConfig(model_name=model_name, device=device, dtype=dtype, compute_dtype=dtype)
-    dev = models.pick_device(device)
-    tokenizer = models.load_tokenizer(model_name)
-    ids = prompt_ids(tokenizer, batch_size, prompt_tokens)
-    before = _resident_bytes() if dev.type == "cpu" else torch.cuda.memory_allocated(dev)
-    kwargs = {"dtype": getattr(torch, dtype)}
-    if fmt == "nf4":
-        kwargs["quantization_config"] = models.quantization_config(with_overrides(config, method="qlora"),
-                                                                   getattr(torch, dtype))
-        kwargs["device_map"] = {"": dev.index or 0} if dev.type == "cuda" else {"": "cpu"}
-    from transformers import AutoModelForCausalLM
-
-    model = models._from_pretrained(AutoModelForCausalLM.from_pretrained, model_name, **kwargs)
-    if fmt != "nf4":
-        model.to(dev)
-    model.eval()
-    weights = memory.measured_weights_bytes(model)
-    load_peak = memory._rss_peak_bytes() if dev.type == "cpu" else torch.cuda.max_memory_allocated(dev)
-    timed_generate(model, ids, 2, pad_token_id=tokenizer.pad_token_id)  # warm-up
-    with memory.track_peak_memory(dev) as peak:
-        res = timed_generate(model, ids, new_tokens, pad_token_id=tokenizer.pad_token_id)
-    return {"format": fmt, "model": model_name, "device": dev.type, "weights_bytes": weights,
-            "before_load_bytes": before, "load_peak_bytes": load_peak, "generate_peak_bytes": peak.bytes,
-            "process_peak_bytes": max(load_peak, peak.bytes),
-            "peak_source": peak.source, "batch_size": batch_size, "new_tokens": new_tokens,
-            "tokens_per_s": batch_size * new_tokens / res["total_s"], "torch_threads": torch.get_num_threads(),
-            "predicted_weights_bytes": memory.weights_bytes(model_name, "nf4" if fmt == "nf4" else fmt)}
-
-
-def bitsandbytes_runs(device: str = "cpu") -> tuple[bool, str]:
-    """(True, '') if bitsandbytes can quantize here; otherwise (False, why)."""
-    import importlib.util
-
-    if importlib.util.find_spec("bitsandbytes") is None:
-        return False, "bitsandbytes is not installed (pip install bitsandbytes)"
-    try:
-        import bitsandbytes.functional as bnbf
-
-        w = torch.randn(64, 64, device=models.pick_device(device))
-        q, state = bnbf.quantize_4bit(w, quant_type="nf4")
-        bnbf.dequantize_4bit(q, state)
-    except Exception as exc:  # any backend failure means: not here
-        return False, f"bitsandbytes cannot quantize on {device}: {type(exc).__name__}: {exc}"
-    return True, ""
-
-
-def memory_by_format(model_name: str, formats=FORMATS, device: str = "cpu", batch_size: int = 4,
-                     new_tokens: int = 16, progress: bool = True, timeout_s: float = 1800) -> list[dict]:
-    """`format_run` for each format, each in a fresh Python process; nf4 is skipped (with the reason) where
-    bitsandbytes does not run."""
-    from tqdm.auto import tqdm
-
-    rows = []
-    for fmt in tqdm(list(formats), desc="formats", disable=not progress):
-        if fmt not in FORMATS:
-            raise InferenceError(f"format {fmt!r}: choose one of {', '.join(FORMATS)}.")
-        if fmt == "nf4":
-            ok, why = bitsandbytes_runs(device)
-            if not ok:
-                rows.append({"format": fmt, "skipped": why})
-                continue
-        args = json.dumps({"model_name": model_name, "fmt": fmt, "device": device, "batch_size": batch_size,
-                           "new_tokens": new_tokens})
-        env = {**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
-        proc = subprocess.run([sys.executable, "-m", "peftlab.inference", args], capture_output=True, text=True,
-                              timeout=timeout_s, env=env)
-        if proc.returncode != 0:
-            raise RuntimeError(f"measuring {fmt} weights of {model_name} failed:\n{proc.stderr[-3000:]}")
-        rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-    return rows
-
-
-def kv_cache_bytes(model_name: str, batch_size: int, tokens: int, dtype_bytes: int = 2) -> int:
-    """Keys and values of every layer for `batch_size` sequences of `tokens` tokens.
-
-    2 (K and V) * layers * key-value heads * head dim * bytes, per token; grouped-query
-    attention (Qwen2.5: 2 to 8 KV heads) keeps it far below 2 * layers * hidden.
-    """
-    cfg = models.model_config(model_name)
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    return 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * head_dim * dtype_bytes * batch_size * tokens
-
-
-def gpu_prediction(model_names=("Qwen/Qwen2.5-0.5B-Instruct", "Qwen/Qwen2.5-3B-Instruct", "Qwen/Qwen2.5-7B-Instruct"),
-                   batch_size: int = 16, tokens: int = 512) -> list[dict]:
-    """PREDICTED GPU memory for serving (no GPU used): weights in bf16 and NF4 (peftlab.memory.weights_bytes)
-    and a bf16 KV cache for `batch_size` sequences of `tokens` tokens. The CUDA context and
-    activations come on top."""
-    rows = []
-    for name in model_names:
-        kv = kv_cache_bytes(name, batch_size, tokens)
-        rows.append({"model": name, "bf16_weights_bytes": memory.weights_bytes(name, "bfloat16"),
-                     "nf4_weights_bytes": memory.weights_bytes(name, "nf4"), "kv_cache_bytes": kv,
-                     "batch_size": batch_size, "tokens": tokens, "kind": "prediction (peftlab.memory estimator)"})
-    return rows
-
-
-# ------------------------------------------------------------------ plots
-def plot_throughput(records: list[dict], path: str | Path | None = None):
-    """tokens/s against batch size, one line per variant, one panel per KV cache setting (min-max as bars)."""
-    from .plots import _pyplot, _save
-
-    plt = _pyplot()
-    settings = [c for c in (True, False) if any(r["use_cache"] == c for r in records)]
-    fig, axes = plt.subplots(1, len(settings), figsize=(5.2 * len(settings), 3.6), squeeze=False)
-    for ax, cache in zip(axes[0], settings):
-        for name in dict.fromkeys(r["variant"] for r in records):
-            rows = sorted((r for r in records if r["variant"] == name and r["use_cache"] == cache),
-                          key=lambda r: r["batch_size"])
-            med = [r["tokens_per_s"]["median"] for r in rows]
-            err = [[m - r["tokens_per_s"]["min"] for m, r in zip(med, rows)],
-                   [r["tokens_per_s"]["max"] - m for m, r in zip(med, rows)]]
-            ax.errorbar([r["batch_size"] for r in rows], med, yerr=err, marker="o", capsize=3, label=name)
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("batch size")
-        ax.set_ylabel("generated tokens/s")
-        ax.set_title(f"KV cache {'on' if cache else 'off'}")
-        ax.legend(fontsize=8)
-    return _save(fig, path)
-
-
-def plot_cache_curve(curve: dict, path: str | Path | None = None):
-    """Milliseconds between consecutive tokens against the token's position, KV cache on and off."""
-    from .plots import _pyplot, _save
-
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5.5, 3.5))
-    for key in ("on", "off"):
-        gaps = curve[key]["gap_ms"]
-        ax.plot(range(2, len(gaps) + 2), gaps, marker=".", label=f"KV cache {key}")
-    ax.set_xlabel("position of the generated token")
-    ax.set_ylabel("ms since the previous token")
-    ax.set_title(f"{curve['variant']}, batch {curve['batch_size']}, prompt {curve['prompt_tokens']} tokens")
-    ax.legend()
-    return _save(fig, path)
-
-
-def main(argv=None) -> int:
-    """`python -m peftlab.inference '<json>'`: one `format_run` in this process, its record as JSON on stdout."""
-    import logging
-    import warnings
-
-    warnings.filterwarnings("ignore")
-    logging.disable(logging.WARNING)
-    args = json.loads((argv or sys.argv[1:])[0])
-    print(json.dumps(format_run(**args)))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

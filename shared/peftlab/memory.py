@@ -43,17 +43,30 @@ So the peak holds the larger of the two, not their sum. `measure_training_step`
 measures the same tensors for one step (the profiler's allocation events on a
 CPU, `max_memory_allocated` on CUDA); `bench/memory.py` checks the estimator
 against processes' resident peaks (README, Performance).
+
+Serving memory per weight format (Session 5) is here too: `memory_by_format`
+runs `format_run` for float32, bfloat16 and NF4 weights, each in a fresh
+process (`python -m peftlab.memory`), and `gpu_prediction` gives the
+estimator's numbers for a GPU with the KV cache (`kv_cache_bytes`).
+
+Longer than the package's usual 400 lines on purpose: one idea, memory, from
+the bytes-per-parameter derivation to the measurements that check it, so a
+reader follows each prediction to the number that tests it without leaving
+the file.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import threading
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
-from .config import LORA_FAMILY, RunConfig
+from .config import LORA_FAMILY, RunConfig, with_overrides
 
 GiB = 2**30
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
@@ -503,3 +516,157 @@ def measure_training_step(model, batch: dict, optimizer=None) -> StepPeak:
         model.zero_grad(set_to_none=True)
         model.train(was_training)
     return StepPeak(bytes=peak, at_start=at_start, batch_shape=tuple(batch["input_ids"].shape), source=source)
+
+
+FORMATS = ("float32", "bfloat16", "nf4")  # weight formats of `memory_by_format`
+
+
+# ------------------------------------------------ memory per weight format (Session 5)
+def resident_bytes() -> int:
+    """VmRSS (resident now) of this process, Linux only; 0 where /proc has no such line."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def format_run(model_name: str, fmt: str, device: str = "cpu", batch_size: int = 4, prompt_tokens: int = 32,
+               new_tokens: int = 16) -> dict:
+    """In this process: load `model_name` with weights in `fmt`, generate one batch; bytes, peaks and speed.
+
+    Meant for a fresh process (`memory_by_format` starts one per format), so
+    that one format's memory never counts in another's peak. On a CPU the
+    peaks are resident memory (Python and the libraries included, see
+    `before_load_bytes`); loading reads the checkpoint through a memory map and
+    converts it, so the load peak can exceed what the loaded weights hold.
+    On CUDA they are `max_memory_allocated`.
+    """
+    import torch
+
+    from . import models
+    from .generation import InferenceError, prompt_ids, timed_generate
+
+    if fmt not in FORMATS:
+        raise InferenceError(f"format {fmt!r}: choose one of {', '.join(FORMATS)}.")
+    dtype = "float32" if fmt == "float32" else "bfloat16"
+    config = RunConfig(model_name=model_name, device=device, dtype=dtype, compute_dtype=dtype)
+    dev = models.pick_device(device)
+    tokenizer = models.load_tokenizer(model_name)
+    ids = prompt_ids(tokenizer, batch_size, prompt_tokens)
+    before = resident_bytes() if dev.type == "cpu" else torch.cuda.memory_allocated(dev)
+    kwargs = {"dtype": getattr(torch, dtype)}
+    if fmt == "nf4":
+        kwargs["quantization_config"] = models.quantization_config(with_overrides(config, method="qlora"),
+                                                                   getattr(torch, dtype))
+        kwargs["device_map"] = {"": dev.index or 0} if dev.type == "cuda" else {"": "cpu"}
+    from transformers import AutoModelForCausalLM
+
+    # load_tokenizer above already turned a missing model into models' clear error
+    model = AutoModelForCausalLM.from_pretrained(models.resolve_model_path(model_name), **kwargs)
+    if fmt != "nf4":
+        model.to(dev)
+    model.eval()
+    weights = measured_weights_bytes(model)
+    load_peak = _rss_peak_bytes() if dev.type == "cpu" else torch.cuda.max_memory_allocated(dev)
+    timed_generate(model, ids, 2, pad_token_id=tokenizer.pad_token_id)  # warm-up
+    with track_peak_memory(dev) as peak:
+        res = timed_generate(model, ids, new_tokens, pad_token_id=tokenizer.pad_token_id)
+    return {"format": fmt, "model": model_name, "device": dev.type, "weights_bytes": weights,
+            "before_load_bytes": before, "load_peak_bytes": load_peak, "generate_peak_bytes": peak.bytes,
+            "process_peak_bytes": max(load_peak, peak.bytes),
+            "peak_source": peak.source, "batch_size": batch_size, "new_tokens": new_tokens,
+            "tokens_per_s": batch_size * new_tokens / res["total_s"], "torch_threads": torch.get_num_threads(),
+            "predicted_weights_bytes": weights_bytes(model_name, "nf4" if fmt == "nf4" else fmt)}
+
+
+def bitsandbytes_runs(device: str = "cpu") -> tuple[bool, str]:
+    """(True, '') if bitsandbytes can quantize here; otherwise (False, why)."""
+    import importlib.util
+
+    import torch
+
+    from .models import pick_device
+
+    if importlib.util.find_spec("bitsandbytes") is None:
+        return False, "bitsandbytes is not installed (pip install bitsandbytes)"
+    try:
+        import bitsandbytes.functional as bnbf
+
+        w = torch.randn(64, 64, device=pick_device(device))
+        q, state = bnbf.quantize_4bit(w, quant_type="nf4")
+        bnbf.dequantize_4bit(q, state)
+    except Exception as exc:  # any backend failure means: not here
+        return False, f"bitsandbytes cannot quantize on {device}: {type(exc).__name__}: {exc}"
+    return True, ""
+
+
+def memory_by_format(model_name: str, formats=FORMATS, device: str = "cpu", batch_size: int = 4,
+                     new_tokens: int = 16, progress: bool = True, timeout_s: float = 1800) -> list[dict]:
+    """`format_run` for each format, each in a fresh Python process; nf4 is skipped (with the reason) where
+    bitsandbytes does not run."""
+    from tqdm.auto import tqdm
+
+    from .generation import InferenceError
+
+    rows = []
+    for fmt in tqdm(list(formats), desc="formats", disable=not progress):
+        if fmt not in FORMATS:
+            raise InferenceError(f"format {fmt!r}: choose one of {', '.join(FORMATS)}.")
+        if fmt == "nf4":
+            ok, why = bitsandbytes_runs(device)
+            if not ok:
+                rows.append({"format": fmt, "skipped": why})
+                continue
+        args = json.dumps({"model_name": model_name, "fmt": fmt, "device": device, "batch_size": batch_size,
+                           "new_tokens": new_tokens})
+        env = {**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
+        proc = subprocess.run([sys.executable, "-m", "peftlab.memory", args], capture_output=True, text=True,
+                              timeout=timeout_s, env=env)
+        if proc.returncode != 0:
+            raise RuntimeError(f"measuring {fmt} weights of {model_name} failed:\n{proc.stderr[-3000:]}")
+        rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    return rows
+
+
+def kv_cache_bytes(model_name: str, batch_size: int, tokens: int, dtype_bytes: int = 2) -> int:
+    """Keys and values of every layer for `batch_size` sequences of `tokens` tokens.
+
+    2 (K and V) * layers * key-value heads * head dim * bytes, per token; grouped-query
+    attention (Qwen2.5: 2 to 8 KV heads) keeps it far below 2 * layers * hidden.
+    """
+    from .models import model_config
+
+    cfg = model_config(model_name)
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    return 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * head_dim * dtype_bytes * batch_size * tokens
+
+
+def gpu_prediction(model_names=("Qwen/Qwen2.5-0.5B-Instruct", "Qwen/Qwen2.5-3B-Instruct", "Qwen/Qwen2.5-7B-Instruct"),
+                   batch_size: int = 16, tokens: int = 512) -> list[dict]:
+    """PREDICTED GPU memory for serving (no GPU used): weights in bf16 and NF4 (`weights_bytes`)
+    and a bf16 KV cache for `batch_size` sequences of `tokens` tokens. The CUDA context and
+    activations come on top."""
+    rows = []
+    for name in model_names:
+        kv = kv_cache_bytes(name, batch_size, tokens)
+        rows.append({"model": name, "bf16_weights_bytes": weights_bytes(name, "bfloat16"),
+                     "nf4_weights_bytes": weights_bytes(name, "nf4"), "kv_cache_bytes": kv,
+                     "batch_size": batch_size, "tokens": tokens, "kind": "prediction (peftlab.memory estimator)"})
+    return rows
+
+
+def main(argv=None) -> int:
+    """`python -m peftlab.memory '<json>'`: one `format_run` in this process, its record as JSON on stdout."""
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    logging.disable(logging.WARNING)
+    args = json.loads((argv or sys.argv[1:])[0])
+    print(json.dumps(format_run(**args)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

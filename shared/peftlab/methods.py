@@ -47,6 +47,8 @@ class Method:
     changes: str = ""
 
 
+# The recipes Session 4 compares, by name (rsLoRA is LoRA with one flag): not config.METHODS, the values
+# RunConfig.method accepts, nor multitask.COMBINATIONS, the ways of combining adapters.
 METHODS: dict[str, Method] = {m.name: m for m in [
     # float32 weights whatever the base config says: in 16-bit weights AdamW's small updates round away.
     Method("full", "full fine-tuning", {"method": "full", "dtype": "float32"}, 5e-5,
@@ -272,6 +274,41 @@ def paired_against(records: list[dict], reference: str = "lora") -> list[dict]:
     return out
 
 
+def findings(records: list[dict], steps: int) -> dict:
+    """What Session 4 concludes from `records`: the reference method (LoRA if it ran), the paired chrF
+    differences against it, the winners (best chrF, lowest held-out perplexity, fewest trainable parameters,
+    fastest step) and the sentences that say so (`lines`, one per finding)."""
+    by = {r["method"]: r for r in records}
+    reference = "lora" if "lora" in by else records[0]["method"]
+    paired = paired_against(records, reference) if len(records) > 1 else []
+    best_chrf = max(records, key=lambda r: r["chrf"])
+    best_ppl = min(records, key=lambda r: r["perplexity"])
+    fewest = min(records, key=lambda r: r["trainable"])
+    fastest = min(records, key=lambda r: r["step_s"])
+    lines = [f"At {steps} equal steps: best chrF {best_chrf['label']} ({best_chrf['chrf']:.1f}), lowest held-out "
+             f"perplexity {best_ppl['label']} ({best_ppl['perplexity']:.2f}), fewest trainable parameters "
+             f"{fewest['label']} ({fewest['trainable']:,}, {fewest['trainable_percent']:.4f}%), fastest step "
+             f"{fastest['label']} ({fastest['step_s']:.2f} s)."]
+    real = [p for p in paired if p["beyond noise"]]
+    lines.append(f"Beyond noise against {by[reference]['label']}: "
+                 + (", ".join(f"{p['method']} ({p[next(k for k in p if k.startswith('chrF'))]:+.1f})" for p in real)
+                    if real else "none")
+                 + f" of {len(paired)} methods, on {records[0]['n_generate']} sentences.")
+    if "full" in by and reference in by:
+        f, ref = by["full"], by[reference]
+        lines.append(f"Full fine-tuning trains {f['trainable'] / ref['trainable']:.0f}x the parameters of "
+                     f"{ref['label']} and peaked at {f['peak_bytes'] / 2**20:,.0f} MiB against "
+                     f"{ref['peak_bytes'] / 2**20:,.0f} MiB ({f['step_s'] / ref['step_s']:.2f}x the step time).")
+    prompt_like = [by[n] for n in ("prefix", "ptuning_v2", "prompt") if n in by]
+    if prompt_like and reference in by:
+        lines.append("Held-out perplexity of the prompt methods: "
+                     + ", ".join(f"{r['label']} {r['perplexity']:.2f}" for r in prompt_like)
+                     + f"; {by[reference]['label']}: {by[reference]['perplexity']:.2f}.")
+    return {"by": by, "reference": reference, "paired": paired, "lines": lines,
+            "best": {"chrF": best_chrf["label"], "perplexity": best_ppl["label"], "fewest parameters": fewest["label"],
+                     "fastest step": fastest["label"]}}
+
+
 # --------------------------------------------------------------- table and plots
 COLUMNS = {"label": "method", "trainable": "trainable", "trainable_percent": "trainable %",
            "peak_mib": "peak MiB", "step_s": "s/step", "perplexity": "held-out ppl", "chrf": "chrF",
@@ -305,10 +342,10 @@ def markdown_table(records: list[dict]) -> str:
 
 def plot_methods(records: list[dict], path: str | Path | None = None, title: str = "PEFT methods at equal steps"):
     """Quality against trainable parameters (log scale), and step time and peak memory per method."""
-    from .plots import _pyplot, _save
+    from .plots import pyplot, save_figure
 
     df = table(records)
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     for ax, col, ylabel in ((axes[0], "chrF", "chrF (held-out)"), (axes[1], "held-out ppl", "held-out perplexity")):
         ax.scatter(df["trainable"], df[col])
@@ -327,14 +364,14 @@ def plot_methods(records: list[dict], path: str | Path | None = None, title: str
         axes[2].annotate(f"{mib:,.0f} MiB", (0, i), fontsize=7, xytext=(3, 0), textcoords="offset points",
                          va="center", color="white")
     fig.suptitle(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_allocation(alloc: dict, path: str | Path | None = None):
     """AdaLoRA's final rank per layer (rows) and module (columns) as a heatmap, numbers in the cells."""
-    from .plots import _pyplot, _save
+    from .plots import pyplot, save_figure
 
-    plt = _pyplot()
+    plt = pyplot()
     ranks = alloc["ranks"]
     fig, ax = plt.subplots(figsize=(1.1 * len(alloc["modules"]) + 2, 0.28 * len(alloc["layers"]) + 1.6))
     image = ax.imshow(ranks, aspect="auto", cmap="viridis", vmin=0, vmax=alloc["init_r"])
@@ -347,4 +384,4 @@ def plot_allocation(alloc: dict, path: str | Path | None = None):
     ax.set_title(f"AdaLoRA ranks: {alloc['allocated']} of budget {alloc['budget']} "
                  f"(uniform: {alloc['target_r']} each, start {alloc['init_r']})", fontsize=9)
     fig.colorbar(image, ax=ax, label="rank")
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -1,4 +1,5 @@
-"""Held-out perplexity, BLEU/chrF and batched generation (peak memory is measured in `memory.py`).
+"""Held-out perplexity, BLEU/chrF, confidence intervals and forgetting probes (generation is in
+`generation.py`, the style lexicon in `style.py`, peak memory in `memory.py`).
 
 Perplexity is exp(mean token cross-entropy) over tokens that carry loss on
 data the model never trained on. A training loss of 2.245 nats/token is a
@@ -14,7 +15,20 @@ from dataclasses import dataclass
 
 import torch
 
-from .data import IGNORE_INDEX, make_collator, prompt_text
+from .data import IGNORE_INDEX, make_collator
+from .files import package_file
+from .generation import generate  # noqa: F401  (metrics.generate: the sessions' name for it)
+from .style import (  # noqa: F401  (the style lexicon; metrics.<name> is how sessions and exercise 08 reach it)
+    ARCHAIC_WORDS,
+    INFORMAL_WORDS,
+    PIRATE_WORDS,
+    archaic_forms,
+    formal_share,
+    informal_marks,
+    pirate_forms,
+    pirate_share,
+    style_share,
+)
 
 
 def perplexity_from_loss(loss: float) -> float:
@@ -70,56 +84,6 @@ def bleu_chrf(predictions: list[str], references: list[str]) -> dict[str, float]
     }
 
 
-@torch.no_grad()
-def generate(
-    model,
-    tokenizer,
-    rows: list[dict],
-    max_new_tokens: int = 48,
-    batch_size: int = 8,
-    system_prompt: str | None = None,
-    progress: bool = True,
-) -> list[str]:
-    """Greedy generations for rows, batched with left padding (decoder-only models).
-
-    Greedy (do_sample=False) with the KV cache, stopping each row at the end of the
-    assistant turn (`<|im_end|>` for ChatML models) instead of at max_new_tokens.
-    Rows are batched by prompt length so little compute goes to padding; the
-    outputs come back in the rows' order. `progress` shows a bar per batch.
-    """
-    from tqdm.auto import tqdm
-
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    stop = [tokenizer.eos_token_id]
-    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    if isinstance(im_end, int) and im_end != tokenizer.unk_token_id and im_end not in stop:
-        stop.append(im_end)
-    prompts = [prompt_text(tokenizer, r, system_prompt) for r in rows]
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    outputs: list[str] = [""] * len(prompts)
-    try:
-        starts = range(0, len(order), batch_size)
-        for start in tqdm(starts, desc="generating", unit="batch", disable=not progress or not starts):
-            idx = order[start : start + batch_size]
-            enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True,
-                            add_special_tokens=False).to(device)
-            out = model.generate(
-                **enc, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
-                eos_token_id=stop, pad_token_id=tokenizer.pad_token_id,
-            )
-            new = out[:, enc["input_ids"].shape[1] :]  # (B, new tokens)
-            for i, text in zip(idx, tokenizer.batch_decode(new, skip_special_tokens=True)):
-                outputs[i] = text.strip()
-    finally:
-        tokenizer.padding_side = side
-        model.train(was_training)
-    return outputs
-
-
 def evaluate_model(model, tokenizer, tokenized, rows: list[dict], n_generate: int | None = None, **gen_kwargs):
     """Held-out loss, perplexity, BLEU and chrF, and the generations themselves."""
     loss = heldout_loss(model, tokenized, tokenizer)
@@ -127,95 +91,6 @@ def evaluate_model(model, tokenizer, tokenized, rows: list[dict], n_generate: in
     preds = generate(model, tokenizer, rows, **gen_kwargs)
     scores = bleu_chrf(preds, [r["output"] for r in rows])
     return {"loss": loss, "perplexity": perplexity_from_loss(loss), **scores, "generations": preds}
-
-
-# ------------------------------------------------------------ style: a custom metric
-# BLEU and chrF reward overlap with the reference. Modern and Shakespearean sentences
-# share most words, so copying the input scores well on both: they cannot tell
-# "learned the style" from "learned to copy". A metric a reader can check by eye:
-# the share of outputs that use at least one archaic form.
-ARCHAIC_WORDS = frozenset(
-    """thou thee thy thine thyself ye art hath doth dost hast shalt wilt canst couldst wouldst shouldst
-    didst wast wert hadst mayst mightst 'tis 'twas 'twere ne'er e'er o'er wherefore whither whence hither
-    thither prithee methinks perchance mayhap forsooth ere morrow anon nay unto hearken begone alas
-    goest knowest sayest speakest""".split()
-)
-# -eth verbs (goeth, speaketh) are archaic; these common words only end like them.
-_NOT_ETH = frozenset("teeth beth seth kenneth elizabeth macbeth breath beneath".split())
-
-
-def archaic_forms(text: str) -> list[str]:
-    """The archaic forms in `text`, lower-cased, in order: 'Dost thou weep?' -> ['dost', 'thou']."""
-    import re
-
-    words = re.findall(r"[a-z]*'?[a-z]+(?:'[a-z]+)?", text.lower().replace("\u2019", "'"))
-    return [w for w in words if w in ARCHAIC_WORDS or (w.endswith("eth") and len(w) > 5 and w not in _NOT_ETH)]
-
-
-def style_share(texts: list[str]) -> float:
-    """Share (0..1) of texts that use at least one archaic form (see ARCHAIC_WORDS)."""
-    if not texts:
-        raise ValueError("style_share needs at least one text.")
-    return sum(bool(archaic_forms(t)) for t in texts) / len(texts)
-
-
-# Session 3's other two tasks get measures of the same kind: a share of outputs
-# that carry the task's marks, checkable by eye.
-PIRATE_WORDS = frozenset(
-    """ahoy arr arrr avast aye matey mateys hearty hearties scallywag scallywags landlubber landlubbers
-    booty grog grub doubloons cap'n shanty plunder plundered bilge thankee yer""".split()
-)  # not 'ye': Shakespeare says it too, and the two measures should not count each other's outputs
-
-
-def _words(text: str) -> list[str]:
-    import re
-
-    return re.findall(r"[a-z]*'?[a-z]+(?:'[a-z]*)?", text.lower().replace("\u2019", "'"))
-
-
-def pirate_forms(text: str) -> list[str]:
-    """Pirate forms in `text`, lower-cased, in order: 'Ahoy, matey! Where be ye headin'?' ->
-    ['ahoy', 'matey', "headin'"]. Words ending in a dropped g (sailin', lookin') count too."""
-    return [w for w in _words(text) if w in PIRATE_WORDS or (w.endswith("in'") and len(w) > 4)]
-
-
-def pirate_share(texts: list[str]) -> float:
-    """Share (0..1) of texts that use at least one pirate form (see PIRATE_WORDS)."""
-    if not texts:
-        raise ValueError("pirate_share needs at least one text.")
-    return sum(bool(pirate_forms(t)) for t in texts) / len(texts)
-
-
-# Chat-message habits a formal register does not use: abbreviations, slang, fillers and
-# apostrophe-less contractions (cant, whats). 'ill' and 'lets' are left out: they are words.
-INFORMAL_WORDS = frozenset(
-    """u ur r thx thanx pls plz gonna wanna gotta lol ugh hey yeah yep nope ok okay tmrw asap sry btw omg
-    cya cant dont wont whats im ive youre thats isnt didnt doesnt hows whos kinda sorta""".split()
-)
-
-
-def informal_marks(text: str) -> list[str]:
-    """Why `text` is not formal: informal words, contractions (n't, 'll, 're, 'm, 've, 'd), a
-    lower-case start or a missing final . ? !; [] for a formal sentence."""
-    import re
-
-    stripped = text.strip()
-    if not stripped:
-        return ["empty"]
-    marks = [w for w in _words(stripped) if w in INFORMAL_WORDS]
-    marks += re.findall(r"[a-z](n't|'ll|'re|'m|'ve|'d)\b", stripped.lower().replace("\u2019", "'"))
-    if not stripped[0].isupper():
-        marks.append("lower-case start")
-    if stripped[-1] not in ".?!":
-        marks.append("no final punctuation")
-    return marks
-
-
-def formal_share(texts: list[str]) -> float:
-    """Share (0..1) of texts with no informal mark (see informal_marks)."""
-    if not texts:
-        raise ValueError("formal_share needs at least one text.")
-    return sum(not informal_marks(t) for t in texts) / len(texts)
 
 
 def copy_baseline(rows: list[dict]) -> list[str]:
@@ -386,17 +261,14 @@ def paired_gain(
 def general_questions() -> list[dict]:
     """The course's general-knowledge probe: [{"question", "answers": [accepted substrings]}]."""
     import json
-    from importlib import resources
 
-    text = (resources.files("peftlab") / "data" / "general_questions.jsonl").read_text()
+    text = package_file("general_questions.jsonl").read_text()
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 def general_text() -> list[str]:
     """Paragraphs of plain modern English prose (not Shakespeare) for a forgetting perplexity."""
-    from importlib import resources
-
-    text = (resources.files("peftlab") / "data" / "general_text.txt").read_text()
+    text = package_file("general_text.txt").read_text()
     return [p.strip() for p in text.split("\n\n") if p.strip()]
 
 

@@ -30,13 +30,13 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
 import torch
 
-from . import adapters, data, metrics, models, train
+from . import adapters, data, models, style, train
 from .config import RunConfig, with_overrides
+from .files import package_file
 
 
 @dataclass(frozen=True)
@@ -54,17 +54,17 @@ class Task:
 
 TASKS: dict[str, Task] = {
     "shakespeare": Task("shakespeare", "shakespeare_train.jsonl", "shakespeare_test.jsonl", "archaic share",
-                        metrics.style_share, metrics.archaic_forms, 1.0),
+                        style.style_share, style.archaic_forms, 1.0),
     # Exercise 05's example file (16 rows) trains; a held-out set written for this session scores.
     "formal": Task("formal", "formal_emails.csv", "formal_emails_test.jsonl", "formal share",
-                   metrics.formal_share, metrics.informal_marks, 10.0),
+                   style.formal_share, style.informal_marks, 10.0),
     "pirate": Task("pirate", "pirate_train.jsonl", "pirate_test.jsonl", "pirate share",
-                   metrics.pirate_share, metrics.pirate_forms, 3.0),
+                   style.pirate_share, style.pirate_forms, 3.0),
 }
 
 
 def data_path(filename: str) -> Path:
-    return Path(str(resources.files("peftlab") / "data" / filename))
+    return package_file(filename)
 
 
 def test_rows(task: Task, n: int | None = None) -> list[dict]:
@@ -312,18 +312,20 @@ def delta_error(model, combined: str, adapter_names: list[str], weights: list[fl
     return (num / den) ** 0.5
 
 
-METHODS = {  # combination_type: keyword arguments it needs
+# peft's ways of combining adapters (`add_weighted_adapter(combination_type=...)`), not the training
+# methods of config.METHODS or the compared recipes of methods.METHODS.
+COMBINATIONS = {  # combination_type: keyword arguments it needs
     "linear": {}, "cat": {}, "svd": {}, "ties": {"density": 0.5}, "dare_linear": {"density": 0.5},
 }
 
 
-def compose(model, a: str, b: str, weights: tuple[float, float], methods=tuple(METHODS), seed: int = 0) -> list[dict]:
+def compose(model, a: str, b: str, weights: tuple[float, float], methods=tuple(COMBINATIONS), seed: int = 0) -> list[dict]:
     """One combined adapter per method from adapters a and b; rank and relative delta error of each."""
     rows = []
     for method in methods:
         name = f"{method}_{a}_{b}"
         torch.manual_seed(seed)  # DARE drops entries at random
-        adapters.combine(model, [a, b], list(weights), name, combination_type=method, **METHODS[method])
+        adapters.combine(model, [a, b], list(weights), name, combination_type=method, **COMBINATIONS[method])
         rows.append({"method": method, "adapter": name, "rank": model.peft_config[name].r,
                      "relative_delta_error": delta_error(model, name, [a, b], list(weights))})
     return rows

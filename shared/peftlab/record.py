@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from .config import RunConfig
+from .files import write_atomic
 
 PACKAGES = ("peftlab", "torch", "transformers", "peft", "bitsandbytes", "accelerate", "datasets", "trl", "sacrebleu")
 
@@ -101,12 +102,7 @@ def make_record(config: RunConfig, **fields) -> dict:
 
 def write_record(record: dict, path: str | Path) -> Path:
     """Write atomically: a crash mid-write never leaves a truncated record."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(record, indent=2, default=str))
-    tmp.replace(path)
-    return path
+    return write_atomic(path, json.dumps(record, indent=2, default=str))
 
 
 def read_record(path: str | Path) -> dict:

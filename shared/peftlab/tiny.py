@@ -21,8 +21,9 @@ import json
 import os
 import shutil
 import tempfile
-from importlib import resources
 from pathlib import Path
+
+from .files import package_file
 
 TINY_NAME = "tiny-qwen2"
 # Bump when the recipe changes so stale caches are rebuilt, never reused.
@@ -62,7 +63,7 @@ def qwen25_chat_template() -> str:
 
     Copied rather than read from trl: trl needs datasets>=4.7, Colab ships 4.0.
     """
-    return (resources.files("peftlab") / "data" / "qwen2_5_chat_template.jinja").read_text()
+    return package_file("qwen2_5_chat_template.jinja").read_text()
 
 
 def _course_corpus() -> list[str]:
@@ -71,7 +72,7 @@ def _course_corpus() -> list[str]:
 
     lines = [DEFAULT_SYSTEM, "system", "user", "assistant", "Rewrite the sentence in the style of Shakespeare."]
     for name in sorted(PACKAGE_DATA.values()):
-        path = resources.files("peftlab") / "data" / name
+        path = package_file(name)
         rows = [row for row in path.read_text().splitlines() if row.strip()][: TINY_CORPUS_ROWS[name]]
         for row in rows:
             lines.extend(str(v) for v in json.loads(row).values())

@@ -1,19 +1,31 @@
 """Grading the course's exercises with nbgrader, safely, in parallel.
 
+The modules in the order a submission meets them (intake -> assignment ->
+batch -> worker -> sandbox -> kernel -> probes -> gradebook -> feedback ->
+export), then what they share:
+
 | module | what |
 |---|---|
-| `settings` | every grading limit and knob, in one dataclass |
-| `course` | the course's layout for nbgrader; nbgrader's config and API object, built here only |
-| `exercises` | release `exercises/` from `solutions/`; the CI gates (`python -m peftlab.grader.exercises`) |
 | `intake` | import a class's folders and zip files, regular files only |
+| `layouts` | who submitted a file, from the names LMSs, nbgrader, JupyterHub and Colab give it |
+| `roster` | the class list: LMS ids, names and logins mapped to the course's ids |
+| `repair` | re-attach nbgrader metadata that an editor stripped, where unambiguous |
+| `assignment` | an assignment ready to grade: scratch course, model, probe file, the seed rule, the expected values' cache, the `Job` factory |
+| `batch` | a class in parallel; the `peftlab-grade` command (`python -m peftlab.grader`) |
+| `forkserver` | the batch's workers, forked from one process that imported the grader once (`warm`) |
+| `warm` | what every worker needs, imported once by the fork server |
+| `worker` | `autograde(job)`, the one grading path; `python -m peftlab.grader.worker JOB.json` |
 | `inspect` | check a notebook (size, depth, JSON, nbformat, nbgrader metadata, graded cells) before anything reads it |
+| `sandbox` | the sandbox policy of a kernel (`policy_for`), and running it under bubblewrap with resource limits |
 | `preprocessors` | nbgrader preprocessors: grading parameters, canaries, probe cells, output cap, timings |
 | `probes` | points decided in the grader: probe files, the kernel's side, comparators, `judge` |
-| `sandbox` | run a kernel under bubblewrap with resource limits |
-| `worker` | `autograde(job)`, the one grading path; `python -m peftlab.grader.worker JOB.json` |
-| `forkserver` | the batch's workers, forked from one process that imported the grader once (`warm`) |
 | `outcome` | a graded submission: status, reason, points |
-| `feedback` | HTML feedback with hidden tests removed |
-| `gradebook` | nbgrader's gradebook as the record; the CSV |
-| `batch` | a class in parallel; the `peftlab-grade` command (`python -m peftlab.grader`) |
+| `gradebook` | nbgrader's gradebook as the record |
+| `feedback` | HTML feedback with hidden tests removed (`render`: the page itself) |
+| `render` | feedback pages that render offline, student content cleaned |
+| `export` | the grades CSV, the LMS imports, the class summary |
+| `exercises` | release `exercises/` from `solutions/`; the CI gates and one notebook's check (`python -m peftlab.grader.exercises`) |
+| `formgrader` | nbgrader's formgrader for written answers, with its bypassing buttons switched off |
+| `course` | the course's layout for nbgrader; nbgrader's config and API object, built here only |
+| `settings` | every grading limit and knob, in one dataclass |
 """

@@ -26,11 +26,9 @@ tests' code removed) lands in `WORK/feedback/ASSIGNMENT/`, grades in
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import re
-import secrets
 import shutil
 import stat
 import sys
@@ -38,18 +36,22 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import course as course_mod
-from .course import GradingError
-from .export import export_all, write_intake
-from .feedback import write_feedback
+from tqdm.auto import tqdm
+
+from ..config import parse_overrides
+from ..files import write_atomic
+from .assignment import Assignment
+from .course import GradingError, course_root
+from .export import export_all, grades_csv, write_intake
 from .forkserver import ForkServer
-from .gradebook import export_csv, finished, record, record_identity
-from .intake import Submission, import_submissions, write_new
+from .gradebook import finished, record, record_identity
+from .intake import Submission, import_submissions
 from .outcome import Outcome
 from .repair import repair_file
 from .roster import Roster
+from .sandbox import use_bubblewrap
 from .settings import GRADING_PARAMETERS, GiB, Settings
-from .worker import Job, policy_for, use_bubblewrap
+from .worker import Job, feedback_page
 
 
 def copy_out(src: Path, dest: Path, limit: int) -> bool:
@@ -68,7 +70,7 @@ def copy_out(src: Path, dest: Path, limit: int) -> bool:
         os.close(fd)
     if len(data) > limit:
         return False
-    write_new(dest, data)
+    write_atomic(dest, data)
     return True
 
 
@@ -83,14 +85,25 @@ class Batch:
     id_regex: re.Pattern | None = None
 
     def __post_init__(self):
-        self.root, self.work = Path(self.root).resolve(), Path(self.work).resolve()
-        self.source = course_mod.source_notebook(self.root, self.assignment)
-        self.notebook = self.source.name
-        self.template: Path | None = None
+        self.ready = Assignment(self.root, self.assignment, self.work, self.settings, log=self.log)
+        self.root, self.work = self.ready.root, self.ready.work
+        self.source, self.notebook = self.ready.source, self.ready.notebook
         self.rejected: list[Submission] = []  # files no student could be given (reported, never recorded)
         self.missing: list[str] = []  # roster students without a submission
         self.exports: dict[str, Path] = {}
         self._server: ForkServer | None = None
+
+    @property
+    def template(self) -> Path | None:
+        return self.ready.template
+
+    @property
+    def probes(self) -> str:
+        return self.ready.probes
+
+    @property
+    def expected(self) -> dict[str, str]:
+        return self.ready.expected
 
     def _workers(self) -> ForkServer:
         """The server that forks this batch's workers (`peftlab.grader.forkserver`), started on first use."""
@@ -105,73 +118,19 @@ class Batch:
             self._server = None
 
     def prepare(self) -> None:
-        """The gradebook with this assignment, and a scratch course that each worker copies."""
-        self._workers()  # its imports overlap the set-up below
-        self.work.mkdir(parents=True, exist_ok=True)
-        secret = self.work / "canary-secret"
-        if not secret.exists():
-            write_new(secret, secrets.token_hex(16).encode())
-        template = self.work / "template" / self.assignment
-        shutil.rmtree(template, ignore_errors=True)
-        course_mod.scratch_course(self.root, [self.assignment], into=template)
-        course_mod.generate(template, self.assignment, db_folder=self.work)  # the class's gradebook
-        self.template = template
-
-    def _probes(self) -> None:
-        """The assignment's probes, their per-class seed and the solution's expected values (cached per class)."""
-        from . import probes as probes_mod
-        from .worker import autograded_tests, expected_values
-
-        self.probes, self.probe_seed, self.expected = "", 0, {}
-        path = probes_mod.probe_file(self.root, self.assignment)
-        if not self.settings.probes or not path.is_file():
-            return
-        release = self.template / course_mod.RELEASE / self.assignment / self.notebook
-        probes_mod.check_coverage(probes_mod.load(path), autograded_tests(release), path)
-        secret = (self.work / "canary-secret").read_text()
-        seed = int(hashlib.sha256(f"{secret}:probes:{self.assignment}".encode()).hexdigest()[:12], 16)
-        key = probes_mod.digest(path, self.source.read_text(), json.dumps(self.settings.parameters, sort_keys=True),
-                                str(seed))
-        cache = self.work / "probes" / f"{self.assignment}-expected.json"
-        try:
-            cached = json.loads(cache.read_text())
-        except (OSError, ValueError):
-            cached = {}
-        if cached.get("key") != key:
-            self.log(f"{self.assignment}: running the solution through its probes (once per class)")
-            policy = policy_for(self.settings, hide=[str(self.root), str(self.work)])
-            expected = expected_values(self.template, self.assignment, self.notebook, self.settings, policy,
-                                       str(path), seed, self.work / "scratch-solution" / self.assignment)
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"key": key, "expected": expected}))
-            tmp.replace(cache)
-            cached = {"key": key, "expected": expected}
-        self.probes, self.probe_seed, self.expected = str(path), seed, cached["expected"]
+        """The assignment ready to grade (`peftlab.grader.assignment`): scratch course, gradebook, model, probes."""
+        self._workers()  # its imports overlap the set-up
+        self.ready.prepare()
 
     def _job(self, sub: Submission, slot: int, sources: list[str]) -> Job:
-        secret = (self.work / "canary-secret").read_text()
-        return Job(
-            student=sub.student, assignment=self.assignment, notebook=self.notebook, submission=sub.path,
-            scratch=str(self.work / "scratch" / self.assignment / sub.student), template=str(self.template),
-            settings=self.settings,
-            # The course (solutions, .git history, grading/), the grading folder and the submissions stay out.
-            policy=policy_for(self.settings, hide=[str(self.root), str(self.work), *sources], slot=slot),
-            canary_seed=hashlib.sha256(f"{secret}:{self.assignment}:{sub.student}:{sub.sha256}".encode()).hexdigest(),
-            notes=sub.notes, probes=self.probes, probe_seed=self.probe_seed, expected=self.expected,
-        )
+        return self.ready.job(sub.student, sub.path, self.work / "scratch" / self.assignment / sub.student,
+                              sha256=sub.sha256, notes=sub.notes, hide=sources, slot=slot)
 
     def run(self, sources: list[str | Path], regrade: bool = False) -> list[tuple[Submission, Outcome]]:
         sandboxed = use_bubblewrap(self.settings)
         inputs = [str(Path(s).resolve().parent if Path(s).is_file() else Path(s).resolve()) for s in sources]
         if self.template is None:
             self.prepare()
-        if "tiny" in str(self.settings.parameters.get("model_name", "")):
-            from ..tiny import ensure_tiny_model
-
-            ensure_tiny_model()  # the sandbox cannot write the cache, so build the model first
-        if not hasattr(self, "probes"):
-            self._probes()
         found = import_submissions(sources, self.notebook, self.work / "staging" / self.assignment, self.settings,
                                    assignment=self.assignment, roster=self.roster, id_regex=self.id_regex)
         subs = self._intake(found)
@@ -195,7 +154,7 @@ class Batch:
             results += self._pool(todo, inputs)
         finally:
             self.close()
-        export_csv(self.work, self.assignment, self.csv_path)
+        grades_csv(self.work, self.assignment, self.csv_path)
         self.exports = export_all(self.work, self.assignment)
         return results
 
@@ -209,7 +168,7 @@ class Batch:
 
     def _repair(self, subs: list[Submission]) -> None:
         """Notebooks whose nbgrader metadata an editor stripped: re-attached where unambiguous (`repair`)."""
-        release = self.template / course_mod.RELEASE / self.assignment / self.notebook
+        release = self.ready.release
         for sub in subs:
             if sub.status or not sub.path:
                 continue
@@ -242,17 +201,14 @@ class Batch:
                 copy_out(Path(src), dest, limit)
         fb = self.work / "feedback" / self.assignment / sub.student / (Path(self.notebook).stem + ".html")
         fb.unlink(missing_ok=True)
-        if not (out.feedback and copy_out(Path(out.feedback), fb, limit)):
-            write_feedback(None, self.template / course_mod.RELEASE / self.assignment / self.notebook,
-                           self.template / course_mod.SOURCE / self.assignment / self.notebook, out, self.assignment, fb)
+        if not (out.feedback and copy_out(Path(out.feedback), fb, limit)):  # no worker wrote it: the page now
+            feedback_page(self._job(sub, 0, []), out, None, fb)
         record_identity(self.work, self.assignment, sub)  # first: a batch killed between the two regrades the student
         record(self.work, self.assignment, sub, out)
         if scratch is not None and out.status == "graded":
             shutil.rmtree(scratch, ignore_errors=True)
 
     def _pool(self, todo: list[Submission], inputs: list[str]) -> list[tuple[Submission, Outcome]]:
-        from tqdm.auto import tqdm
-
         pending, running, results = list(todo), {}, []
         exits: dict[int, int] = {}  # pid -> exit code, of workers not yet collected
         free = list(range(self.settings.workers))
@@ -351,10 +307,8 @@ def main(argv: list[str] | None = None) -> int:
                              "(optional (?P<late>...), (?P<attempt>...)), for layouts not recognised")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from ..config import parse_overrides
-
     try:
-        root = course_mod.course_root()
+        root = course_root()
         params = {**GRADING_PARAMETERS, **parse_overrides(args.param)}
         settings = Settings(workers=max(1, args.workers), cell_timeout=args.cell_timeout,
                             wall_timeout=args.wall_timeout, memory_bytes=int(args.memory_gib * GiB),

@@ -9,6 +9,7 @@ autograded/ folders); the repository is written to only by `exercises.release`.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -120,3 +121,20 @@ def scratch_course(root: str | Path, names: list[str] | None = None, into: str |
         shutil.copytree(src, course / SOURCE / name, ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
         generate(course, name)
     return course
+
+
+def fill_solutions(root: str | Path, assignment: str, only: set[str] | None = None):
+    """The released notebook of `assignment` with its solution cells (all, or the grade ids in `only`)
+    filled in from the source, markers removed: what a student who solved them submits."""
+    import nbformat  # heavy (seconds on a busy machine): the kernel launcher imports this module too
+
+    root = Path(root)
+    source = source_notebook(root, assignment)
+    solved = {c.metadata["nbgrader"]["grade_id"]: re.sub(r"\n?[ \t]*### (BEGIN|END) SOLUTION", "", c.source)
+              for c in nbformat.read(source, as_version=4).cells if c.metadata.get("nbgrader", {}).get("solution")}
+    nb = nbformat.read(root / RELEASE / assignment / source.name, as_version=4)
+    for cell in nb.cells:
+        gid = cell.metadata.get("nbgrader", {}).get("grade_id")
+        if gid in solved and (only is None or gid in only):
+            cell.source = solved[gid]
+    return nb

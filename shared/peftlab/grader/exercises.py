@@ -4,8 +4,9 @@
     python -m peftlab.grader.exercises check              # CI: no drift, no leak, solutions full marks, blanks zero
     python -m peftlab.grader.exercises grade A NOTEBOOK   # grade one notebook of assignment A, print the score
 
-`grade` and the gates grade with `peftlab.grader.worker.autograde`, the path
-that grades students (same checks, sandbox, parameters, probes or canaries, and limits).
+`grade` and the gates set the assignment up with `peftlab.grader.assignment`
+and grade with `peftlab.grader.worker.autograde`, as the class grader does
+(same checks, sandbox, parameters, probe seed and expected values, canaries, limits).
 """
 
 from __future__ import annotations
@@ -20,12 +21,20 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .course import RELEASE, SOURCE, GradingError, assignments, course_root, scratch_course, source_notebook
+from .assignment import Assignment
+from .course import (
+    RELEASE,
+    SOURCE,
+    GradingError,
+    assignments,
+    course_root,
+    fill_solutions,  # noqa: F401  (where the course's tests and benchmark have filled notebooks)
+    scratch_course,
+    source_notebook,
+)
 from .outcome import Outcome
-from .probes import check_coverage, digest, probe_file
-from .probes import load as load_probes
 from .settings import Settings
-from .worker import Job, autograde, autograded_tests, expected_values, policy_for
+from .worker import autograde
 
 _REGION = re.compile(r"### BEGIN (SOLUTION|HIDDEN TESTS)\n(.*?)### END \1", re.S)
 
@@ -100,73 +109,32 @@ def leaks(root: str | Path) -> list[str]:
     return out
 
 
-def fill_solutions(root: str | Path, assignment: str, only: set[str] | None = None):
-    """The released notebook of `assignment` with its solution cells (all, or the grade ids in `only`)
-    filled in from the source, markers removed: what a student who solved them submits."""
-    import nbformat
-
-    root = Path(root)
-    source = source_notebook(root, assignment)
-    solved = {c.metadata["nbgrader"]["grade_id"]: re.sub(r"\n?[ \t]*### (BEGIN|END) SOLUTION", "", c.source)
-              for c in nbformat.read(source, as_version=4).cells if c.metadata.get("nbgrader", {}).get("solution")}
-    nb = nbformat.read(root / RELEASE / assignment / source.name, as_version=4)
-    for cell in nb.cells:
-        gid = cell.metadata.get("nbgrader", {}).get("grade_id")
-        if gid in solved and (only is None or gid in only):
-            cell.source = solved[gid]
-    return nb
-
-
 def grade(root: str | Path, assignment: str, notebook: str | Path, student: str = "student",
           settings: Settings | None = None) -> Outcome:
-    """Grade one notebook as `student`'s submission of `assignment`, the way the class grader does."""
+    """Grade one notebook as `student`'s submission of `assignment`, the way the class grader does.
+
+    The assignment is set up as for a class graded in the course's `grading/work`: the same class secret,
+    so the same probe inputs, and the same cache of the solution's expected values."""
     root, notebook = Path(root).resolve(), Path(notebook)
-    settings = settings or Settings()
-    expected = source_notebook(root, assignment).name
-    if notebook.name != expected:
-        raise GradingError(f"{notebook}: assignment {assignment} has the notebook {expected!r}; name the file like one.")
+    ready = Assignment(root, assignment, root / "grading" / "work", settings or Settings())
+    if notebook.name != ready.notebook:
+        raise GradingError(f"{notebook}: assignment {assignment} has the notebook {ready.notebook!r}; "
+                           "name the file like one.")
     tmp = Path(tempfile.mkdtemp(prefix="peftlab-grade-"))
     try:
-        template = scratch_course(root, [assignment], into=tmp / "template")
-        staged = tmp / "staging" / expected
+        ready.prepare(into=tmp)
+        staged = tmp / "staging" / ready.notebook
         staged.parent.mkdir(parents=True)
         shutil.copyfile(notebook, staged)
-        if "tiny" in str(settings.parameters.get("model_name", "")):
-            from ..tiny import ensure_tiny_model
-
-            ensure_tiny_model()  # the sandbox cannot write the cache, so build the model first
-        policy = policy_for(settings, hide=[str(root), str(tmp), str(notebook.resolve().parent)])
-        probes, seed, values = "", 0, {}
-        if settings.probes and probe_file(root, assignment).is_file():  # points from the probes, as in the class grader
-            probes, seed = str(probe_file(root, assignment)), int(hashlib.sha256(assignment.encode()).hexdigest()[:12], 16)
-            check_coverage(load_probes(probes), autograded_tests(template / RELEASE / assignment / expected), Path(probes))
-            values = _cached_expected(root, assignment, settings, seed, lambda: expected_values(
-                template, assignment, expected, settings, policy, probes, seed, tmp / "solution"))
-        job = Job(student=student, assignment=assignment, notebook=expected, submission=str(staged),
-                  scratch=str(tmp / "scratch"), template=str(template), settings=settings, policy=policy,
-                  canary_seed=f"{assignment}:{student}", probes=probes, probe_seed=seed, expected=values)
-        Path(job.scratch).mkdir()
-        return autograde(job)
+        (tmp / "scratch").mkdir()
+        return autograde(ready.job(student, staged, tmp / "scratch", sha256=_sha256(staged),
+                                   hide=[str(notebook.resolve().parent)]))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _cached_expected(root: Path, assignment: str, settings: Settings, seed: int, compute) -> dict[str, str]:
-    """The solution's probe values, kept in grading/work/probes/ (hidden from every kernel, ignored by git)
-    under a key of the probe file, the solution, the parameters and the seed: the gates grade many notebooks."""
-    key = digest(probe_file(root, assignment), source_notebook(root, assignment).read_text(),
-                 json.dumps(settings.parameters, sort_keys=True), str(seed))
-    cache = root / "grading" / "work" / "probes" / f"{assignment}-gate-{key[:16]}.json"
-    try:
-        return json.loads(cache.read_text())["expected"]
-    except (OSError, ValueError, KeyError):
-        pass
-    values = compute()
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"expected": values}))
-    tmp.replace(cache)
-    return values
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def check(root: str | Path, log=print) -> list[str]:

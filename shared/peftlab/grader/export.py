@@ -4,6 +4,7 @@ Written after every batch, beside `ASSIGNMENT-grades.csv` in the grading folder:
 
 | file | for |
 |---|---|
+| `ASSIGNMENT-grades.csv` | one row per student: status, autograded points, points awaiting hand grading, flag, points per test, reason, notes |
 | `ASSIGNMENT-intake.csv` | every file found: the student it was given to (or why none), layout, lateness |
 | `ASSIGNMENT-canvas.csv` | Canvas, Grades > Import: `Student, ID, SIS User ID, SIS Login ID, Section, <assignment>` |
 | `ASSIGNMENT-moodle.csv` | Moodle, assignment > "Upload grading worksheet": `Identifier, Full name, Email address, Status, Grade, Maximum Grade, ...` |
@@ -19,12 +20,17 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import json
 from collections import Counter
 from pathlib import Path
 
+from sqlalchemy import text
+
+from ..files import write_atomic
+from .course import course_root
 from .gradebook import INTAKE_TABLE, STATUS_TABLE, open_gradebook
-from .intake import Submission, write_new
-from .outcome import STATUSES
+from .intake import Submission
+from .outcome import FLAGGED, STATUSES
 
 CANVAS_COLUMNS = ["Student", "ID", "SIS User ID", "SIS Login ID", "Section"]
 MOODLE_COLUMNS = ["Identifier", "Full name", "Email address", "Status", "Grade", "Maximum Grade",
@@ -39,19 +45,48 @@ def _csv_bytes(header: list[str], rows: list[list]) -> bytes:
     return buf.getvalue().encode("utf-8")
 
 
+def grades_csv(work: Path, assignment: str, path: Path) -> Path:
+    """One row per student: status, points, reason. Sorted, no timestamps: reruns give the same file."""
+    with open_gradebook(work) as gb:
+        gb.db.execute(text(STATUS_TABLE))
+        status = {s: (st, r, n) for s, st, r, n in gb.db.execute(
+            text("SELECT student, status, reason, notes FROM peftlab_status WHERE assignment = :a"),
+            {"a": assignment}).fetchall()}
+        ids = [c.name for nb in gb.find_assignment(assignment).notebooks for c in nb.grade_cells]
+        rows = []
+        for student in sorted(status):
+            sub = gb.find_submission(assignment, student)
+            cells = {g.name: g for nb in sub.notebooks for g in nb.grades}
+            auto = [g for g in cells.values() if g.cell.cell_type == "code"]
+            st, reason, notes = status[student]
+            rows.append({
+                "student": student, "status": st,
+                "autograded": f"{sum(g.auto_score or 0 for g in auto):g}",
+                "autograded_max": f"{sum(g.max_score for g in auto):g}",
+                "pending_by_hand": f"{sum(g.max_score for g in cells.values() if g.needs_manual_grade):g}",
+                "flagged": "yes" if st in FLAGGED else "",
+                **{gid: ("" if cells[gid].auto_score is None else f"{cells[gid].auto_score:g}") for gid in ids},
+                "reason": reason, "notes": "; ".join(json.loads(notes)),
+            })
+    buf = io.StringIO()  # csv's own line ends (\r\n), as the file has always had them
+    writer = csv.DictWriter(buf, fieldnames=["student", "status", "autograded", "autograded_max",
+                                             "pending_by_hand", "flagged", *ids, "reason", "notes"])
+    writer.writeheader()
+    writer.writerows(rows)
+    return write_atomic(path, buf.getvalue().encode("utf-8"))
+
+
 def write_intake(path: Path, subs: list[Submission], rejected: list[Submission]) -> Path:
     """One row per file found: who it was given to, how the name was read, late or not, and any reason."""
     rows = [[s.origin, s.student, s.lms_id, s.name, s.layout, "yes" if s.late else "",
              "graded" if not s.status else s.status, s.reason] for s in subs]
     rows += [[s.origin, "", "", "", "", "", "rejected", s.reason] for s in rejected]
-    write_new(path, _csv_bytes(["file", "student", "lms_id", "name", "layout", "late", "fate", "reason"], rows))
+    write_atomic(path, _csv_bytes(["file", "student", "lms_id", "name", "layout", "late", "fate", "reason"], rows))
     return path
 
 
 def class_rows(work: Path, assignment: str) -> list[dict]:
     """Every recorded student of `assignment`: identity, status, score, lateness, points per test."""
-    from sqlalchemy import text
-
     with open_gradebook(work) as gb:
         gb.db.execute(text(STATUS_TABLE))
         gb.db.execute(text(INTAKE_TABLE))
@@ -82,7 +117,7 @@ def canvas_csv(rows: list[dict], assignment: str, path: Path, column: str = "") 
     points = ["Points Possible", "", "", "", "", f"{max((r['max'] for r in rows), default=0):g}"]
     body = [[r["name"], r["lms_id"] if r["layout"] == "Canvas" else "", r["id"], r["email"], "", f"{r['score']:g}"]
             for r in rows]
-    write_new(path, _csv_bytes([*CANVAS_COLUMNS, column], [points, *body]))
+    write_atomic(path, _csv_bytes([*CANVAS_COLUMNS, column], [points, *body]))
     return path
 
 
@@ -92,7 +127,7 @@ def moodle_csv(rows: list[dict], path: Path) -> Path:
     body = [[f"Participant {r['lms_id']}", r["name"], r["email"], "Submitted for grading" + (" (late)" if r["late"] else ""),
              f"{r['score']:g}", f"{r['max']:g}", "Yes", "", "", r["reason"]]
             for r in rows if r["layout"] == "Moodle" and r["lms_id"]]
-    write_new(path, _csv_bytes(MOODLE_COLUMNS, body))
+    write_atomic(path, _csv_bytes(MOODLE_COLUMNS, body))
     return path
 
 
@@ -113,7 +148,7 @@ def summary(rows: list[dict], assignment: str, md: Path, png: Path) -> tuple[Pat
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})  # no version stamp: reruns match
     plt.close(fig)
-    write_new(png, buf.getvalue())
+    write_atomic(png, buf.getvalue())
 
     lines = [f"# {assignment}: class summary", "", f"{len(rows)} students; {sum(r['late'] for r in rows)} late.", "",
              "| status | students | meaning |", "|---|---|---|"]
@@ -129,7 +164,7 @@ def summary(rows: list[dict], assignment: str, md: Path, png: Path) -> tuple[Pat
         for t in tests:
             failed = sum(1 for r in ran if t in r["tests"] and (r["tests"][t][0] or 0) < r["tests"][t][1])
             lines.append(f"| {t} | {failed} of {len(ran)} | {failed / len(ran):.0%} |")
-    write_new(md, ("\n".join(lines) + "\n").encode())
+    write_atomic(md, ("\n".join(lines) + "\n").encode())
     return md, png
 
 
@@ -143,8 +178,6 @@ def export_all(work: Path, assignment: str, canvas_column: str = "") -> dict[str
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .course import course_root
-
     parser = argparse.ArgumentParser(prog="python -m peftlab.grader.export", description=__doc__.split("\n\n")[0])
     parser.add_argument("assignment")
     parser.add_argument("--work", default=None, help="grading folder (default: grading/work of the course)")

@@ -33,14 +33,10 @@ import signal
 import subprocess
 import sys
 import time
+import traceback
 
-
-def die_with_parent() -> None:
-    """Linux: this process gets SIGKILL when its parent dies (PR_SET_PDEATHSIG)."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+from .sandbox import die_with_parent
+from .worker import main as grade_job
 
 
 def _child(request: dict) -> None:
@@ -59,12 +55,8 @@ def _child(request: dict) -> None:
         os.environ.clear()
         os.environ.update(request["env"])
         os.chdir(request["cwd"])
-        from .worker import main
-
-        code = main([request["job"]])
+        code = grade_job([request["job"]])
     except BaseException:  # noqa: BLE001 - whatever happens, the log says it and the worker exits
-        import traceback
-
         traceback.print_exc()
     finally:
         try:
@@ -87,7 +79,7 @@ def serve() -> int:
     # threads of its own (jemalloc's background thread, a pool). Forking a process with threads is unsafe,
     # so the server keeps pyarrow out and stays single-threaded.
     sys.modules.setdefault("pyarrow", None)
-    try:
+    try:  # the one lazy import here: the preload, which renders a page and opens a gradebook when imported
         from . import warm  # noqa: F401
     except Exception as exc:  # noqa: BLE001 - workers still work, only slower (they import what they need)
         print(f"peftlab.grader.forkserver: preloading failed ({type(exc).__name__}: {exc}); "

@@ -3,13 +3,16 @@
 Besides nbgrader's own tables, a `peftlab_status` table keeps each student's
 status, reason, notes and the submission's SHA-256, so that a rerun skips
 students already graded and a killed batch resumes without counting anyone twice.
+What is read back out of it for people (the grades CSV, the LMS files) is `export`'s.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
+
+from nbgrader.api import Gradebook, MissingEntry
+from sqlalchemy import text
 
 from .course import gradebook_url, tools_on_path
 from .intake import Submission
@@ -20,9 +23,8 @@ STATUS_TABLE = """CREATE TABLE IF NOT EXISTS peftlab_status (
     reason TEXT NOT NULL, notes TEXT NOT NULL, PRIMARY KEY (assignment, student))"""
 
 
-def open_gradebook(folder: Path):
-    from nbgrader.api import Gradebook
-
+def open_gradebook(folder: Path) -> Gradebook:
+    """nbgrader's gradebook in `folder` (nbgrader runs `alembic` from PATH to make it)."""
     tools_on_path()
     return Gradebook(gradebook_url(folder))
 
@@ -42,8 +44,6 @@ def read_grades(folder: Path, assignment: str, student: str) -> dict[str, dict]:
 
 def finished(work: Path, assignment: str) -> dict[str, str]:
     """{student: sha256} of submissions whose grades are in the gradebook."""
-    from sqlalchemy import text
-
     with open_gradebook(work) as gb:
         gb.db.execute(text(STATUS_TABLE))
         gb.db.commit()
@@ -54,9 +54,6 @@ def finished(work: Path, assignment: str) -> dict[str, str]:
 
 def record(work: Path, assignment: str, sub: Submission, out: Outcome) -> None:
     """Write one student's grades and status in a single transaction."""
-    from nbgrader.api import MissingEntry
-    from sqlalchemy import text
-
     with open_gradebook(work) as gb:
         gb.db.execute(text(STATUS_TABLE))
         gb.update_or_create_student(sub.student)
@@ -84,42 +81,6 @@ def record(work: Path, assignment: str, sub: Submission, out: Outcome) -> None:
         gb.db.commit()
 
 
-def export_csv(work: Path, assignment: str, path: Path) -> Path:
-    """One row per student: status, points, reason. Sorted, no timestamps: reruns give the same file."""
-    from sqlalchemy import text
-
-    with open_gradebook(work) as gb:
-        gb.db.execute(text(STATUS_TABLE))
-        status = {s: (st, r, n) for s, st, r, n in gb.db.execute(
-            text("SELECT student, status, reason, notes FROM peftlab_status WHERE assignment = :a"),
-            {"a": assignment}).fetchall()}
-        ids = [c.name for nb in gb.find_assignment(assignment).notebooks for c in nb.grade_cells]
-        rows = []
-        for student in sorted(status):
-            sub = gb.find_submission(assignment, student)
-            cells = {g.name: g for nb in sub.notebooks for g in nb.grades}
-            auto = [g for g in cells.values() if g.cell.cell_type == "code"]
-            st, reason, notes = status[student]
-            rows.append({
-                "student": student, "status": st,
-                "autograded": f"{sum(g.auto_score or 0 for g in auto):g}",
-                "autograded_max": f"{sum(g.max_score for g in auto):g}",
-                "pending_by_hand": f"{sum(g.max_score for g in cells.values() if g.needs_manual_grade):g}",
-                "flagged": "yes" if st in FLAGGED else "",
-                **{gid: ("" if cells[gid].auto_score is None else f"{cells[gid].auto_score:g}") for gid in ids},
-                "reason": reason, "notes": "; ".join(json.loads(notes)),
-            })
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    with tmp.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=["student", "status", "autograded", "autograded_max",
-                                                "pending_by_hand", "flagged", *ids, "reason", "notes"])
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp.replace(path)
-    return path
-
-
 INTAKE_TABLE = """CREATE TABLE IF NOT EXISTS peftlab_intake (
     assignment TEXT NOT NULL, student TEXT NOT NULL, late INTEGER NOT NULL, layout TEXT NOT NULL,
     origin TEXT NOT NULL, PRIMARY KEY (assignment, student))"""
@@ -127,7 +88,6 @@ INTAKE_TABLE = """CREATE TABLE IF NOT EXISTS peftlab_intake (
 
 def record_identity(work: Path, assignment: str, sub: Submission) -> None:
     """The student's name, e-mail and LMS id (nbgrader's student table) and how the file came (lateness, layout)."""
-    from sqlalchemy import text
 
     first, _, last = sub.name.rpartition(" ") if " " in sub.name else ("", "", sub.name)
     with open_gradebook(work) as gb:

@@ -12,18 +12,16 @@ import hashlib
 import os
 import re
 import stat
-import unicodedata
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..files import write_atomic
 from .course import GradingError
 from .layouts import Named, identify
 from .roster import Roster, Student
 from .settings import Settings
 
-# Letters of any script, digits, . _ - @; no leading dot, no path separators.
-STUDENT_ID = re.compile(r"^\w[\w.@-]{0,63}$")
 MAX_DEPTH = 4  # folder levels searched below a source
 
 
@@ -52,16 +50,6 @@ class _Found:
     data: bytes | None = None
     problem: str = ""
     whole: bool = False  # the problem is the source itself (a corrupt zip), not one student's file
-
-
-def student_from(name: str, notebook: str) -> str:
-    parts = Path(name).parts
-    stem = Path(name).stem
-    if Path(name).name == notebook and len(parts) >= 2:
-        return unicodedata.normalize("NFC", parts[-2])  # alice/custom_dataset.ipynb
-    for suffix in (f"_{Path(notebook).stem}", f"-{Path(notebook).stem}"):
-        stem = stem.removesuffix(suffix)  # alice_custom_dataset.ipynb
-    return unicodedata.normalize("NFC", stem)
 
 
 def _kind(mode: int) -> str:
@@ -238,18 +226,7 @@ def import_submissions(sources: list[str | Path], notebook: str, staging: Path, 
         else:
             sub.sha256 = hashlib.sha256(item.data).hexdigest()
             sub.path = str(staging / f"{student}.ipynb")
-            write_new(Path(sub.path), item.data)
+            write_atomic(Path(sub.path), item.data)
         out.append(sub)
     return [*sorted(out, key=lambda s: s.student), *rejected]
 
-
-def write_new(path: Path, data: bytes) -> None:
-    """Write `data` to a fresh file at `path` (written beside it, then renamed over it: never through a link)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    if os.path.lexists(tmp):
-        os.unlink(tmp)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-    os.replace(tmp, path)

@@ -10,10 +10,15 @@ from __future__ import annotations
 
 import json
 import random
+import time
+from datetime import datetime
 
+import nbformat
 from nbgrader.preprocessors import Execute, NbGraderPreprocessor
 from nbgrader.utils import is_grade, is_solution
 from traitlets import Dict, Integer, Unicode
+
+from .probes import MAX_PAYLOAD, cell_source, load, payload
 
 _CANARY_WORDS = ["trainable parameters", "merged weight", "held-out loss", "rank of the update", "scaling",
                  "masked labels", "module count", "output shape", "quantized bytes", "row count"]
@@ -40,7 +45,7 @@ class InjectParameters(NbGraderPreprocessor):
 
     def preprocess(self, nb, resources):
         if self.parameters:
-            import nbformat
+            # Lazy: papermill imports pyarrow when it can, whose threads the fork server must not have yet.
             from papermill.translators import translate_parameters
 
             source = translate_parameters("python", "python", dict(self.parameters), "Parameters injected for grading")
@@ -66,8 +71,6 @@ class InsertCanaries(NbGraderPreprocessor):
     count = Integer(2).tag(config=True)
 
     def preprocess(self, nb, resources):
-        import nbformat
-
         rng = random.Random(self.seed)
         tests = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and is_grade(c) and not is_solution(c)]
         for i in sorted(rng.sample(tests, min(self.count, len(tests))), reverse=True):
@@ -101,10 +104,6 @@ class InsertProbes(NbGraderPreprocessor):
     seed = Integer(0).tag(config=True)
 
     def preprocess(self, nb, resources):
-        import nbformat
-
-        from .probes import cell_source, load
-
         if self.probes:
             for gid, p in load(self.probes).items():
                 cell = nbformat.v4.new_code_cell(cell_source(p, self.seed))
@@ -119,8 +118,6 @@ class CollectProbes(NbGraderPreprocessor):
     findings = Unicode("").tag(config=True)
 
     def preprocess(self, nb, resources):
-        from .probes import payload
-
         kept = []
         for cell in nb.cells:
             gid = cell.metadata.get("peftlab", {}).get("probe")
@@ -143,8 +140,6 @@ class GuardedExecute(Execute):
     findings = Unicode("").tag(config=True)
 
     def preprocess(self, nb, resources=None, km=None):
-        import time
-
         start = time.time()
         try:
             return super().preprocess(nb, resources, km=km)
@@ -153,8 +148,6 @@ class GuardedExecute(Execute):
 
     def output(self, outs, msg, display_id, cell_index):
         if self.nb.cells[cell_index].metadata.get("peftlab", {}).get("probe"):
-            from .probes import MAX_PAYLOAD
-
             sent = getattr(self, "_probe_sent", {})
             self._probe_sent = sent
             sent[cell_index] = sent.get(cell_index, 0) + len(json.dumps(msg.get("content", {}), default=str))
@@ -173,8 +166,6 @@ def cell_times(nb, start: float, end: float) -> dict[str, float]:
     """Seconds spent starting the kernel, in the notebook's cells, in canary and probe cells, and shutting down.
 
     From the execution timestamps nbclient records in each cell's metadata (for the benchmark's profile)."""
-    from datetime import datetime
-
     def when(cell, key):
         stamp = cell.get("metadata", {}).get("execution", {}).get(key)
         try:

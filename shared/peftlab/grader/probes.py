@@ -48,6 +48,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from .course import GradingError
+from .inspect import json_depth
+
 MIME = "application/x-peftlab-probe"
 MAX_PAYLOAD = 256 * 2**10  # bytes of JSON one probe may send back
 MAX_DEPTH = 16  # nesting of a payload; the course's probes return at most 3 levels
@@ -137,8 +140,6 @@ def probe_file(root: str | Path, assignment: str) -> Path:
 
 def load(path: str | Path) -> dict[str, Probe]:
     """{grade_id: Probe} of a probe file (instructor code: it runs in the grader, which trusts it)."""
-    from .course import GradingError
-
     path = Path(path)
     text = path.read_text()
     names = runpy.run_path(str(path), run_name=f"peftlab_probes_{path.stem}")
@@ -163,8 +164,6 @@ def load(path: str | Path) -> dict[str, Probe]:
 
 def check_coverage(probes: dict[str, Probe], tests: list[str], path: Path) -> None:
     """Every autograded test needs a probe: a test without one would be decided by the student's kernel."""
-    from .course import GradingError
-
     missing = [t for t in tests if t not in probes]
     extra = [g for g in probes if g not in tests]
     if missing or extra:
@@ -258,8 +257,6 @@ def payload(outputs: list) -> tuple[str | None, str]:
 
 def parse(text: str) -> tuple[object, str]:
     """(value, "") of a payload, or (None, the probe's error or why the payload is unusable)."""
-    from .inspect import json_depth
-
     if json_depth(text) > MAX_DEPTH + 2:
         return None, f"the probe's result nests deeper than {MAX_DEPTH} levels"
     try:

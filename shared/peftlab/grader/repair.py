@@ -26,6 +26,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..files import write_atomic
+
 
 @dataclass
 class Repair:
@@ -120,9 +122,7 @@ def repair_file(path: Path, release: Path) -> tuple[str, str, str]:
             f"{', '.join(fixed.ambiguous)} cannot be told apart{placed}. Fix: open the released notebook in "
             "Jupyter, paste the answers into its cells, and submit that file; or, as the instructor, put the "
             "answer into the right cell and grade again"), ""
-    from .intake import write_new
-
-    write_new(Path(path), json.dumps(fixed.nb, ensure_ascii=False, indent=1).encode())
+    write_atomic(Path(path), json.dumps(fixed.nb, ensure_ascii=False, indent=1).encode())
     if fixed.complete:
         return "", "", fixed.note()
     return "", "", (fixed.note() + f"; no cell left for {', '.join(fixed.deleted)}: deleted")

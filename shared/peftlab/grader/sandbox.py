@@ -22,19 +22,33 @@ into the sandbox, since it has no network namespace to share.
 Where bubblewrap is missing (macOS), only the resource limits apply, the
 kernel works in a private copy of its folder, and `warn_unsandboxed` says so
 loudly. See grading/README.md for the threat model.
+
+This module is also the kernel's launcher (`python -m peftlab.grader.sandbox`),
+started once per submission: it imports nothing heavy at the top. Jupyter's
+kernel manager, which only the grader's process needs, is imported in
+`kernel_manager_class`.
+
+`policy_for(settings, hide)` decides a kernel's sandbox (what it sees, its
+limits, its user id); `use_bubblewrap` whether bubblewrap isolates it.
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
+import resource
 import shutil
+import signal
 import stat
 import sys
+import tempfile
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ..tiny import cache_root
+from .course import GradingError
 from .settings import Settings
 
 # Variables a kernel needs; everything else (tokens, keys, proxies) stays outside.
@@ -74,6 +88,46 @@ def warn_unsandboxed() -> None:
         RuntimeWarning,
         stacklevel=2,
     )
+
+
+def use_bubblewrap(settings: Settings) -> bool:
+    """Whether kernels run under bubblewrap: Settings.sandbox "auto" uses it when installed."""
+    if settings.sandbox == "none":
+        return False
+    if bwrap_path():
+        return True
+    if settings.sandbox == "bwrap":
+        raise GradingError("bubblewrap (bwrap) is required but not installed; apt-get install bubblewrap.")
+    warn_unsandboxed()
+    return False
+
+
+def policy_for(settings: Settings, hide: list[str], slot: int = 0) -> Policy:
+    """The sandbox of a kernel: the Python environment, the course package and the tiny model, read-only."""
+    package = Path(__file__).resolve().parent.parent
+    cache = cache_root()
+    expose = sorted({sys.prefix, sys.base_prefix, str(package), str(cache)})
+    isolated = use_bubblewrap(settings)
+    # A separate user id needs the sandbox's view: outside it, Python may live where only root can read.
+    uid = settings.uid_base + slot if os.geteuid() == 0 and isolated else None
+    if uid is not None and cache.is_dir() and not cache.stat().st_mode & 0o005 == 0o005:
+        # The kernels run as another user: an owner-only cache (a 0700 temporary folder, say) would make
+        # every model load fail inside them with a PermissionError that reads like the student's fault.
+        raise GradingError(f"the model cache {cache} is not readable by the sandboxed kernels' user; "
+                           f"make it world-readable (chmod 755 {cache}) or set PEFTLAB_CACHE to another folder")
+    return Policy(
+        hide=[*hide, "/home", "/root"], expose=expose, memory_bytes=settings.memory_bytes,
+        cpu_seconds=settings.wall_timeout, max_processes=settings.max_processes,
+        max_file_bytes=settings.max_file_bytes, writable_bytes=settings.writable_bytes,
+        uid=uid, bubblewrap=isolated,
+        env={"PEFTLAB_CACHE": str(cache)},  # inside, HOME is /tmp: name the model cache the grader built
+    )
+
+
+def die_with_parent() -> None:
+    """Linux: this process gets SIGKILL when its parent dies (PR_SET_PDEATHSIG)."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def _env(policy: Policy) -> dict[str, str]:
@@ -200,8 +254,6 @@ def wrap(cmd: list[str], policy: Policy, cwd: str | None = None) -> list[str]:
 
 
 def _apply_limits(policy: Policy, sandboxed: bool) -> None:
-    import resource
-
     def cap(which, value):
         soft, hard = resource.getrlimit(which)
         value = value if hard == resource.RLIM_INFINITY else min(value, hard)
@@ -269,8 +321,6 @@ def kernel_manager_class():
 
         def __init__(self, **kwargs):
             super().__init__(**kwargs)
-            import tempfile
-
             self._socket_dir = tempfile.mkdtemp(prefix="peftlab-kernel-")
             self._private: str | None = None
             self.transport = "ipc"
@@ -287,8 +337,6 @@ def kernel_manager_class():
         interrupt_kernel = _async_interrupt_kernel
 
         async def _async_launch_kernel(self, kernel_cmd, **kw):
-            import tempfile
-
             policy = Policy(**json.loads(self.policy))
             cwd = kw.get("cwd") or os.getcwd()
             policy = Policy(**{**asdict(policy), "writable": [*policy.writable, self._socket_dir]})

@@ -2,7 +2,9 @@
 
 The class grader (`peftlab-grade`), the CI gates (`python -m peftlab.grader.exercises check`),
 nbgrader's own commands (`grading/nbgrader_config.py`) and the sandbox all read
-their limits from `Settings`, so a limit is changed here and nowhere else.
+their limits from `Settings`, so a limit is changed here and nowhere else. The
+one limit written elsewhere, Validate's for students, is checked against
+`validate_timeout` by a test.
 """
 
 from __future__ import annotations
@@ -10,11 +12,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, fields
 
+from ..tiny import TINY_NAME
+
 GiB = 2**30
 MiB = 2**20
 
 # What grading injects after each notebook's `parameters` cell: small, CPU, deterministic.
-GRADING_PARAMETERS = {"model_name": "tiny-qwen2", "device": "cpu", "seed": 0}
+GRADING_PARAMETERS = {"model_name": TINY_NAME, "device": "cpu", "seed": 0}
 
 
 def _uid_base_from_env() -> int:
@@ -34,6 +38,10 @@ class Settings:
     # notebooks take 8-20 s on the tiny model (README, Performance), so 300 s leaves room on a busy machine.
     cell_timeout: int = 300
     wall_timeout: int = 900  # seconds per submission, kernel start to feedback
+    # Seconds per cell of nbgrader's Validate button, which students press where Jupyter reads a literal
+    # `c.Execute.timeout` (nbgrader_config.py at the course root and in exercises/; tests/test_exercises.py
+    # holds both to this): 3x the 60 s per-cell budget the exercises aim for on 2 cores (bench/exercise_cells.py).
+    validate_timeout: int = 180
     memory_bytes: int = 8 * GiB  # address space per kernel process (RLIMIT_AS)
     max_processes: int = 64  # processes of the sandbox's user id
     max_output_bytes: int = 2 * MiB  # output a kernel may send back; the rest is dropped

@@ -11,12 +11,12 @@ which reads a `Job`, grades it and writes the `Outcome` to `result.json` in the
 job's scratch folder. It dies with the process that started it. The class
 grader does not start a fresh Python per submission: it forks each worker
 from a server that imported all this once (`peftlab.grader.forkserver`).
+What a worker is told (`Job`) is made by `peftlab.grader.assignment`.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import sys
@@ -25,13 +25,33 @@ import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import nbformat
+from nbconvert.preprocessors import ClearMetadataPreprocessor
+from nbgrader.preprocessors import (
+    AssignLatePenalties,
+    CheckCellMetadata,
+    IgnorePattern,
+    LimitOutput,
+    SaveAutoGrades,
+)
+
+from ..files import write_atomic
 from . import course as course_mod
 from .feedback import write_feedback
 from .gradebook import read_grades
 from .inspect import inspect
 from .outcome import Outcome
-from .preprocessors import read_findings
-from .sandbox import Policy, bwrap_path, kernel_manager_class, warn_unsandboxed
+from .preprocessors import (
+    CheckCanaries,
+    CollectProbes,
+    GuardedExecute,
+    InjectParameters,
+    InsertCanaries,
+    InsertProbes,
+    read_findings,
+)
+from .probes import judge, load
+from .sandbox import Policy, die_with_parent, kernel_manager_class
 from .settings import Settings
 
 
@@ -72,42 +92,6 @@ class Job:
         return Path(self.template) / course_mod.SOURCE / self.assignment / self.notebook
 
 
-def use_bubblewrap(settings: Settings) -> bool:
-    """Whether kernels run under bubblewrap: Settings.sandbox "auto" uses it when installed."""
-    if settings.sandbox == "none":
-        return False
-    if bwrap_path():
-        return True
-    if settings.sandbox == "bwrap":
-        raise course_mod.GradingError("bubblewrap (bwrap) is required but not installed; apt-get install bubblewrap.")
-    warn_unsandboxed()
-    return False
-
-
-def policy_for(settings: Settings, hide: list[str], slot: int = 0) -> Policy:
-    """The sandbox of a kernel: the Python environment, the course package and the tiny model, read-only."""
-    from ..tiny import cache_root
-
-    package = Path(__file__).resolve().parent.parent
-    expose = sorted({sys.prefix, sys.base_prefix, str(package), str(cache_root())})
-    isolated = use_bubblewrap(settings)
-    # A separate user id needs the sandbox's view: outside it, Python may live where only root can read.
-    uid = settings.uid_base + slot if os.geteuid() == 0 and isolated else None
-    cache = cache_root()
-    if uid is not None and cache.is_dir() and not cache.stat().st_mode & 0o005 == 0o005:
-        # The kernels run as another user: an owner-only cache (a 0700 temporary folder, say) would make
-        # every model load fail inside them with a PermissionError that reads like the student's fault.
-        raise course_mod.GradingError(f"the model cache {cache} is not readable by the sandboxed kernels' user; "
-                           f"make it world-readable (chmod 755 {cache}) or set PEFTLAB_CACHE to another folder")
-    return Policy(
-        hide=[*hide, "/home", "/root"], expose=expose, memory_bytes=settings.memory_bytes,
-        cpu_seconds=settings.wall_timeout, max_processes=settings.max_processes,
-        max_file_bytes=settings.max_file_bytes, writable_bytes=settings.writable_bytes,
-        uid=uid, bubblewrap=isolated,
-        env={"PEFTLAB_CACHE": str(cache_root())},  # inside, HOME is /tmp: name the model cache the grader built
-    )
-
-
 def summarise_log(text: str) -> str:
     """nbgrader's log in one line: its last error (or exception), and how many errors and warnings it had."""
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
@@ -119,24 +103,6 @@ def summarise_log(text: str) -> str:
 
 
 def _nbgrader_config(job: Job, course: Path, findings: Path):
-    from nbconvert.preprocessors import ClearMetadataPreprocessor
-    from nbgrader.preprocessors import (
-        AssignLatePenalties,
-        CheckCellMetadata,
-        IgnorePattern,
-        LimitOutput,
-        SaveAutoGrades,
-    )
-
-    from .preprocessors import (
-        CheckCanaries,
-        CollectProbes,
-        GuardedExecute,
-        InjectParameters,
-        InsertCanaries,
-        InsertProbes,
-    )
-
     s = job.settings
     config = course_mod.nbgrader_config(course, cell_timeout=s.cell_timeout)
     config.Execute.kernel_manager_class = kernel_manager_class()
@@ -161,8 +127,6 @@ def _nbgrader_config(job: Job, course: Path, findings: Path):
 
 def _cell_errors(notebook: Path) -> dict[str, str]:
     """{grade_id: "Name: message"} for every graded cell whose outputs hold an error."""
-    import nbformat
-
     out = {}
     for cell in nbformat.read(notebook, as_version=4).cells:
         gid = cell.metadata.get("nbgrader", {}).get("grade_id")
@@ -177,8 +141,6 @@ def decide_by_probes(job: Job, out: Outcome, found: list[dict]) -> None:
 
     With no expected values (`job.expected` empty), the payloads are collected into `out.probes`: that is
     how the expected values are made, from the instructor's solution."""
-    from .probes import judge, load
-
     sent = {f["grade_id"]: (f["text"], f["why"]) for f in found if f["kind"] == "probe"}
     if not job.expected:
         out.probes = {gid: {"text": text, "why": why} for gid, (text, why) in sent.items()}
@@ -270,67 +232,25 @@ def autograde(job: Job) -> Outcome:
         out.status = "error"
         out.reason = (f"the grader failed while {step} it ({type(exc).__name__}: {str(exc)[:200]}); "
                       f"the traceback is in {Path(job.scratch) / 'traceback.txt'}")
-    feedback = Path(job.scratch) / "feedback.html"
     started = time.perf_counter()
-    try:
-        write_feedback(graded, job.release, job.source, out, job.assignment, feedback)
-        out.feedback = str(feedback)
-    except Exception as exc:
-        out.notes.append(f"feedback could not be written ({type(exc).__name__}: {str(exc)[:200]})")
+    feedback_page(job, out, graded, Path(job.scratch) / "feedback.html")
     out.timings["feedback"] = round(time.perf_counter() - started, 3)
     out.seconds = time.perf_counter() - start
     return out
 
 
-def expected_values(template: Path, assignment: str, notebook: str, settings: Settings, policy: Policy,
-                    probes: str, seed: int, scratch: Path) -> dict[str, str]:
-    """{grade_id: payload} of the instructor's solution, through the same probes: what students must return.
+def feedback_page(job: Job, out: Outcome, graded: Path | None, dest: Path) -> bool:
+    """The one place feedback is written: `out` (and the notebook as graded, if any) as HTML at `dest`.
 
-    The solution runs in the same sandbox as a student's notebook, but the kernel runs only instructor
-    code; its payloads must all be valid, or grading stops before any student is graded."""
-    from dataclasses import replace
-
-    import nbformat
-
-    from .exercises import fill_solutions
-    from .probes import load, parse
-
-    # Instructor code, trusted to finish: the course's cell limit at least (a tight limit for a class's
-    # students must not fail the solution on a busy machine), and one more try before grading stops.
-    settings = replace(settings, cell_timeout=max(settings.cell_timeout, Settings.cell_timeout))
-    for _ in range(2):
-        shutil.rmtree(scratch, ignore_errors=True)
-        scratch.mkdir(parents=True)
-        solved = scratch / notebook
-        nbformat.write(fill_solutions(template, assignment), solved)
-        job = Job(student="solution", assignment=assignment, notebook=notebook, submission=str(solved),
-                  scratch=str(scratch), template=str(template), settings=settings, policy=policy,
-                  probes=probes, probe_seed=seed)
-        out = autograde(job)
-        if out.status == "graded":
-            break
-    if out.status != "graded":
-        raise course_mod.GradingError(f"the solution of {assignment} could not be run for its probes "
-                                      f"({out.status}: {out.reason}); see {scratch}")
-    expected, problems = {}, []
-    for gid in load(probes):
-        entry = out.probes.get(gid) or {"text": None, "why": "the probe did not run"}
-        why = parse(entry["text"])[1] if entry["text"] is not None else entry["why"]
-        if why:
-            problems.append(f"{gid}: {why}")
-        else:
-            expected[gid] = entry["text"]
-    if problems:
-        raise course_mod.GradingError(f"{probes}: the solution's probes must return plain values: " + "; ".join(problems))
-    shutil.rmtree(scratch, ignore_errors=True)
-    return expected
-
-
-def autograded_tests(release: Path) -> list[str]:
-    """Grade ids of the release's autograded cells (code cells that carry points)."""
-    cells = json.loads(Path(release).read_text())["cells"]
-    return [c["metadata"]["nbgrader"]["grade_id"] for c in cells
-            if c["cell_type"] == "code" and c.get("metadata", {}).get("nbgrader", {}).get("grade")]
+    The worker writes it for what it graded; the batch, for a submission no worker finished (rejected on
+    import, stopped at the wall limit). Whether it was written; a failure is noted, never raised."""
+    try:
+        write_feedback(graded, job.release, job.source, out, job.assignment, dest)
+    except Exception as exc:  # the grade stands without its page
+        out.notes.append(f"feedback could not be written ({type(exc).__name__}: {str(exc)[:200]})")
+        return False
+    out.feedback = str(dest)
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -338,15 +258,10 @@ def main(argv: list[str] | None = None) -> int:
     if len(argv) != 1:
         print("usage: python -m peftlab.grader.worker JOB.json   (written by peftlab-grade)", file=sys.stderr)
         return 2
-    from .forkserver import die_with_parent
-
     die_with_parent()  # with the batch process (or the fork server that forked this worker)
     job = Job.from_json(Path(argv[0]).read_text())
     out = autograde(job)
-    result = Path(job.scratch) / "result.json"
-    tmp = result.with_suffix(".tmp")
-    tmp.write_text(json.dumps(asdict(out)))
-    tmp.replace(result)
+    write_atomic(Path(job.scratch) / "result.json", json.dumps(asdict(out)))
     return 0
 
 
