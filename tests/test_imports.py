@@ -15,9 +15,8 @@ import peftlab
 
 PACKAGE = Path(peftlab.__file__).resolve().parent
 
-# The one known cycle, being broken on another branch (colab.py <-> notebooks.py, issue 24):
-# exempt until it lands, so that nothing else may join it. Delete the line when it does.
-EXEMPT = {frozenset({"colab", "notebooks"})}
+# Cycles allowed to stand (none): a new one fails the test below.
+EXEMPT: set = set()
 
 
 def _name(path: Path) -> str:
