@@ -113,6 +113,8 @@ def main(argv=None) -> int:
     parser.add_argument("--busy", nargs="+", type=int, default=[0, 1])
     parser.add_argument("--simulate-avx2", action="store_true")
     parser.add_argument("--matmul-only", action="store_true", help="only the matrix product, no training steps")
+    parser.add_argument("--env", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="environment for every cell, e.g. OMP_WAIT_POLICY=PASSIVE")
     parser.add_argument("--out", default="runs/bench/cpu_speed.json")
     args = parser.parse_args(argv)
 
@@ -120,9 +122,10 @@ def main(argv=None) -> int:
     from peftlab.models import AVX2_ONLY_ENV
 
     smollm.ensure_smollm()
-    env = dict(os.environ) | (AVX2_ONLY_ENV if args.simulate_avx2 else {})
+    extra = dict(item.split("=", 1) for item in args.env)
+    env = dict(os.environ) | (AVX2_ONLY_ENV if args.simulate_avx2 else {}) | extra
     result = {"hardware": record.hardware(), "cpu_count": os.cpu_count(), "versions": record.versions(),
-              "commit": record.git_commit(), "simulate_avx2": args.simulate_avx2,
+              "commit": record.git_commit(), "simulate_avx2": args.simulate_avx2, "env": extra,
               "busy_cores_at_start": record.busy_cores(), "rows": [], "matmul": []}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
