@@ -438,9 +438,12 @@ PRESETS: dict[str, dict[str, Any]] = {
 # The same recipe on the offline tiny model: what `make demo` and CI run. One
 # change: a 150k-parameter base moves too little at 2e-4 in 40 steps to show
 # anything, so the tiny preset uses 2e-3 (the session notebook runs it on a CPU).
+# It pins float32 on every machine: a 64-wide model gains no speed from bfloat16, and the tests
+# and sessions that run it check exact invariants (merge equals the unmerged model, cat combination).
 PRESETS["shakespeare-tiny"] = dict(
     PRESETS["shakespeare-reference"],
     model_name="tiny-qwen2",
+    dtype="float32",
     learning_rate=2e-3,
     output_dir="runs/shakespeare-tiny",
 )
