@@ -1,12 +1,14 @@
 """The case study's training step on this CPU: dtype x torch threads x a second busy process.
 
-    python bench/cpu_speed.py [--steps 4] [--dtypes float32 bfloat16] [--threads 1 2] [--busy 0 1]
+    python bench/cpu_speed.py [--steps 4] [--dtypes float32 bfloat16] [--threads 1 2 0] [--busy 0 1]
                               [--simulate-avx2] [--matmul-only] [--out runs/bench/cpu_speed.json]
 
 Each cell runs in a fresh process: preset `shakespeare-cpu` (SmolLM2-135M-Instruct) for
 `--steps` optimizer steps, timing every step after the first (the first pays for kernel
 selection and allocation). `--busy 1` starts one process that spins a core for the whole cell,
-as another program on a student's laptop would. `--simulate-avx2` runs every cell with torch,
+as another program on a student's laptop would. `--threads 0` is the course's default: no count
+pinned, torch's threads fitted to the free cores (`peftlab.threads`); a count above 0 is pinned
+with PEFTLAB_THREADS, as a user would. `--simulate-avx2` runs every cell with torch,
 oneDNN and MKL held to AVX2 (ATEN_CPU_CAPABILITY=avx2, ONEDNN_MAX_CPU_ISA=AVX2,
 MKL_ENABLE_INSTRUCTIONS=AVX2): on a CPU with AVX512-BF16 or AMX it shows what a CPU without them
 does, emulated bfloat16 included. Every row records the CPU kind torch saw and the dtype it ran.
@@ -31,7 +33,8 @@ from transformers import TrainerCallback
 from peftlab import config as C, models, train
 
 dtype, threads, steps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-torch.set_num_threads(threads)
+if threads:
+    torch.set_num_threads(threads)
 cfg = C.preset("shakespeare-cpu", dtype=dtype, max_steps=steps, output_dir=tempfile.mkdtemp(),
                save_strategy="no", logging_steps=1)
 times = []
@@ -49,8 +52,9 @@ def _with_clock(self, *a, **k):
     _init(self, *a, **k)
     self.add_callback(Clock())
 Trainer.__init__ = _with_clock
-train.train(cfg, progress=False)
-print(json.dumps({"dtype_ran": models.pick_dtype(torch.device("cpu"), dtype).__repr__().removeprefix("torch."),
+result = train.train(cfg, progress=False)
+print(json.dumps({"threads_at_start": result.thread_changes[0][1] if result.thread_changes else threads,
+                  "threads_at_end": torch.get_num_threads(), "thread_changes": result.thread_changes,"dtype_ran": models.pick_dtype(torch.device("cpu"), dtype).__repr__().removeprefix("torch."),
                   "cpu_kind": models.cpu_kind(), "capability": torch.backends.cpu.get_cpu_capability(),
                   "step_s": times}))
 """
@@ -81,6 +85,9 @@ def matmul_row(env: dict, label: str) -> dict:
 
 
 def run_cell(dtype: str, threads: int, busy: int, steps: int, env: dict) -> dict:
+    env = {k: v for k, v in env.items() if k not in ("PEFTLAB_THREADS", "OMP_NUM_THREADS")}
+    if threads:
+        env["PEFTLAB_THREADS"] = str(threads)
     spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(busy)]
     try:
         start = time.perf_counter()
@@ -109,7 +116,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
-    parser.add_argument("--threads", nargs="+", type=int, default=[1, 2])
+    parser.add_argument("--threads", nargs="+", type=int, default=[1, 2, 0],
+                        help="torch threads per cell; 0: the course's default, fitted to the free cores")
     parser.add_argument("--busy", nargs="+", type=int, default=[0, 1])
     parser.add_argument("--simulate-avx2", action="store_true")
     parser.add_argument("--matmul-only", action="store_true", help="only the matrix product, no training steps")
@@ -148,7 +156,8 @@ def main(argv=None) -> int:
                 if "error" in row:
                     print(f"{dtype} threads={threads} busy={busy}: FAILED\n{row['error']}", flush=True)
                 else:
-                    print(f"{row['cpu_kind']} | {row['dtype_ran']:8} | threads {threads} | busy {busy} | "
+                    label = threads or f"auto ({row['threads_at_end']} at the end)"
+                    print(f"{row['cpu_kind']} | {row['dtype_ran']:8} | threads {label} | busy {busy} | "
                           f"{row['s_per_step']:.2f} s/step over {row['steps_timed']} steps", flush=True)
     return 0
 

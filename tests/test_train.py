@@ -143,3 +143,48 @@ def test_keyword_settings_go_through_the_config(tiny_dir, tmp_path):
     assert cfg.save_strategy == "epoch"  # the caller's config is not mutated
     with pytest.raises(ConfigError, match=r"train\(eval_steps=\.\.\.\): not a RunConfig field"):
         train.train(cfg, progress=False, eval_steps=5)
+
+
+@pytest.mark.parametrize("method,fewer_logits", [("lora", True), ("dora", True), ("ia3", True), ("full", True),
+                                                 ("adalora", False), ("prefix", False), ("prompt", False),
+                                                 ("ptuning_v2", False)])
+def test_the_loss_from_labelled_positions_equals_transformers_own(tiny_dir, tmp_path, method, fewer_logits):
+    """CourseTrainer projects only labelled positions onto the vocabulary: same loss, same gradients."""
+    from peftlab import data
+
+    res = train.train(_cfg(tmp_path, method=method, max_steps=1, eval_each_epoch=False, num_virtual_tokens=4,
+                           save_strategy="no"), progress=False)
+    trainer = res.trainer
+    assert trainer.response_logits is fewer_logits
+    res.model.eval()  # no dropout: both losses see the same network
+    batch = data.make_collator(res.tokenizer)([trainer.train_dataset[i] for i in range(4)])
+    labels = batch["labels"]
+    keep = train.logits_positions(labels)
+    assert 0 < len(keep) < labels.shape[1] - 1  # the prompt is left out
+    for n in (None, int((labels[:, 1:] != -100).sum()) + 7):  # the mean, and a count over an accumulated batch
+        results = []
+        for fewer in (True, False):
+            trainer.response_logits = fewer and fewer_logits
+            res.model.zero_grad()
+            loss = trainer.compute_loss(res.model, dict(batch), num_items_in_batch=n)
+            loss.backward()
+            grads = [p.grad.clone() for p in res.model.parameters() if p.requires_grad and p.grad is not None]
+            results.append((loss.detach(), grads))
+        (ours, our_grads), (theirs, their_grads) = results
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+        assert len(our_grads) == len(their_grads) > 0
+        for a, b in zip(our_grads, their_grads):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_training_with_fewer_logits_follows_the_same_losses(tiny_dir, tmp_path, monkeypatch):
+    """Four optimizer steps with gradient accumulation: the logged losses match transformers' own loss."""
+    cfg = _cfg(tmp_path, max_steps=4, gradient_accumulation_steps=2, eval_each_epoch=False, save_strategy="no")
+    ours = train.train(cfg, progress=False)
+    assert ours.trainer.response_logits
+    monkeypatch.setattr(train, "response_logits_supported", lambda model: False)
+    theirs = train.train(cfg, progress=False)
+    assert not theirs.trainer.response_logits
+    assert [s for s, _ in ours.history.train] == [s for s, _ in theirs.history.train]
+    for (_, a), (_, b) in zip(ours.history.train, theirs.history.train):
+        assert a == pytest.approx(b, rel=1e-4)

@@ -4,7 +4,7 @@ Modules in layers: each imports only from its own layer and the layers above
 it, and nothing imports in a circle (tests/test_imports.py reads the imports):
 
 1. config, files, data, checks, lowrank, plots, style   run settings, package files, datasets, the exercise checker, plots, the style lexicon
-2. tiny, smollm, models, generation, metrics, record    base models, generation, scores, run records
+2. tiny, smollm, models, generation, metrics, record, threads  base models, generation, scores, run records, CPU threads
 3. adapters, memory                                     PEFT methods on a model; memory estimated and measured (per weight format too)
 4. train, inference, runtime                            training; serving speed and merging; what preset 'auto' picks
 5. methods, multitask, casestudy                        the sessions' experiments

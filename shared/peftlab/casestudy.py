@@ -15,7 +15,7 @@ import os
 import time
 from pathlib import Path
 
-from . import adapters, data, memory, metrics, models, train
+from . import adapters, data, memory, metrics, models, threads, train
 from .config import RunConfig
 from .plots import plot_loss
 from .record import make_record, write_record
@@ -45,6 +45,8 @@ def adapter_bytes(adapter_dir: str | Path) -> int:
 def evaluate(model, tokenizer, eval_ds, eval_rows, config: RunConfig, progress: bool = True, log=print) -> dict:
     """Everything the case study measures on one model: held-out loss and perplexity with a
     bootstrap CI, greedy generations, and the forgetting probes (general questions, general text)."""
+    if next(model.parameters()).device.type == "cpu":
+        threads.fit(log=log)
     losses = metrics.example_losses(model, eval_ds, tokenizer)
     ppl = metrics.perplexity_ci(losses)
     nats = sum(n for n, _ in losses) / sum(c for _, c in losses)
@@ -105,6 +107,7 @@ def run(config: RunConfig, progress: bool = True, n_samples: int = 3, log=print)
         train_wall_s=result.wall_s,
         tokens_per_s=result.tokens_per_s,
         torch_threads=__import__("torch").get_num_threads(),
+        thread_changes=result.thread_changes,
         dtype=str(models.pick_dtype(device, config.dtype)).removeprefix("torch."),
         device=str(device),
         load_average=list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
@@ -199,6 +202,15 @@ def _where(record: dict) -> str:
     return f"cpu ({hw.get('cpu_kind', 'CPU kind not recorded')})"
 
 
+def _threads(record: dict) -> str:
+    text = f"{record.get('torch_threads', '?')} torch threads"
+    changes = record.get("thread_changes") or []
+    if len({n for _, n in changes} | {record.get("torch_threads")}) > 1:
+        text += " at the end; in training " + ", ".join(f"{n} from step {step}" for step, n in changes) + \
+            ", as other processes took or left cores"
+    return text
+
+
 def hardware_line(device, dtype) -> str:
     """'cpu (AVX2, no native bfloat16), float32, 2 torch threads': what a time in this run depends on."""
     import torch
@@ -214,7 +226,7 @@ def summary(record: dict, record_path: Path | str, n_samples: int = 3) -> str:
         "=== Summary ===",
         f"model          {record['config']['model_name']} ({record['config']['method']}, r={record['config']['r']})",
         f"ran on         {_where(record)}, {record.get('dtype', record['config']['dtype'])}, "
-        f"{record.get('torch_threads', '?')} torch threads",
+        f"{_threads(record)}",
         f"parameters     trainable {p['trainable']:,} / total {p['total']:,} ({p['percent']:.4f}%)",
         f"held-out ppl   before {b['perplexity']:.2f} +- {b['perplexity_ci']:.2f} -> "
         f"after {a['perplexity']:.2f} +- {a['perplexity_ci']:.2f}",

@@ -10,6 +10,7 @@ AdaLoRA actually reallocate its ranks.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import time
@@ -19,7 +20,7 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
-from . import adapters, data, models
+from . import adapters, data, models, threads
 from .config import ConfigError, RunConfig, with_overrides
 from .memory import PeakMemory, track_peak_memory
 
@@ -133,6 +134,76 @@ class StopOnNonFiniteLoss(TrainerCallback):
         )
 
 
+def logits_positions(labels: torch.Tensor) -> torch.Tensor:
+    """Sequence positions whose next token some row of the batch is trained on: (K,) indices into T.
+
+    Position t predicts token t + 1 (labels (B, T), -100 where there is no loss: prompt, padding).
+    On the case study's pairs the labelled response is about a fifth of each row."""
+    needed = (labels[:, 1:] != -100).any(0)  # (T - 1,)
+    return needed.nonzero().squeeze(1)
+
+
+def response_logits_supported(model) -> bool:
+    """Whether the course trainer may compute a causal LM's loss from fewer logits (see CourseTrainer)."""
+    import inspect
+
+    base = model
+    if hasattr(model, "peft_config"):
+        peft_config = model.active_peft_config
+        # Prompt methods shift positions by their virtual tokens; AdaLoRA adds its orthogonality
+        # penalty to the loss its forward returns. Both keep transformers' own loss.
+        if peft_config.is_prompt_learning or str(peft_config.peft_type).endswith("ADALORA"):
+            return False
+        base = model.get_base_model()
+    try:
+        return "logits_to_keep" in inspect.signature(base.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+@functools.cache
+def _course_trainer():
+    """CourseTrainer, defined on first use: importing transformers' Trainer takes seconds."""
+    from transformers import Trainer
+
+    class CourseTrainer(Trainer):
+        """transformers' Trainer with one change: a causal LM's training loss projects onto the vocabulary only
+        the positions that carry a label.
+
+        The model's own forward computes logits at every position, (B, T, V), then the loss masks out all but
+        the response. With SmolLM2's 49,152-token vocabulary the lm_head is a fifth of a training step's
+        arithmetic and its float32 logits the largest activation, and about four in five positions are prompt
+        or padding. The loss is the same sum over the same tokens divided by the same count (the tests check
+        it against transformers' own, and the gradients too): what changes is only the work."""
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.response_logits = response_logits_supported(self.model)
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            labels = inputs.get("labels")
+            if return_outputs or labels is None or not self.response_logits or self.label_smoother is not None \
+                    or self.compute_loss_func is not None:
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            keep = logits_positions(labels)  # (K,)
+            outputs = model(**{k: v for k, v in inputs.items() if k != "labels"}, logits_to_keep=keep)
+            logits = outputs.logits.float()  # (B, K, V)
+            target = labels[:, 1:][:, keep]  # (B, K), -100 where this row has no label
+            loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=-100,
+                                                     reduction="sum")
+            # transformers' causal LM loss: the sum over the accumulated batch's tokens when the Trainer counts
+            # them (num_items_in_batch), else the mean over this batch's tokens.
+            if self.model_accepts_loss_kwargs and num_items_in_batch is not None:
+                loss = loss / num_items_in_batch
+                if self.args.average_tokens_across_devices:
+                    loss = loss * self.accelerator.num_processes
+            else:
+                loss = loss / (target != -100).sum().clamp(min=1)
+            return loss
+
+    return CourseTrainer
+
+
 @dataclass
 class TrainResult:
     model: object
@@ -149,6 +220,9 @@ class TrainResult:
     peak: PeakMemory = field(default_factory=PeakMemory)
     total_steps: int = 0
     adalora_calls: int = 0
+    # CPU runs: (step, torch threads) at the start and whenever the count followed other processes
+    # (peftlab.threads); empty where the count was pinned or the device is a GPU
+    thread_changes: list = field(default_factory=list)
 
     @property
     def tokens_per_s(self) -> float:
@@ -246,7 +320,7 @@ def train(
     such as `save_strategy="no"` change RunConfig fields, so the result's
     config (and the record written from it) holds every setting the run used.
     """
-    from transformers import Trainer, set_seed
+    from transformers import set_seed
     from transformers.trainer_utils import get_last_checkpoint
 
     if config_changes:
@@ -259,6 +333,7 @@ def train(
                 )
         config = with_overrides(config, **config_changes)
     set_seed(config.seed)
+    cpu_share = threads.CpuShare()  # what other processes use while this run sets up, for the first fit
     if tokenizer is None:
         tokenizer = models.load_tokenizer(config.model_name)
     if model is None:
@@ -272,12 +347,16 @@ def train(
     history = HistoryCallback()
     nan_guard = StopOnNonFiniteLoss()
     cbs = [history, nan_guard, *(callbacks or [])]
+    adapt = None
+    if device.type == "cpu" and not threads.pinned():
+        adapt = threads.AdaptThreads()
+        cbs.append(adapt)
     ada = None
     if config.method == "adalora":
         ada = AdaLoraCallback(model)
         cbs.append(ada)
     args = training_arguments(config, device, progress)
-    trainer = Trainer(
+    trainer = _course_trainer()(
         model=model,
         args=args,
         train_dataset=train_ds,
@@ -296,6 +375,9 @@ def train(
         checkpoint = resume if isinstance(resume, str) else get_last_checkpoint(config.output_dir)
         if checkpoint is None:
             raise FileNotFoundError(f"resume=True but {config.output_dir} holds no checkpoint-* directory.")
+    if adapt is not None:
+        adapt.changes.append((0, threads.fit(cpu_share) or torch.get_num_threads()))
+        adapt.share = threads.CpuShare()
     start = time.perf_counter()
     with track_peak_memory(device) as peak:
         trainer.train(resume_from_checkpoint=checkpoint)
@@ -318,6 +400,7 @@ def train(
         peak=peak,
         total_steps=total,
         adalora_calls=ada.calls if ada else 0,
+        thread_changes=adapt.changes if adapt else [],
     )
 
 
