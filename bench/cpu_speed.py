@@ -1,6 +1,7 @@
 """The case study's training step on this CPU: dtype x torch threads x a second busy process.
 
     python bench/cpu_speed.py [--steps 4] [--dtypes float32 bfloat16] [--threads 1 2 0] [--busy 0 1]
+                              [--losses labelled plain]
                               [--simulate-avx2] [--matmul-only] [--out runs/bench/cpu_speed.json]
 
 Each cell runs in a fresh process: preset `shakespeare-cpu` (SmolLM2-135M-Instruct) for
@@ -8,7 +9,8 @@ Each cell runs in a fresh process: preset `shakespeare-cpu` (SmolLM2-135M-Instru
 selection and allocation). `--busy 1` starts one process that spins a core for the whole cell,
 as another program on a student's laptop would. `--threads 0` is the course's default: no count
 pinned, torch's threads fitted to the free cores (`peftlab.threads`); a count above 0 is pinned
-with PEFTLAB_THREADS, as a user would. `--simulate-avx2` runs every cell with torch,
+with PEFTLAB_THREADS, as a user would. `--losses plain` adds cells whose loss is transformers' own
+(logits at every position) beside the course trainer's (`labelled`: logits only where a label is). `--simulate-avx2` runs every cell with torch,
 oneDNN and MKL held to AVX2 (ATEN_CPU_CAPABILITY=avx2, ONEDNN_MAX_CPU_ISA=AVX2,
 MKL_ENABLE_INSTRUCTIONS=AVX2): on a CPU with AVX512-BF16 or AMX it shows what a CPU without them
 does, emulated bfloat16 included. Every row records the CPU kind torch saw and the dtype it ran.
@@ -32,7 +34,9 @@ import torch
 from transformers import TrainerCallback
 from peftlab import config as C, models, train
 
-dtype, threads, steps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+dtype, threads, steps, loss = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+if loss == "plain":
+    train.response_logits_supported = lambda model: False
 if threads:
     torch.set_num_threads(threads)
 cfg = C.preset("shakespeare-cpu", dtype=dtype, max_steps=steps, output_dir=tempfile.mkdtemp(),
@@ -84,14 +88,14 @@ def matmul_row(env: dict, label: str) -> dict:
     return row
 
 
-def run_cell(dtype: str, threads: int, busy: int, steps: int, env: dict) -> dict:
+def run_cell(dtype: str, threads: int, busy: int, steps: int, env: dict, loss: str = "labelled") -> dict:
     env = {k: v for k, v in env.items() if k not in ("PEFTLAB_THREADS", "OMP_NUM_THREADS")}
     if threads:
         env["PEFTLAB_THREADS"] = str(threads)
     spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(busy)]
     try:
         start = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-c", CELL, dtype, str(threads), str(steps)],
+        proc = subprocess.run([sys.executable, "-c", CELL, dtype, str(threads), str(steps), loss],
                               capture_output=True, text=True, env=env)
         wall = time.perf_counter() - start
     finally:
@@ -99,11 +103,13 @@ def run_cell(dtype: str, threads: int, busy: int, steps: int, env: dict) -> dict
             p.kill()
             p.wait()
     if proc.returncode != 0:
-        return {"dtype": dtype, "threads": threads, "busy": busy, "error": proc.stderr[-2000:]}
+        return {"dtype": dtype, "threads": threads, "busy": busy, "loss": loss, "error": proc.stderr[-2000:]}
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     timed = out["step_s"][1:] or out["step_s"]
-    return {"dtype": dtype, "threads": threads, "busy": busy, "wall_s": wall,
-            "s_per_step": sum(timed) / len(timed), "steps_timed": len(timed), **out}
+    timed = sorted(timed)
+    return {"dtype": dtype, "threads": threads, "busy": busy, "loss": loss, "wall_s": wall,
+            "s_per_step": sum(timed) / len(timed), "median_s_per_step": timed[len(timed) // 2],
+            "steps_timed": len(timed), **out}
 
 
 def torch_is_x86() -> bool:
@@ -119,6 +125,8 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", nargs="+", type=int, default=[1, 2, 0],
                         help="torch threads per cell; 0: the course's default, fitted to the free cores")
     parser.add_argument("--busy", nargs="+", type=int, default=[0, 1])
+    parser.add_argument("--losses", nargs="+", default=["labelled"], choices=["labelled", "plain"],
+                        help="the course trainer's loss (logits at labelled positions) and/or transformers' own")
     parser.add_argument("--simulate-avx2", action="store_true")
     parser.add_argument("--matmul-only", action="store_true", help="only the matrix product, no training steps")
     parser.add_argument("--env", nargs="*", default=[], metavar="KEY=VALUE",
@@ -149,16 +157,16 @@ def main(argv=None) -> int:
     out.write_text(json.dumps(result, indent=2))
     for dtype in [] if args.matmul_only else args.dtypes:
         for threads in args.threads:
-            for busy in args.busy:
-                row = run_cell(dtype, threads, busy, args.steps, env)
+            for busy, loss in [(b, ls) for b in args.busy for ls in args.losses]:
+                row = run_cell(dtype, threads, busy, args.steps, env, loss)
                 result["rows"].append(row)
                 out.write_text(json.dumps(result, indent=2))  # an interrupted run keeps its rows
                 if "error" in row:
                     print(f"{dtype} threads={threads} busy={busy}: FAILED\n{row['error']}", flush=True)
                 else:
                     label = threads or f"auto ({row['threads_at_end']} at the end)"
-                    print(f"{row['cpu_kind']} | {row['dtype_ran']:8} | threads {label} | busy {busy} | "
-                          f"{row['s_per_step']:.2f} s/step over {row['steps_timed']} steps", flush=True)
+                    print(f"{row['cpu_kind']} | {row['dtype_ran']:8} | threads {label} | busy {busy} | {loss} loss | "
+                          f"{row['s_per_step']:.2f} s/step (median {row['median_s_per_step']:.2f}) over {row['steps_timed']} steps", flush=True)
     return 0
 
 
