@@ -30,21 +30,56 @@ def versions() -> dict[str, str | None]:
     return out
 
 
-def git_commit() -> str | None:
+def _git_dir(start: Path) -> Path | None:
+    """The repository's git directory above `start`: `.git` itself, or where a worktree's `.git` file points."""
+    for folder in (start, *start.parents):
+        dot = folder / ".git"
+        if dot.is_dir():
+            return dot
+        if dot.is_file() and dot.read_text().startswith("gitdir:"):
+            return (folder / dot.read_text().split(":", 1)[1].strip()).resolve()
+    return None
+
+
+def head_commit(git_dir: Path) -> str | None:
+    """HEAD's commit read from the files git keeps, without running git: HEAD, the loose ref, packed-refs."""
     try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-            cwd=Path(__file__).resolve().parent,
-        )
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=5,
-            cwd=Path(__file__).resolve().parent,
-        )
+        head = (git_dir / "HEAD").read_text().strip()
+        if not head.startswith("ref:"):
+            return head or None
+        ref = head.split(":", 1)[1].strip()
+        common = git_dir
+        if (git_dir / "commondir").exists():  # a worktree keeps its refs in the main repository
+            common = (git_dir / (git_dir / "commondir").read_text().strip()).resolve()
+        for base in (git_dir, common):
+            if (base / ref).exists():
+                return (base / ref).read_text().strip()
+        for line in (common / "packed-refs").read_text().splitlines():
+            if line.endswith(" " + ref):
+                return line.split()[0]
+    except OSError:
+        return None
+    return None
+
+
+def git_commit() -> str | None:
+    """The commit the package runs from, "-dirty" when tracked files differ from it.
+
+    The commit is read from .git's files, which always answers; only the dirty check runs git, and a
+    machine too busy to answer within 60 s gets "-unknown-state" instead of losing the commit."""
+    here = Path(__file__).resolve().parent
+    git_dir = _git_dir(here)
+    sha = head_commit(git_dir) if git_dir else None
+    if sha is None:
+        return None
+    try:
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, timeout=60, cwd=here)
     except (OSError, subprocess.TimeoutExpired):
-        return None
-    if sha.returncode != 0:
-        return None
-    return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+        return sha + "-unknown-state"
+    if dirty.returncode != 0:
+        return sha + "-unknown-state"
+    return sha + ("-dirty" if dirty.stdout.strip() else "")
 
 
 def hardware() -> dict:
