@@ -100,7 +100,8 @@ def section(bench: Path) -> str:
         if gpu:
             out += [""] + gpu_memory_section(gpu, (bench / "memory-cuda" / "table.md").read_text())
         out += ["", "The estimator's training peaks for Qwen2.5 on a GPU (bf16, batch 4 x 512 tokens, no "
-                "gradient checkpointing), before anything is downloaded"
+                "gradient checkpointing; full fine-tuning in pure bf16, 8 bytes per parameter: mixed precision's "
+                "fp32 master weights would add 4, as the first table says), before anything is downloaded"
                 + (f" (computed by the GPU run's commit `{gpu['commit'][:10]}`)" if gpu else "") + ":", "",
                 "| model | full fine-tuning | LoRA r=16 all linear | QLoRA r=16 all linear |", "|---|---:|---:|---:|"]
         for row in predicted:

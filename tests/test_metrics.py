@@ -79,3 +79,15 @@ def test_peak_memory_tracker_sampling_fallback(monkeypatch):
         _hold_block(seconds=2.0)  # the sampler polls every 10 ms
     assert peak.source == "process resident peak (sampled)"
     assert 0.9 * BLOCK <= peak.bytes - rss_before <= BLOCK + 160 * MiB
+
+
+@pytest.mark.parametrize("share,n", [(0.0, 8), (1.0, 8), (0.5, 8), (0.25, 100), (0.9, 3)])
+def test_share_interval_holds_the_share_inside_0_1(share, n):
+    from peftlab.metrics import share_interval
+
+    lo, hi = share_interval(share, n)
+    assert 0.0 <= lo <= share <= hi <= 1.0
+    assert hi - lo > 0  # never a point, even at 0% or 100%
+    wide, narrow = share_interval(0.5, 8), share_interval(0.5, 800)
+    assert (wide[1] - wide[0]) > 5 * (narrow[1] - narrow[0])  # shrinks like 1/sqrt(n)
+    assert share_interval(0.5, 100) == pytest.approx((0.404, 0.596), abs=1e-3)  # Wilson's value

@@ -180,6 +180,17 @@ def example_losses(model, tokenized, tokenizer, batch_size: int = 8) -> list[tup
     return out
 
 
+def share_interval(share: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a share measured on n rows (Wilson 1927): unlike share +- z*SE it stays
+    inside 0..1 and does not collapse to a point at 0% or 100%, which small n reaches often."""
+    if n <= 0:
+        return 0.0, 1.0
+    denom = 1 + z * z / n
+    center = (share + z * z / (2 * n)) / denom
+    half = z * math.sqrt(share * (1 - share) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, center - half), min(1.0, center + half)
+
+
 def perplexity_ci(losses: list[tuple[float, int]], n_bootstrap: int = 1000, seed: int = 12345) -> Scored:
     """Perplexity of a set with a 95% bootstrap CI over examples (sacrebleu's percentile rule)."""
     import numpy as np

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from . import adapters, data, models, style, train
+from . import adapters, data, metrics, models, style, train
 from .config import RunConfig, with_overrides
 from .files import package_file
 
@@ -347,9 +347,13 @@ def interpolate(model, tokenizer, a: Task, b: Task, steps: int = 5, n_rows: int 
         adapters.combine(model, [a.name, b.name], [1 - t, t], name, combination_type=method)
         gen = generate_batch(model, tokenizer, rows_a + rows_b, max_new_tokens=max_new_tokens)
         ga, gb = gen[: len(rows_a)], gen[len(rows_a):]
-        out.append({"weight": t, f"{a.name}: {a.measure_name}": a.measure(ga),
-                    f"{b.name}: {b.measure_name}": b.measure(gb),
-                    "sample_a": ga[0], "sample_b": gb[0]})
+        row = {"weight": t}
+        for task, gens in ((a, ga), (b, gb)):
+            share = task.measure(gens)
+            # a share of n_rows outputs: one row moves it by 1/n, so each point carries its 95% interval
+            row[f"{task.name}: {task.measure_name}"] = share
+            row[f"{task.name}: 95% interval"] = tuple(round(v, 3) for v in metrics.share_interval(share, len(gens)))
+        out.append(row | {"rows": len(ga), "sample_a": ga[0], "sample_b": gb[0]})
         model.set_adapter(a.name)  # deleting the active adapter would make peft pick one and warn
         model.delete_adapter(name)
     return out

@@ -80,11 +80,18 @@ def plot_sweep(rows, x: str, y: str, group: str, path: str | Path | None = None,
 
 def plot_interpolation(rows, measures: list[str], path: str | Path | None = None, xlabel: str = "mixing weight",
                        title: str = "Mixing two adapters"):
-    """Each measure (a key of the row dicts, 0..1) against the row's 'weight'."""
+    """Each measure (a key of the row dicts, 0..1) against the row's 'weight', with error bars where the rows
+    carry its interval ('<task>: 95% interval' beside '<task>: <measure>', as multitask.interpolate writes)."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 3.5))
     for m in measures:
-        ax.plot([r["weight"] for r in rows], [r[m] for r in rows], marker="o", label=m)
+        x, y = [r["weight"] for r in rows], [r[m] for r in rows]
+        key = m.split(":")[0] + ": 95% interval"
+        if all(key in r for r in rows):
+            err = [[max(0.0, v - r[key][0]) for v, r in zip(y, rows)], [max(0.0, r[key][1] - v) for v, r in zip(y, rows)]]
+            ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=f"{m} (95% interval)")
+        else:
+            ax.plot(x, y, marker="o", label=m)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("share of outputs in the style")
     ax.set_ylim(-0.05, 1.05)
