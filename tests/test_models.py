@@ -197,3 +197,15 @@ def test_quantization_config_uses_transformers5_api():
 def test_qwen25_licences_are_stated():
     assert "non-commercial" in models.QWEN25_LICENSE["3B"]
     assert models.QWEN25_LICENSE["7B"] == "Apache-2.0"
+
+
+def test_importing_the_course_keeps_bitsandbytes_fallback_notice_quiet():
+    """bitsandbytes logs at import, on AVX512-BF16 CPUs, that an optional hub kernel is missing; its own
+    fallback is correct, so after `import peftlab` nothing of it reaches the user's output."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("bitsandbytes")
+    out = subprocess.run([sys.executable, "-c", "import peftlab, bitsandbytes, bitsandbytes.functional"],
+                         capture_output=True, text=True, check=True)
+    assert "kernels-community" not in out.stdout + out.stderr

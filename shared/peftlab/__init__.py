@@ -11,6 +11,7 @@ it, and nothing imports in a circle (tests/test_imports.py reads the imports):
 6. cli, colab, notebooks, grader                        entry points: the command line, Colab, notebooks, grading
 """
 
+import logging
 import warnings
 
 __version__ = "0.1.0"
@@ -18,5 +19,8 @@ __version__ = "0.1.0"
 # bitsandbytes on CPU tries an optional hub-hosted kernel package, warns, and falls
 # back to its own (slower) path. The fallback is correct, so the warning is noise.
 warnings.filterwarnings("ignore", message=".*gemm_4bit_forward from kernels-community.*")
+# On a CPU with AVX512-BF16 it says so through logging at import, not through warnings.
+logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(
+    lambda record: "gemm_4bit_forward from kernels-community" not in record.getMessage())
 # peft still calls transformers' old name for activation checkpointing; harmless until v6.
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
