@@ -34,26 +34,42 @@ def keep_threads():
     threads._ceiling = threads._ours = None
 
 
-def fake_stat(tmp_path, monkeypatch, busy_ticks: int, idle_ticks: int):
-    """A /proc/stat whose first line has `busy_ticks` of user time and `idle_ticks` idle."""
+def fake_stat(tmp_path, monkeypatch, lines: str):
     path = tmp_path / "stat"
-    path.write_text(f"cpu  {busy_ticks} 0 0 {idle_ticks} 0 0 0 0 0 0\ncpu0 0 0 0 0\ncpu1 0 0 0 0\n")
+    path.write_text(lines)
     monkeypatch.setattr(threads, "STAT", path)
     return path
 
 
 def test_others_subtracts_this_process(tmp_path, monkeypatch):
-    """Others = machine busy time minus our own CPU time, per second of wall time."""
+    """Others = busy time of this process's CPUs minus its own CPU time, per second of wall time."""
     monkeypatch.setattr(os, "sysconf", lambda name: 100)
+    monkeypatch.setattr(threads, "affinity", lambda: {0, 1})
     clock = iter([10.0, 12.0])  # two samples, 2 s apart
     monkeypatch.setattr(threads.time, "monotonic", lambda: next(clock))
     own = iter([os.times_result((1.0, 0.0, 0, 0, 0)), os.times_result((2.5, 0.5, 0, 0, 0))])
     monkeypatch.setattr(os, "times", lambda: next(own))
-    stat = fake_stat(tmp_path, monkeypatch, busy_ticks=1000, idle_ticks=5000)
+    stat = fake_stat(tmp_path, monkeypatch, "cpu  9000 0 0 9000 0 0 0 0 0 0\ncpu0 500 0 0 2500 0 0 0 0 0 0\n"
+                     "cpu1 500 0 0 2500 0 0 0 0 0 0\ncpu2 8000 0 0 4000 0 0 0 0 0 0\n")
     share = threads.CpuShare()
-    # 2 s later the machine was busy for 400 ticks = 4.0 core-seconds, of which 2.0 were ours.
-    stat.write_text("cpu  1400 0 0 5000 0 0 0 0 0 0\n")
+    # 2 s later CPUs 0 and 1 were busy for 400 ticks = 4.0 core-seconds, of which 2.0 were ours;
+    # CPU 2, outside this process's affinity (another tenant of the host), does not count.
+    stat.write_text("cpu  9600 0 0 9000 0 0 0 0 0 0\ncpu0 700 0 0 2500 0 0 0 0 0 0\n"
+                    "cpu1 700 0 0 2500 0 0 0 0 0 0\ncpu2 8200 0 0 4000 0 0 0 0 0 0\n")
     assert share.others() == pytest.approx(1.0)
+
+
+def test_without_per_cpu_lines_the_machine_line_counts(tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "sysconf", lambda name: 100)
+    monkeypatch.setattr(threads, "affinity", lambda: None)
+    clock = iter([0.0, 1.0])
+    monkeypatch.setattr(threads.time, "monotonic", lambda: next(clock))
+    own = iter([os.times_result((0.0, 0.0, 0, 0, 0)), os.times_result((0.0, 0.0, 0, 0, 0))])
+    monkeypatch.setattr(os, "times", lambda: next(own))
+    stat = fake_stat(tmp_path, monkeypatch, "cpu  100 0 0 100 0 0 0 0 0 0\n")
+    share = threads.CpuShare()
+    stat.write_text("cpu  250 0 0 150 0 0 0 0 0 0\n")
+    assert share.others() == pytest.approx(1.5)
 
 
 def test_fit_drops_a_thread_while_another_process_holds_a_core(monkeypatch, keep_threads):

@@ -32,26 +32,42 @@ def pinned() -> str | None:
 
 def usable_cores() -> int:
     """Cores this process may run on (its affinity mask, e.g. a container's cpuset), else all."""
+    cpus = affinity()
+    return len(cpus) if cpus else os.cpu_count() or 1
+
+
+def affinity() -> set[int] | None:
+    """The CPUs this process may run on, or None where the OS does not say."""
     try:
-        return len(os.sched_getaffinity(0))
+        return set(os.sched_getaffinity(0))
     except (AttributeError, OSError):
-        return os.cpu_count() or 1
+        return None
 
 
 class CpuShare:
-    """Cores kept busy by other processes between two calls of `others()`, from /proc/stat."""
+    """Cores kept busy by other processes between two calls of `others()`, from /proc/stat.
+
+    Only this process's CPUs count (the per-CPU lines of its affinity mask): in a container limited
+    to 2 CPUs of a large host, /proc/stat still shows the whole host, whose other tenants run on
+    other CPUs and do not slow this run down."""
 
     def __init__(self):
         self.hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        self.cpus = affinity()
         self.last = self._sample()
 
     def _sample(self) -> tuple[float, float, float] | None:
         try:
-            fields = [int(x) for x in STAT.read_text().split("\n", 1)[0].split()[1:]]
-        except (OSError, ValueError):
+            lines = STAT.read_text().splitlines()
+            per_cpu = {int(line.split()[0][3:]): line for line in lines if line[:3] == "cpu" and line[3:4].isdigit()}
+            mine = [per_cpu[c] for c in sorted(self.cpus or ()) if c in per_cpu] or lines[:1]
+            busy_s = 0.0
+            for line in mine:
+                fields = [int(x) for x in line.split()[1:]]
+                idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+                busy_s += (sum(fields[:8]) - idle) / self.hz  # guest time is already inside user time
+        except (OSError, ValueError, IndexError):
             return None
-        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-        busy_s = (sum(fields[:8]) - idle) / self.hz  # guest time is already inside user time
         own = os.times()
         return time.monotonic(), busy_s, own.user + own.system
 
