@@ -185,20 +185,23 @@ def test_roster_problems_name_the_line(tmp_path, rows, why):
 def test_lms_exports_have_the_import_columns(tmp_path):
     rows = [
         {"id": "jsmith", "name": "John Smith", "email": "j@u.edu", "lms_id": "12345", "layout": "Canvas",
-         "late": False, "status": "graded", "reason": "", "score": 3.0, "max": 4.0, "tests": {}},
+         "late": False, "status": "graded", "reason": "", "score": 3.0, "max": 4.0, "tests": {},
+         "canvas_id": "12345", "moodle_id": "", "sis_id": "", "counted": True, "graded_at": "2026-12-05T07:00:00+00:00"},
         {"id": "moodle-7", "name": "Zoë Å", "email": "", "lms_id": "7", "layout": "Moodle", "late": True,
-         "status": "tampered", "reason": "cell deleted", "score": 0.0, "max": 4.0, "tests": {}},
+         "status": "tampered", "reason": "cell deleted", "score": 0.0, "max": 4.0, "tests": {},
+         "canvas_id": "", "moodle_id": "7", "sis_id": "", "counted": False, "graded_at": "2026-12-05T07:00:00+00:00"},
     ]
     with canvas_csv(rows, ASSIGNMENT, tmp_path / "c.csv", "Lab 90 (4711)").open(newline="") as fh:
         canvas = list(csv.reader(fh))
-    assert canvas[0] == ["Student", "ID", "SIS User ID", "SIS Login ID", "Section", "Lab 90 (4711)"]
-    assert canvas[1][0] == "Points Possible" and canvas[1][-1] == "4"
-    assert canvas[2] == ["John Smith", "12345", "jsmith", "j@u.edu", "", "3"]
-    assert canvas[3][1] == "" and canvas[3][2] == "moodle-7"  # no Canvas id: matched by SIS User ID
+    assert canvas[0] == ["Student", "ID", "SIS User ID", "SIS Login ID", "Section", "Lab 90 (4711)", "Notes (PEFT Lab)"]
+    assert canvas[1][0] == "Points Possible" and canvas[1][-2:] == ["4", "(read only)"]
+    assert canvas[2] == ["John Smith", "12345", "", "j@u.edu", "", "3", ""]  # SIS User ID: only a roster's
+    assert canvas[3][1] == "" and canvas[3][5] == "" and "tampered" in canvas[3][6]  # blank, never 0
     with moodle_csv(rows, tmp_path / "m.csv").open(newline="", encoding="utf-8") as fh:
         moodle = list(csv.DictReader(fh))
     assert len(moodle) == 1 and moodle[0]["Identifier"] == "Participant 7"
-    assert moodle[0]["Grade"] == "0" and moodle[0]["Maximum Grade"] == "4" and "late" in moodle[0]["Status"]
+    assert moodle[0]["Grade"] == "" and moodle[0]["Maximum Grade"] == "4" and "late" in moodle[0]["Status"]
+    assert moodle[0]["Last modified (grade)"] == "2026-12-05T07:00:00+00:00"
 
 
 def test_nothing_gradable_is_an_error_and_rejects_stay_out_of_the_gradebook(tmp_path):
@@ -214,7 +217,7 @@ def test_nothing_gradable_is_an_error_and_rejects_stay_out_of_the_gradebook(tmp_
         batch._intake(import_submissions([src], NB, tmp_path / "st", assignment=ASSIGNMENT))
     assert "assignment's own file name" in str(err.value)
     with open(batch.intake_path, newline="") as fh:
-        assert [r["fate"] for r in csv.DictReader(fh)] == ["rejected"]
+        assert [r["fate"] for r in csv.DictReader(fh)] == ["unknown-student"]
     assert not (tmp_path / "work" / "gradebook.db").exists() or not sqlite3.connect(
         tmp_path / "work" / "gradebook.db").execute("SELECT id FROM student").fetchall()
 

@@ -42,10 +42,10 @@ from ..config import parse_overrides
 from ..files import write_atomic
 from .assignment import Assignment
 from .course import GradingError, course_root
-from .export import export_all, grades_csv, write_intake
+from .export import canvas_column_warning, export_all, final_statuses, grades_csv, write_intake
 from .forkserver import ForkServer
 from .gradebook import finished, record, record_identity
-from .intake import Submission, import_submissions
+from .intake import Submission, fate_counts, import_submissions, rows
 from .outcome import Outcome
 from .repair import repair_file
 from .roster import Roster
@@ -83,6 +83,8 @@ class Batch:
     log: object = print
     roster: Roster | None = None
     id_regex: re.Pattern | None = None
+    canvas_column: str = ""  # the Canvas assignment column of the export, e.g. 'Lab 2 (4711)'
+    moodle: bool = True  # write the Moodle grading worksheet
 
     def __post_init__(self):
         self.ready = Assignment(self.root, self.assignment, self.work, self.settings, log=self.log)
@@ -90,6 +92,7 @@ class Batch:
         self.source, self.notebook = self.ready.source, self.ready.notebook
         self.rejected: list[Submission] = []  # files no student could be given (reported, never recorded)
         self.missing: list[str] = []  # roster students without a submission
+        self.found: list[Submission] = []  # every file found, students' and rejected (the intake report)
         self.exports: dict[str, Path] = {}
         self._server: ForkServer | None = None
 
@@ -155,7 +158,10 @@ class Batch:
         finally:
             self.close()
         grades_csv(self.work, self.assignment, self.csv_path)
-        self.exports = export_all(self.work, self.assignment)
+        # The intake report again, with each student's final status: a file found gradable at import but then
+        # invalid (or tampered, or stopped) never says "graded".
+        write_intake(self.intake_path, self.found, statuses=final_statuses(self.work, self.assignment))
+        self.exports = export_all(self.work, self.assignment, self.canvas_column, self.roster, self.moodle)
         return results
 
     @property
@@ -180,14 +186,16 @@ class Batch:
 
     def _intake(self, found: list[Submission]) -> list[Submission]:
         """The students among what was found; every file and its fate in ASSIGNMENT-intake.csv."""
+        self.found = found
         self.rejected = [s for s in found if s.rejected]
         subs = [s for s in found if not s.rejected]
         self.missing = sorted(set(self.roster.students) - {s.student for s in subs}) if self.roster else []
-        write_intake(self.intake_path, subs, self.rejected)
+        write_intake(self.intake_path, found)
         if not subs:
-            why = "\n  ".join(s.reason for s in self.rejected) or "no .ipynb file in them (nor in folders below)"
-            raise GradingError(f"nothing to grade for {self.assignment} in the submissions given:\n  {why}\n"
-                               f"(every file and its fate: {self.intake_path})")
+            table = rows(found)
+            why = "\n  ".join(f"[{r['fate']}] {r['reason'] or r['file']}" for r in table) or "no file at all"
+            raise GradingError(f"nothing to grade for {self.assignment} in the submissions given; "
+                               f"{fate_counts(table)}:\n  {why}\n(every file and its fate: {self.intake_path})")
         return subs
 
     def _finish(self, sub: Submission, out: Outcome, scratch: Path | None) -> None:
@@ -268,17 +276,20 @@ class Batch:
 
 
 def report(results: list[tuple[Submission, Outcome]], rejected: list[Submission] = (),
-           missing: list[str] = ()) -> str:
-    """The console report: every reason in full, then the files no student was given, then who is missing."""
+           missing: list[str] = (), found: list[Submission] = (), statuses: dict | None = None) -> str:
+    """The console report: every reason in full, then the files no student was given, then who is missing,
+    then how many files met each fate (`intake.FATES`)."""
     lines = [f"{'student':<24} {'status':<9} {'points':>7}  reason"]
     for sub, out in sorted(results, key=lambda r: r[0].student):
         late = " (late)" if sub.late else ""
         lines.append(f"{sub.student:<24} {out.status:<9} {out.auto_score:>7g}  {out.reason}{late}")
     if rejected:
-        lines += ["", f"{len(rejected)} file(s) not graded (no student could be given them):",
-                  *[f"  {s.reason}" for s in rejected]]
+        lines += ["", f"{len(rejected)} other file(s), none graded:",
+                  *[f"  [{s.fate or 'unknown-student'}] {s.reason}" for s in rejected]]
     if missing:
         lines += ["", f"{len(missing)} student(s) on the roster without a submission: {', '.join(missing)}"]
+    if found:
+        lines += ["", fate_counts(rows(list(found), statuses))]
     return "\n".join(lines)
 
 
@@ -305,6 +316,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--id-regex", default=None, metavar="REGEX",
                         help="read the student from each file's path with this regex's (?P<student>...) group "
                              "(optional (?P<late>...), (?P<attempt>...)), for layouts not recognised")
+    parser.add_argument("--canvas-column", default="", metavar="'NAME (ID)'",
+                        help="the Canvas assignment the grades go to, as Canvas names it: 'Lab 2 (4711)' (default: "
+                             "the assignment folder's name, which Canvas imports as a new assignment)")
+    parser.add_argument("--moodle", action=argparse.BooleanOptionalAction, default=True,
+                        help="write the Moodle grading worksheet (students with a Moodle participant id, from a "
+                             "Moodle download or the roster's moodle_id); --no-moodle leaves it out")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
@@ -322,12 +339,14 @@ def main(argv: list[str] | None = None) -> int:
             raise GradingError(f"--id-regex {args.id_regex!r}: name the student's part (?P<student>...).")
         roster = Roster.load(args.roster) if args.roster else None
         batch = Batch(root, args.assignment, Path(args.work or root / "grading" / "work"), settings,
-                      roster=roster, id_regex=id_regex)
+                      roster=roster, id_regex=id_regex, canvas_column=args.canvas_column, moodle=args.moodle)
         results = batch.run(args.submissions, regrade=args.regrade)
     except GradingError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(report(results, batch.rejected, batch.missing))
+    print(report(results, batch.rejected, batch.missing, batch.found, final_statuses(batch.work, args.assignment)))
+    if warning := canvas_column_warning(args.assignment, args.canvas_column):
+        print(warning)
     print(f"grades: {batch.csv_path}\nevery file found: {batch.intake_path}\n"
           + "".join(f"{what}: {path}\n" for what, path in batch.exports.items())
           + f"feedback: {batch.work / 'feedback' / args.assignment}")
