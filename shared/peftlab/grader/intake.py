@@ -437,8 +437,9 @@ def _submission(student: str, item: _Found, named: Named, person: Student | None
 
 def _newest(group, assignment: str):
     """The copies that count: the assignment's own folder where nbgrader's layout has several, then the newest."""
-    mine = [g for g in group if g[1].folder == assignment] if assignment else []
-    pool = mine or group
+    pool = group
+    if assignment and any(g[1].folder == assignment for g in group):  # submitted/<student>/<other assignment>/
+        pool = [g for g in group if not g[1].folder or g[1].folder == assignment]
     top = max(attempt_key(g[1].attempt) for g in pool)
     return [g for g in pool if attempt_key(g[1].attempt) == top]
 
