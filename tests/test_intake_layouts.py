@@ -261,9 +261,13 @@ def test_canvas_download_grades_under_roster_ids_and_exports(tmp_path, downloads
         ("jdoe", "jdoe@uni.edu", "23456"), ("jsmith", "jsmith@uni.edu", "12345")]
     assert dict(db.execute("SELECT student, late FROM peftlab_intake")) == {"jdoe": 1, "jsmith": 0}
     with open(batch.exports["Canvas import"], newline="") as fh:
-        canvas_rows = {r["SIS User ID"]: r for r in csv.DictReader(fh)}
-    assert canvas_rows["jsmith"]["ID"] == "12345" and canvas_rows["jsmith"][ASSIGNMENT] == "3"
-    assert canvas_rows["jdoe"][ASSIGNMENT] == "0"
+        canvas_rows = {r["ID"]: r for r in csv.DictReader(fh)}
+    assert canvas_rows["12345"]["SIS User ID"] == "" and canvas_rows["12345"][ASSIGNMENT] == "3"
+    assert canvas_rows["23456"][ASSIGNMENT] == "0"  # graded, and 0 points: a 0, not a blank
+    with open(batch.intake_path, newline="") as fh:
+        fates = {r["file"].rsplit(":", 1)[1]: r["fate"] for r in csv.DictReader(fh)}
+    assert fates == {"smithjohn_12345_6789012_fixture.ipynb": "graded", "doejane_LATE_23456_7890123_fixture.ipynb":
+                     "graded", "fixture.ipynb": "unknown-student"}
     text = batch.exports["class summary"].read_text()
     assert "| graded | 2 |" in text and "1 late" in text and "| test_halve | 1 of 2 | 50% |" in text
     assert batch.exports["score histogram"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
