@@ -46,7 +46,8 @@ from .export import canvas_column_warning, export_all, final_statuses, grades_cs
 from .forkserver import ForkServer
 from .gradebook import finished, record, record_identity
 from .intake import Submission, fate_counts, import_submissions, rows
-from .outcome import Outcome
+from .outcome import Outcome, clip
+from .progress import partial_notebook
 from .repair import repair_file
 from .roster import Roster
 from .sandbox import use_bubblewrap
@@ -210,7 +211,8 @@ class Batch:
         fb = self.work / "feedback" / self.assignment / sub.student / (Path(self.notebook).stem + ".html")
         fb.unlink(missing_ok=True)
         if not (out.feedback and copy_out(Path(out.feedback), fb, limit)):  # no worker wrote it: the page now
-            feedback_page(self._job(sub, 0, []), out, None, fb)
+            partial = scratch / "partial.ipynb" if scratch is not None and out.status == "timeout" else None
+            feedback_page(self._job(sub, 0, []), out, partial if partial and partial.is_file() else None, fb)
         record_identity(self.work, self.assignment, sub)  # first: a batch killed between the two regrades the student
         record(self.work, self.assignment, sub, out)
         if scratch is not None and out.status == "graded":
@@ -260,8 +262,16 @@ class Batch:
     def _collect(self, sub: Submission, scratch: Path, code: int, over: bool) -> Outcome:
         result = scratch / "result.json"
         if over:
+            # The notebook as far as it ran, for the feedback (peftlab.grader.progress).
+            limit = self.settings.wall_timeout
+            try:
+                _, running = partial_notebook(scratch / "findings.jsonl", scratch / "partial.ipynb", limit)
+            except Exception as exc:  # the grade stands without the partial notebook
+                running = ""
+                (scratch / "partial.error").write_text(f"{type(exc).__name__}: {exc}")
             return Outcome(student=sub.student, status="timeout",
-                           reason=f"still running after the {self.settings.wall_timeout} s wall limit; stopped")
+                           reason=f"still running after the {limit} s wall limit; stopped"
+                                  + (f" while {running} was running" if running else " before its first cell ran"))
         if code == 0 and result.is_file() and not result.is_symlink():
             try:
                 return Outcome(**json.loads(result.read_text()))
@@ -272,7 +282,7 @@ class Batch:
         except OSError:
             tail = ["no worker log"]
         return Outcome(student=sub.student, status="error",
-                       reason=f"grader worker exited with code {code}: {' | '.join(tail)[:400]}")
+                       reason=f"grader worker exited with code {code}: {clip(' | '.join(tail))}")
 
 
 def report(results: list[tuple[Submission, Outcome]], rejected: list[Submission] = (),

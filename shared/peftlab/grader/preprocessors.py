@@ -146,6 +146,16 @@ class GuardedExecute(Execute):
         finally:
             report(self.findings, kind="timing", **cell_times(nb, start, time.time()))
 
+    def preprocess_cell(self, cell, resources, index):
+        # How far the notebook got, for the feedback of one stopped at the wall limit (peftlab.grader.progress).
+        from . import progress
+
+        progress.started(self.findings, self.nb, index)
+        try:
+            return super().preprocess_cell(cell, resources, index)
+        finally:
+            progress.finished(self.findings, self.nb, index)
+
     def output(self, outs, msg, display_id, cell_index):
         if self.nb.cells[cell_index].metadata.get("peftlab", {}).get("probe"):
             sent = getattr(self, "_probe_sent", {})
