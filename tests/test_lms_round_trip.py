@@ -257,3 +257,41 @@ def test_moodle_time_is_one_strtotime_reads(graded):
     assert stamps and all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00", s) for s in stamps)
     assert all(abs(datetime.fromisoformat(s).timestamp() - datetime.now(timezone.utc).timestamp()) < 3600
                for s in stamps)
+
+
+def test_moodle_worksheet_ids_count_over_the_rosters(graded, tmp_path):
+    """Participant ids are per assignment: the worksheet downloaded from this assignment names the rows."""
+    work, roster, total = graded
+    sheet = tmp_path / "worksheet.csv"
+    with sheet.open("w", newline="", encoding="utf-8-sig") as fh:  # as Moodle writes it (with a BOM)
+        w = csv.writer(fh)
+        w.writerow(["Identifier", "Full name", "Email address", "Status", "Grade", "Maximum Grade",
+                    "Grade can be changed", "Last modified (submission)", "Last modified (grade)", "Feedback comments"])
+        for i, (sid, (name, email, *_)) in enumerate(CLASS.items()):
+            w.writerow([f"Participant {7001 + i}", name, email if sid != "zoe" else "", "", "", f"{total:g}",
+                        "Yes", "", "-", ""])
+    exports = export_all(work, ASSIGNMENT, "", roster, moodle_worksheet=sheet)
+    participants = {str(7001 + i): sid for i, sid in enumerate(CLASS)}  # zoe: matched by her full name
+    result = moodle_import(exports["Moodle worksheet"], {"participants": participants, "max": total, "grades": {}})
+    assert result["applied"] == {s: float(_expected_points(s)) for s in CLASS if CLASS[s][5] == "graded"}
+    with exports["Moodle worksheet"].open(newline="", encoding="utf-8") as fh:
+        assert {r["Identifier"] for r in csv.DictReader(fh)} == {f"Participant {p}" for p in participants}
+
+
+def test_a_wrong_worksheet_is_refused_with_the_fix(tmp_path):
+    from peftlab.grader.course import GradingError
+    from peftlab.grader.export import read_worksheet
+
+    bad = tmp_path / "grades.csv"
+    bad.write_text("Student,ID\nA,1\n")
+    with pytest.raises(GradingError, match=r"grades.csv: not a Moodle grading worksheet .*Download grading"):
+        read_worksheet(bad)
+
+
+def test_peftlab_grade_takes_the_export_options(tmp_path, capsys):
+    from peftlab.grader import batch
+
+    with pytest.raises(SystemExit):
+        batch.main(["--help"])
+    text = capsys.readouterr().out
+    assert "--canvas-column" in text and "--moodle" in text

@@ -42,7 +42,7 @@ from ..config import parse_overrides
 from ..files import write_atomic
 from .assignment import Assignment
 from .course import GradingError, course_root
-from .export import canvas_column_warning, export_all, final_statuses, grades_csv, write_intake
+from .export import canvas_column_warning, export_all, final_statuses, grades_csv, read_worksheet, write_intake
 from .forkserver import ForkServer
 from .gradebook import finished, record, record_identity
 from .intake import Submission, fate_counts, import_submissions, rows
@@ -85,7 +85,7 @@ class Batch:
     roster: Roster | None = None
     id_regex: re.Pattern | None = None
     canvas_column: str = ""  # the Canvas assignment column of the export, e.g. 'Lab 2 (4711)'
-    moodle: bool = True  # write the Moodle grading worksheet
+    moodle_worksheet: str = ""  # the grading worksheet downloaded from Moodle: its participant ids
 
     def __post_init__(self):
         self.ready = Assignment(self.root, self.assignment, self.work, self.settings, log=self.log)
@@ -162,7 +162,8 @@ class Batch:
         # The intake report again, with each student's final status: a file found gradable at import but then
         # invalid (or tampered, or stopped) never says "graded".
         write_intake(self.intake_path, self.found, statuses=final_statuses(self.work, self.assignment))
-        self.exports = export_all(self.work, self.assignment, self.canvas_column, self.roster, self.moodle)
+        self.exports = export_all(self.work, self.assignment, self.canvas_column, self.roster,
+                                   self.moodle_worksheet)
         return results
 
     @property
@@ -329,9 +330,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--canvas-column", default="", metavar="'NAME (ID)'",
                         help="the Canvas assignment the grades go to, as Canvas names it: 'Lab 2 (4711)' (default: "
                              "the assignment folder's name, which Canvas imports as a new assignment)")
-    parser.add_argument("--moodle", action=argparse.BooleanOptionalAction, default=True,
-                        help="write the Moodle grading worksheet (students with a Moodle participant id, from a "
-                             "Moodle download or the roster's moodle_id); --no-moodle leaves it out")
+    parser.add_argument("--moodle", default="", metavar="WORKSHEET.csv",
+                        help="the grading worksheet downloaded from the Moodle assignment (Download grading "
+                             "worksheet): its participant ids, matched by e-mail then name, go into the Moodle "
+                             "export whatever the download was (else: a Moodle download's, or the roster's moodle_id)")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
@@ -348,8 +350,11 @@ def main(argv: list[str] | None = None) -> int:
         if id_regex is not None and "student" not in id_regex.groupindex:
             raise GradingError(f"--id-regex {args.id_regex!r}: name the student's part (?P<student>...).")
         roster = Roster.load(args.roster) if args.roster else None
+        if args.moodle:
+            read_worksheet(args.moodle)  # a wrong file stops here, before any grading
         batch = Batch(root, args.assignment, Path(args.work or root / "grading" / "work"), settings,
-                      roster=roster, id_regex=id_regex, canvas_column=args.canvas_column, moodle=args.moodle)
+                      roster=roster, id_regex=id_regex, canvas_column=args.canvas_column,
+                      moodle_worksheet=args.moodle)
         results = batch.run(args.submissions, regrade=args.regrade)
     except GradingError as exc:
         print(f"error: {exc}", file=sys.stderr)

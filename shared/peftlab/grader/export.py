@@ -217,15 +217,49 @@ def summary(rows: list[dict], assignment: str, md: Path, png: Path) -> tuple[Pat
     return md, png
 
 
+def read_worksheet(path: str | Path) -> dict[str, dict[str, str]]:
+    """Participant ids from a grading worksheet downloaded from the Moodle assignment:
+    {"email": {e-mail: id}, "name": {full name: id}} (names only where one participant has them)."""
+    path = Path(path)
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as fh:
+            table = list(csv.DictReader(fh))
+            header = list(table[0]) if table else []
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise GradingError(f"{path}: cannot read the Moodle worksheet ({exc}); download it again from the "
+                           "assignment (View all submissions > Download grading worksheet).") from None
+    for column in ("Identifier", "Full name"):
+        if column not in header:
+            raise GradingError(f"{path}: not a Moodle grading worksheet (no {column!r} column; found "
+                               f"{header[:6] or 'nothing'}); download it from the assignment's 'Download grading "
+                               "worksheet', in English, as CSV.")
+    by_email, names = {}, {}
+    for row in table:
+        pid = (row.get("Identifier") or "").removeprefix("Participant ").strip()
+        if not pid.isdigit():
+            continue
+        if row.get("Email address"):
+            by_email[row["Email address"].strip().casefold()] = pid
+        names.setdefault((row.get("Full name") or "").strip().casefold(), []).append(pid)
+    return {"email": by_email, "name": {n: ids[0] for n, ids in names.items() if n and len(ids) == 1}}
+
+
 def export_all(work: Path, assignment: str, canvas_column: str = "", roster: Roster | None = None,
-               moodle: bool = True) -> dict[str, Path]:
-    """Write every export of `assignment` from the gradebook in `work`; {what: path}."""
+               moodle_worksheet: str | Path | None = None) -> dict[str, Path]:
+    """Write every export of `assignment` from the gradebook in `work`; {what: path}.
+
+    `moodle_worksheet`: the assignment's grading worksheet downloaded from Moodle, whose participant ids
+    (matched by e-mail, then by full name) count over any other: Moodle's are per assignment."""
     table = class_rows(work, assignment, roster)
+    if moodle_worksheet:
+        ids = read_worksheet(moodle_worksheet)
+        for r in table:
+            r["moodle_id"] = (ids["email"].get(r["email"].casefold()) if r["email"] else None) \
+                or ids["name"].get(r["name"].casefold()) or r["moodle_id"]
     md, png = summary(table, assignment, work / f"{assignment}-summary.md", work / f"{assignment}-scores.png")
-    out = {"Canvas import": canvas_csv(table, assignment, work / f"{assignment}-canvas.csv", canvas_column)}
-    if moodle:
-        out["Moodle worksheet"] = moodle_csv(table, work / f"{assignment}-moodle.csv")
-    return {**out, "class summary": md, "score histogram": png}
+    return {"Canvas import": canvas_csv(table, assignment, work / f"{assignment}-canvas.csv", canvas_column),
+            "Moodle worksheet": moodle_csv(table, work / f"{assignment}-moodle.csv"),
+            "class summary": md, "score histogram": png}
 
 
 def canvas_column_warning(assignment: str, column: str) -> str:
@@ -243,13 +277,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", default=None, help="grading folder (default: grading/work of the course)")
     parser.add_argument("--canvas-column", default="", help="Canvas assignment column, e.g. 'Lab 2 (4711)'")
     parser.add_argument("--roster", default=None, help="class list CSV: Canvas, Moodle and SIS ids for the exports")
+    parser.add_argument("--moodle", default=None, metavar="WORKSHEET.csv",
+                        help="the grading worksheet downloaded from the Moodle assignment: its participant ids "
+                             "(matched by e-mail, then name) fill ours, whatever the download was")
     args = parser.parse_args(argv)
     try:
         work = Path(args.work) if args.work else course_root() / "grading" / "work"
         if not (work / "gradebook.db").is_file():
             raise GradingError(f"{work}: no gradebook.db; grade the class first (peftlab-grade), or pass --work.")
         roster = Roster.load(args.roster) if args.roster else None
-        exports = export_all(work, args.assignment, args.canvas_column, roster)
+        exports = export_all(work, args.assignment, args.canvas_column, roster, args.moodle)
     except GradingError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
