@@ -408,3 +408,38 @@ def test_identify_keeps_stray_files_nameless():
     assert "names no student" in identify("alice/data.csv", NB).problem
     assert identify("lierin_45678_1_fixture.zip", NB).student == "canvas-45678"
     assert re.search("release", identify("exchange/c/outbound/90_fixture/fixture.ipynb", NB).ignored)
+
+
+def test_a_file_found_gradable_but_then_invalid_never_says_graded(tmp_path):
+    src = _tree(tmp_path / "class", {"amy.ipynb": nb("amy"), "bo.ipynb": nb("bo")})
+    subs = import_submissions([src], NB, tmp_path / "st", assignment=ASSIGNMENT)
+    assert {r["fate"] for r in rows(subs)} == {"graded"}  # at import, both look gradable
+    after = rows(subs, {"amy": ("invalid", "not valid notebook JSON"), "bo": ("graded", "")})
+    assert {r["student"]: (r["fate"], r["reason"]) for r in after} == {
+        "amy": ("invalid", "not valid notebook JSON"), "bo": ("graded", "")}
+
+
+def test_a_folder_name_in_no_encoding_is_reported_not_fatal(tmp_path):
+    src = tmp_path / "class"
+    src.mkdir()
+    fd = os.open(os.fsencode(src) + b"/Jos\xe9.ipynb", os.O_WRONLY | os.O_CREAT, 0o644)
+    os.write(fd, nb("jose"))
+    os.close(fd)
+    (src / "amy.ipynb").write_bytes(nb("amy"))
+    subs = import_submissions([src], NB, tmp_path / "st", assignment=ASSIGNMENT)
+    assert {s.student for s in subs if not s.rejected} == {"amy"}
+    path = write_intake(tmp_path / "intake.csv", subs)
+    text = path.read_text(encoding="utf-8")
+    assert "Jos\\xe9.ipynb" in text and "unknown-student" in text
+
+
+def test_hostile_gradescope_metadata_is_one_files_problem(tmp_path):
+    deep = "a: " + "[" * 5000 + "]" * 5000 + "\n"
+    src = _zip(tmp_path / "gs.zip", {"export/submission_1/fixture.ipynb": nb("x"),
+                                    "export/submission_metadata.yml": deep.encode(),
+                                    "amy.ipynb": nb("amy")})
+    subs = import_submissions([src], NB, tmp_path / "st", assignment=ASSIGNMENT)
+    by_file = {r["file"].rsplit(":", 1)[1]: r for r in rows(subs)}
+    assert by_file["amy.ipynb"]["fate"] == "graded"
+    assert "unreadable" in by_file["export/submission_metadata.yml"]["reason"]
+    assert by_file["export/submission_1/fixture.ipynb"]["fate"] == "unknown-student"

@@ -52,7 +52,7 @@ def canvas_import(path: Path, course: dict) -> dict:
     columns = [(i, h) for i, h in enumerate(header) if i >= student_columns
                and not re.search("|".join(NON_ASSIGNMENT), h)]
     by_title = {title: aid for aid, (title, _) in course["assignments"].items()}
-    assignments, new = {}, []
+    assignments = {}
     for i, h in columns:
         m = re.match(r"^(.*) \((\d+)\)$", h)
         aid = int(m[2]) if m and int(m[2]) in course["assignments"] else by_title.get(h)
@@ -160,7 +160,7 @@ def graded(tmp_path_factory):
     with open_gradebook(work) as gb:
         cells = {c.name: (c.max_score, c.cell_type == "markdown")
                  for nb in gb.find_assignment(ASSIGNMENT).notebooks for c in nb.grade_cells}
-    for i, (sid, (name, email, cid, mid, sis, status, points)) in enumerate(CLASS.items()):
+    for i, (sid, (name, email, cid, _, _, status, points)) in enumerate(CLASS.items()):
         person = roster.students[sid]
         # Only some came with their Canvas id in the download; the roster has everyone's.
         sub = Submission(student=sid, origin=f"submissions.zip:x_{cid}_1_fixture.ipynb", sha256=f"{i:064x}",

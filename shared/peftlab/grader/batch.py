@@ -42,7 +42,14 @@ from ..config import parse_overrides
 from ..files import write_atomic
 from .assignment import Assignment
 from .course import GradingError, course_root
-from .export import canvas_column_warning, export_all, final_statuses, grades_csv, read_worksheet, write_intake
+from .export import (
+    canvas_column_warning,
+    export_all,
+    final_statuses,
+    grades_csv,
+    read_worksheet,
+    write_intake,
+)
 from .forkserver import ForkServer
 from .gradebook import finished, record, record_identity
 from .intake import Submission, fate_counts, import_submissions, rows

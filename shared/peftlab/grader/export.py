@@ -48,7 +48,7 @@ def _csv_bytes(header: list[str], rows: list[list]) -> bytes:
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(header)
     writer.writerows(rows)
-    return buf.getvalue().encode("utf-8")
+    return buf.getvalue().encode("utf-8", "backslashreplace")  # a file name in no encoding: shown, not fatal
 
 
 def grades_csv(work: Path, assignment: str, path: Path) -> Path:

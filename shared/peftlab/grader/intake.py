@@ -28,10 +28,11 @@ import struct
 import zipfile
 import zlib
 from collections import Counter
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO
 
 from .course import GradingError
 from .layouts import Named, attempt_key, identify, is_notebook
@@ -151,7 +152,7 @@ def _walk_folder(source: Path, limit: int) -> list[_Found]:
                                 whole=True))
             return
         for entry in entries:
-            name = f"{rel}{entry.name}"
+            name = printable(f"{rel}{entry.name}")  # a name in no encoding never becomes a student's
             origin = printable(entry.path)
             if entry.is_dir(follow_symlinks=False):
                 if entry.name.startswith(".") or entry.name == "__MACOSX":
@@ -281,7 +282,7 @@ def _gradescope_metadata(found: list[_Found], limit: int) -> dict | None:
         try:
             with item.open() as fh:
                 data = yaml.safe_load(fh.read(limit + 1))
-        except (yaml.YAMLError, OSError, ValueError, zipfile.BadZipFile) as exc:
+        except Exception as exc:  # noqa: BLE001 (YAML nested too deep, a broken zip: one file, never the class)
             item.ignored = f"Gradescope's list of submitters, unreadable ({type(exc).__name__}); download it again"
             continue
         if isinstance(data, dict):
@@ -338,44 +339,52 @@ def _decide(found: list[_Found], notebook: str, staging: Path, limit: int, assig
     gradescope = _gradescope_metadata(found, limit)
     notebooks: dict[str, list[tuple[_Found, Named, Student | None]]] = {}
     others: dict[str, list[tuple[_Found, Named, Student | None]]] = {}
-    for item in found:
+
+    def _place(item: _Found) -> None:
+        """Give the file to a student, or reject it with its fate."""
         if item.ignored:
             reject(item, "ignored", item.ignored)
-            continue
+            return
         if item.whole:
             reject(item, "invalid", item.problem)
-            continue
+            return
         named = identify(item.name, notebook, assignment, id_regex, gradescope)
         notebook_file = is_notebook(item.name)
         if named.ignored:
             reject(item, "ignored", named.ignored, owner=named.student, named=named)
-            continue
+            return
         if named.problem:
             reject(item, "unknown-student" if notebook_file or item.problem else "not-a-notebook",
                    named.problem + (f"; it {item.problem}" if item.problem else ""), named=named)
-            continue
+            return
         if item.undecodable and not named.lms_id:
             reject(item, "unknown-student", (
                 f"the zip stores this name as {item.undecodable!r} without saying its encoding (no UTF-8 flag, not "
                 f"UTF-8); read by the zip rule (code page 437) it is {item.name!r}, which cannot be trusted as a "
                 "student's name: re-create the zip with UTF-8 names (7-Zip, Python's zipfile, macOS) or rename the "
                 "file in plain ASCII"), named=named)
-            continue
+            return
         if named.by_name and roster is None:
             reject(item, "unknown-student", (
                 f"a {named.layout} download names students by display name ({named.name!r}), which is not an id: "
                 "pass --roster class.csv (columns id, name; matched by exact name), or --id-regex"), named=named)
-            continue
+            return
         person = None
         if roster is not None:
             person, why = roster.match(named)
             if person is None:
                 reject(item, "unknown-student", why, named=named)
-                continue
+                return
             named.student = person.id
         if item.undecodable:
             named.name = ""  # the display name is garbled; the LMS id is not
         (notebooks if notebook_file else others).setdefault(named.student, []).append((item, named, person))
+
+    for item in found:
+        try:
+            _place(item)
+        except Exception as exc:  # noqa: BLE001 (one file that breaks a rule is that file's row, never a traceback)
+            reject(item, "invalid", f"could not be read ({type(exc).__name__}: {str(exc)[:200]}); download it again")
 
     out: list[Submission] = []
     for student in sorted(set(notebooks) | set(others)):

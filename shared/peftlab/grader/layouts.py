@@ -200,7 +200,7 @@ def identify(path: str, notebook: str, assignment: str = "", id_regex: re.Patter
     if m and (notebook_file or m["ext"]):
         return _checked(Named(student=f"canvas-{m['uid']}", lms_id=m["uid"], name=m["name"], late=bool(m["late"]),
                               timed=True, attempt=f"{int(m['n'] or 0):06d}", layout="Canvas"), path)
-    for i, part in enumerate(parts):
+    for part in parts:
         m = MOODLE.match(part)
         if m:
             return _checked(Named(student=f"moodle-{m['pid']}", lms_id=m["pid"], name=m["name"].strip(),
