@@ -5,14 +5,19 @@ Written after every batch, beside `ASSIGNMENT-grades.csv` in the grading folder:
 | file | for |
 |---|---|
 | `ASSIGNMENT-grades.csv` | one row per student: status, autograded points, points awaiting hand grading, flag, points per test, reason, notes |
-| `ASSIGNMENT-intake.csv` | every file found: the student it was given to (or why none), layout, lateness |
-| `ASSIGNMENT-canvas.csv` | Canvas, Grades > Import: `Student, ID, SIS User ID, SIS Login ID, Section, <assignment>` |
-| `ASSIGNMENT-moodle.csv` | Moodle, assignment > "Upload grading worksheet": `Identifier, Full name, Email address, Status, Grade, Maximum Grade, ...` |
+| `ASSIGNMENT-intake.csv` | every file found, one row each: the student it was given to (or why none), layout, lateness, fate |
+| `ASSIGNMENT-canvas.csv` | Canvas, Grades > Import: `Student, ID, SIS User ID, SIS Login ID, Section, <column>, Notes (PEFT Lab)` |
+| `ASSIGNMENT-moodle.csv` | Moodle, assignment > "Upload grading worksheet": `Identifier, Full name, Email address, Status, Grade, Maximum Grade, ..., Last modified (grade), Feedback comments` |
 | `ASSIGNMENT-summary.md`, `ASSIGNMENT-scores.png` | statuses, score histogram, how often each test failed |
 
 Scores are nbgrader's (autograded points, replaced by any points given by
 hand in formgrader), so export again after grading by hand:
-`python -m peftlab.grader.export ASSIGNMENT [--work grading/work]`.
+`python -m peftlab.grader.export ASSIGNMENT [--work grading/work] [--roster class.csv]
+[--canvas-column 'Lab 2 (4711)'] [--moodle worksheet.csv]`. A student whose
+notebook was not graded is sent blank with a note, never as 0; the ids each
+LMS matches on come from the download, the roster or Moodle's own worksheet
+(`tests/test_lms_round_trip.py` proves the round trip against both importers'
+rules).
 """
 
 from __future__ import annotations
