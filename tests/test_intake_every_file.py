@@ -443,3 +443,13 @@ def test_hostile_gradescope_metadata_is_one_files_problem(tmp_path):
     assert by_file["amy.ipynb"]["fate"] == "graded"
     assert "unreadable" in by_file["export/submission_metadata.yml"]["reason"]
     assert by_file["export/submission_1/fixture.ipynb"]["fate"] == "unknown-student"
+
+
+def test_console_report_counts_every_fate(roster, tmp_path):
+    from peftlab.grader.batch import report
+
+    subs = import_submissions([canvas(tmp_path)], NB, tmp_path / "st", assignment=ASSIGNMENT, roster=roster)
+    text = report([], [s for s in subs if s.rejected], ["zoe"], subs, {"jdoe": ("invalid", "bad JSON")})
+    last = text.splitlines()[-1]
+    assert last == "6 file(s) found: 2 graded, 1 invalid, 1 superseded, 2 not-a-notebook", last
+    assert "[superseded]" in text and "[not-a-notebook]" in text
