@@ -453,3 +453,20 @@ def test_console_report_counts_every_fate(roster, tmp_path):
     last = text.splitlines()[-1]
     assert last == "6 file(s) found: 2 graded, 1 invalid, 1 superseded, 2 not-a-notebook", last
     assert "[superseded]" in text and "[not-a-notebook]" in text
+
+
+def test_cells_without_ids_are_given_ids_as_nbformat_does(tmp_path):
+    """nbformat 4.5 requires cell ids; notebooks from older tools leave them out, which nbformat repairs."""
+    from peftlab.grader.inspect import add_cell_ids, load
+
+    cells = [{"cell_type": "markdown", "metadata": {}, "source": "a"},
+             {"cell_type": "code", "metadata": {}, "source": "1", "outputs": [], "execution_count": None},
+             {"cell_type": "markdown", "metadata": {}, "source": "c", "id": "cell-0"}]  # an id already taken
+    path = tmp_path / "amy.ipynb"
+    path.write_text(json.dumps({"cells": cells, "metadata": {}, "nbformat": 4, "nbformat_minor": 5}))
+    nb, problem = load(path)
+    assert problem == "" and nb is not None
+    ids = [c["id"] for c in nb["cells"]]
+    assert len(set(ids)) == 3 and ids[2] == "cell-0"
+    older = {"cells": [dict(cells[0])], "nbformat": 4, "nbformat_minor": 4}
+    assert add_cell_ids(older) == 0 and "id" not in older["cells"][0]  # 4.4 has no ids: left alone
