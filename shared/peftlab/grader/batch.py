@@ -140,11 +140,12 @@ class Batch:
     def run(self, sources: list[str | Path], regrade: bool = False) -> list[tuple[Submission, Outcome]]:
         sandboxed = use_bubblewrap(self.settings)
         inputs = [str(Path(s).resolve().parent if Path(s).is_file() else Path(s).resolve()) for s in sources]
-        if self.template is None:
-            self.prepare()
+        # Intake first: a wrong path or a download with nothing gradable is said before the minutes of set-up.
         found = import_submissions(sources, self.notebook, self.work / "staging" / self.assignment, self.settings,
                                    assignment=self.assignment, roster=self.roster, id_regex=self.id_regex)
         subs = self._intake(found)
+        if self.template is None:
+            self.prepare()
         self._repair(subs)
         done = {} if regrade else finished(self.work, self.assignment)
         todo, results = [], []
