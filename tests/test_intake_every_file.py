@@ -470,3 +470,14 @@ def test_cells_without_ids_are_given_ids_as_nbformat_does(tmp_path):
     assert len(set(ids)) == 3 and ids[2] == "cell-0"
     older = {"cells": [dict(cells[0])], "nbformat": 4, "nbformat_minor": 4}
     assert add_cell_ids(older) == 0 and "id" not in older["cells"][0]  # 4.4 has no ids: left alone
+
+
+def test_a_differently_named_assignment_folder_is_warned_about(tmp_path):
+    from peftlab.grader.batch import Batch
+
+    said = []
+    batch = Batch(Path(__file__).parent / "fixtures" / "course", ASSIGNMENT, tmp_path / "work", log=said.append)
+    subs = batch._intake(import_submissions([nbgrader(tmp_path)], NB, tmp_path / "st", assignment=ASSIGNMENT))
+    assert len(subs) == len(CLASS)
+    assert said == [f"warning: {len(CLASS)} submission(s) sit in nbgrader's submitted/<student>/lab5/, not "
+                    f"{ASSIGNMENT}/: graded as {ASSIGNMENT}; check that it is the same assignment"]

@@ -33,6 +33,7 @@ import shutil
 import stat
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -201,6 +202,10 @@ class Batch:
         subs = [s for s in found if not s.rejected]
         self.missing = sorted(set(self.roster.students) - {s.student for s in subs}) if self.roster else []
         write_intake(self.intake_path, found)
+        folders = Counter(m[1] for s in subs if (m := re.search(r"assignment folder '([^']*)'", s.layout)))
+        for folder, n in sorted(folders.items()):
+            self.log(f"warning: {n} submission(s) sit in nbgrader's submitted/<student>/{folder}/, not "
+                     f"{self.assignment}/: graded as {self.assignment}; check that it is the same assignment")
         if not subs:
             table = rows(found)
             why = "\n  ".join(f"[{r['fate']}] {r['reason'] or r['file']}" for r in table) or "no file at all"
