@@ -248,26 +248,30 @@ def test_canvas_download_grades_under_roster_ids_and_exports(tmp_path, downloads
         zf.writestr("smithjohn_12345_6789012_fixture.ipynb", nbformat.writes(solved))
         zf.writestr("doejane_LATE_23456_7890123_fixture.ipynb", nbformat.writes(release))
         zf.writestr("fixture.ipynb", nbformat.writes(solved))  # nobody's
+        zf.writestr("angstromzoe_34567_7890124_fixture.ipynb", "{not json")  # found at import, invalid when checked
     # Limits far above the few seconds each notebook takes: the machine may be busy.
     settings = Settings(workers=2, cell_timeout=300, wall_timeout=900,
                         parameters={**GRADING_PARAMETERS, "factor": 2})
     batch = Batch(course, ASSIGNMENT, tmp_path / "work", settings, log=lambda *a: None, roster=roster)
     results = {sub.student: out for sub, out in batch.run([canvas])}
-    assert {s: (o.status, o.auto_score) for s, o in results.items()} == {"jsmith": ("graded", 3), "jdoe": ("graded", 0)}
+    assert {s: (o.status, o.auto_score) for s, o in results.items()} == {
+        "jsmith": ("graded", 3), "jdoe": ("graded", 0), "zoe": ("invalid", 0)}
     assert [s.reason for s in batch.rejected] and "assignment's own file name" in batch.rejected[0].reason
-    assert batch.missing == ["zoe"]
+    assert batch.missing == []
     db = sqlite3.connect(batch.work / "gradebook.db")
     assert sorted(db.execute("SELECT id, email, lms_user_id FROM student")) == [
-        ("jdoe", "jdoe@uni.edu", "23456"), ("jsmith", "jsmith@uni.edu", "12345")]
-    assert dict(db.execute("SELECT student, late FROM peftlab_intake")) == {"jdoe": 1, "jsmith": 0}
+        ("jdoe", "jdoe@uni.edu", "23456"), ("jsmith", "jsmith@uni.edu", "12345"), ("zoe", "zoe@uni.edu", "34567")]
+    assert dict(db.execute("SELECT student, late FROM peftlab_intake")) == {"jdoe": 1, "jsmith": 0, "zoe": 0}
     with open(batch.exports["Canvas import"], newline="") as fh:
         canvas_rows = {r["ID"]: r for r in csv.DictReader(fh)}
     assert canvas_rows["12345"]["SIS User ID"] == "" and canvas_rows["12345"][ASSIGNMENT] == "3"
     assert canvas_rows["23456"][ASSIGNMENT] == "0"  # graded, and 0 points: a 0, not a blank
+    assert canvas_rows["34567"][ASSIGNMENT] == "" and "invalid" in canvas_rows["34567"]["Notes (PEFT Lab)"]
     with open(batch.intake_path, newline="") as fh:
         fates = {r["file"].rsplit(":", 1)[1]: r["fate"] for r in csv.DictReader(fh)}
     assert fates == {"smithjohn_12345_6789012_fixture.ipynb": "graded", "doejane_LATE_23456_7890123_fixture.ipynb":
-                     "graded", "fixture.ipynb": "unknown-student"}
+                     "graded", "fixture.ipynb": "unknown-student",
+                     "angstromzoe_34567_7890124_fixture.ipynb": "invalid"}  # not "graded": rewritten after grading
     text = batch.exports["class summary"].read_text()
-    assert "| graded | 2 |" in text and "1 late" in text and "| test_halve | 1 of 2 | 50% |" in text
+    assert "| graded | 2 |" in text and "| invalid | 1 |" in text and "1 late" in text and "| test_halve | 1 of 2 | 50% |" in text
     assert batch.exports["score histogram"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
