@@ -135,7 +135,9 @@ def class_rows(work: Path, assignment: str, roster: Roster | None = None) -> lis
             by_hand = any(g.manual_score is not None for g in grades)
             # Moodle skips a row whose grade is older than the grade it holds: a grade changed by hand in formgrader
             # is as new as the gradebook's last write.
-            when = max(filter(None, [graded_at, stamp.isoformat(timespec="seconds") if by_hand else ""]), default="")
+            # A gradebook from before grading times were kept has none: its last write is the best bound there is.
+            when = max(filter(None, [graded_at, stamp.isoformat(timespec="seconds") if by_hand or not graded_at
+                                     else ""]), default="")
             rows.append({
                 "id": sid, "name": " ".join(x for x in (st.first_name, st.last_name) if x) or sid,
                 "email": st.email or "", "lms_id": st.lms_user_id or "", "layout": layout, "late": bool(late),
