@@ -295,3 +295,13 @@ def test_peftlab_grade_takes_the_export_options(tmp_path, capsys):
         batch.main(["--help"])
     text = capsys.readouterr().out
     assert "--canvas-column" in text and "--moodle" in text
+
+
+def test_the_console_says_when_the_moodle_worksheet_is_empty(tmp_path):
+    from peftlab.grader.export import moodle_csv, moodle_warning
+
+    empty = moodle_csv([], tmp_path / "m.csv")
+    assert "no student" in moodle_warning(empty) and "--moodle" in moodle_warning(empty)
+    row = {"moodle_id": "7", "name": "A", "email": "", "late": False, "counted": True, "score": 1.0, "max": 2.0,
+           "graded_at": "", "status": "graded"}
+    assert moodle_warning(moodle_csv([row], tmp_path / "n.csv")) == ""

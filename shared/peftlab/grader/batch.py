@@ -48,6 +48,7 @@ from .export import (
     export_all,
     final_statuses,
     grades_csv,
+    moodle_warning,
     read_worksheet,
     write_intake,
 )
@@ -373,8 +374,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(report(results, batch.rejected, batch.missing, batch.found, final_statuses(batch.work, args.assignment)))
-    if warning := canvas_column_warning(args.assignment, args.canvas_column):
-        print(warning)
+    for warning in (canvas_column_warning(args.assignment, args.canvas_column),
+                    moodle_warning(batch.exports["Moodle worksheet"])):
+        if warning:
+            print(warning)
     print(f"grades: {batch.csv_path}\nevery file found: {batch.intake_path}\n"
           + "".join(f"{what}: {path}\n" for what, path in batch.exports.items())
           + f"feedback: {batch.work / 'feedback' / args.assignment}")

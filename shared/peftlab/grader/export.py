@@ -269,6 +269,16 @@ def export_all(work: Path, assignment: str, canvas_column: str = "", roster: Ros
             "class summary": md, "score histogram": png}
 
 
+def moodle_warning(path: Path) -> str:
+    """The console's word when the Moodle worksheet has no student in it."""
+    try:
+        empty = len(path.read_text(encoding="utf-8").splitlines()) <= 1
+    except OSError:
+        return ""
+    return (f"note: {path.name} has no student: nobody has a Moodle participant id (from a Moodle download, the "
+            "roster's moodle_id, or --moodle worksheet.csv downloaded from the assignment)") if empty else ""
+
+
 def canvas_column_warning(assignment: str, column: str) -> str:
     """The console's word when the Canvas column is not named the way Canvas matches an existing assignment."""
     if column and column.rstrip().endswith(")"):
@@ -299,8 +309,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for what, path in exports.items():
         print(f"{what}: {path}")
-    if warning := canvas_column_warning(args.assignment, args.canvas_column):
-        print(warning)
+    for warning in (canvas_column_warning(args.assignment, args.canvas_column),
+                    moodle_warning(exports["Moodle worksheet"])):
+        if warning:
+            print(warning)
     return 0
 
 
