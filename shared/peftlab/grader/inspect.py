@@ -95,7 +95,7 @@ def add_cell_ids(nb: dict) -> int:
     cells = nb.get("cells")
     if type(nb.get("nbformat_minor")) is not int or nb["nbformat_minor"] < 5 or not isinstance(cells, list):
         return 0
-    taken = {c.get("id") for c in cells if isinstance(c, dict)}
+    taken = {c["id"] for c in cells if isinstance(c, dict) and isinstance(c.get("id"), str)}  # others: the schema's
     added = 0
     for n, cell in enumerate(cells):
         if isinstance(cell, dict) and "id" not in cell:
