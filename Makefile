@@ -52,6 +52,7 @@ grade: venv
 # nbgrader's formgrader, for written answers: started in grading/ (its nbgrader_config.py) with the
 # course root as root_dir, so that its Edit and Preview links resolve. Autograde and feedback stay off.
 formgrader: venv
+	$(PY) -m peftlab.grader.formgrader  # the gradebook made (or repaired) before Jupyter starts
 	cd grading && exec $(abspath $(VENV))/bin/jupyter lab --ServerApp.root_dir=$(CURDIR) $(ARGS)
 
 release: venv

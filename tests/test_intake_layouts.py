@@ -185,20 +185,23 @@ def test_roster_problems_name_the_line(tmp_path, rows, why):
 def test_lms_exports_have_the_import_columns(tmp_path):
     rows = [
         {"id": "jsmith", "name": "John Smith", "email": "j@u.edu", "lms_id": "12345", "layout": "Canvas",
-         "late": False, "status": "graded", "reason": "", "score": 3.0, "max": 4.0, "tests": {}},
+         "late": False, "status": "graded", "reason": "", "score": 3.0, "max": 4.0, "tests": {},
+         "canvas_id": "12345", "moodle_id": "", "sis_id": "", "counted": True, "graded_at": "2026-12-05T07:00:00+00:00"},
         {"id": "moodle-7", "name": "Zoë Å", "email": "", "lms_id": "7", "layout": "Moodle", "late": True,
-         "status": "tampered", "reason": "cell deleted", "score": 0.0, "max": 4.0, "tests": {}},
+         "status": "tampered", "reason": "cell deleted", "score": 0.0, "max": 4.0, "tests": {},
+         "canvas_id": "", "moodle_id": "7", "sis_id": "", "counted": False, "graded_at": "2026-12-05T07:00:00+00:00"},
     ]
     with canvas_csv(rows, ASSIGNMENT, tmp_path / "c.csv", "Lab 90 (4711)").open(newline="") as fh:
         canvas = list(csv.reader(fh))
-    assert canvas[0] == ["Student", "ID", "SIS User ID", "SIS Login ID", "Section", "Lab 90 (4711)"]
-    assert canvas[1][0] == "Points Possible" and canvas[1][-1] == "4"
-    assert canvas[2] == ["John Smith", "12345", "jsmith", "j@u.edu", "", "3"]
-    assert canvas[3][1] == "" and canvas[3][2] == "moodle-7"  # no Canvas id: matched by SIS User ID
+    assert canvas[0] == ["Student", "ID", "SIS User ID", "SIS Login ID", "Section", "Lab 90 (4711)", "Notes (PEFT Lab)"]
+    assert canvas[1][0] == "Points Possible" and canvas[1][-2:] == ["4", "(read only)"]
+    assert canvas[2] == ["John Smith", "12345", "", "j@u.edu", "", "3", ""]  # SIS User ID: only a roster's
+    assert canvas[3][1] == "" and canvas[3][5] == "" and "tampered" in canvas[3][6]  # blank, never 0
     with moodle_csv(rows, tmp_path / "m.csv").open(newline="", encoding="utf-8") as fh:
         moodle = list(csv.DictReader(fh))
     assert len(moodle) == 1 and moodle[0]["Identifier"] == "Participant 7"
-    assert moodle[0]["Grade"] == "0" and moodle[0]["Maximum Grade"] == "4" and "late" in moodle[0]["Status"]
+    assert moodle[0]["Grade"] == "" and moodle[0]["Maximum Grade"] == "4" and "late" in moodle[0]["Status"]
+    assert moodle[0]["Last modified (grade)"] == "2026-12-05T07:00:00+00:00"
 
 
 def test_nothing_gradable_is_an_error_and_rejects_stay_out_of_the_gradebook(tmp_path):
@@ -214,7 +217,7 @@ def test_nothing_gradable_is_an_error_and_rejects_stay_out_of_the_gradebook(tmp_
         batch._intake(import_submissions([src], NB, tmp_path / "st", assignment=ASSIGNMENT))
     assert "assignment's own file name" in str(err.value)
     with open(batch.intake_path, newline="") as fh:
-        assert [r["fate"] for r in csv.DictReader(fh)] == ["rejected"]
+        assert [r["fate"] for r in csv.DictReader(fh)] == ["unknown-student"]
     assert not (tmp_path / "work" / "gradebook.db").exists() or not sqlite3.connect(
         tmp_path / "work" / "gradebook.db").execute("SELECT id FROM student").fetchall()
 
@@ -245,22 +248,30 @@ def test_canvas_download_grades_under_roster_ids_and_exports(tmp_path, downloads
         zf.writestr("smithjohn_12345_6789012_fixture.ipynb", nbformat.writes(solved))
         zf.writestr("doejane_LATE_23456_7890123_fixture.ipynb", nbformat.writes(release))
         zf.writestr("fixture.ipynb", nbformat.writes(solved))  # nobody's
+        zf.writestr("angstromzoe_34567_7890124_fixture.ipynb", "{not json")  # found at import, invalid when checked
     # Limits far above the few seconds each notebook takes: the machine may be busy.
     settings = Settings(workers=2, cell_timeout=300, wall_timeout=900,
                         parameters={**GRADING_PARAMETERS, "factor": 2})
     batch = Batch(course, ASSIGNMENT, tmp_path / "work", settings, log=lambda *a: None, roster=roster)
     results = {sub.student: out for sub, out in batch.run([canvas])}
-    assert {s: (o.status, o.auto_score) for s, o in results.items()} == {"jsmith": ("graded", 3), "jdoe": ("graded", 0)}
+    assert {s: (o.status, o.auto_score) for s, o in results.items()} == {
+        "jsmith": ("graded", 3), "jdoe": ("graded", 0), "zoe": ("invalid", 0)}
     assert [s.reason for s in batch.rejected] and "assignment's own file name" in batch.rejected[0].reason
-    assert batch.missing == ["zoe"]
+    assert batch.missing == []
     db = sqlite3.connect(batch.work / "gradebook.db")
     assert sorted(db.execute("SELECT id, email, lms_user_id FROM student")) == [
-        ("jdoe", "jdoe@uni.edu", "23456"), ("jsmith", "jsmith@uni.edu", "12345")]
-    assert dict(db.execute("SELECT student, late FROM peftlab_intake")) == {"jdoe": 1, "jsmith": 0}
+        ("jdoe", "jdoe@uni.edu", "23456"), ("jsmith", "jsmith@uni.edu", "12345"), ("zoe", "zoe@uni.edu", "34567")]
+    assert dict(db.execute("SELECT student, late FROM peftlab_intake")) == {"jdoe": 1, "jsmith": 0, "zoe": 0}
     with open(batch.exports["Canvas import"], newline="") as fh:
-        canvas_rows = {r["SIS User ID"]: r for r in csv.DictReader(fh)}
-    assert canvas_rows["jsmith"]["ID"] == "12345" and canvas_rows["jsmith"][ASSIGNMENT] == "3"
-    assert canvas_rows["jdoe"][ASSIGNMENT] == "0"
+        canvas_rows = {r["ID"]: r for r in csv.DictReader(fh)}
+    assert canvas_rows["12345"]["SIS User ID"] == "" and canvas_rows["12345"][ASSIGNMENT] == "3"
+    assert canvas_rows["23456"][ASSIGNMENT] == "0"  # graded, and 0 points: a 0, not a blank
+    assert canvas_rows["34567"][ASSIGNMENT] == "" and "invalid" in canvas_rows["34567"]["Notes (PEFT Lab)"]
+    with open(batch.intake_path, newline="") as fh:
+        fates = {r["file"].rsplit(":", 1)[1]: r["fate"] for r in csv.DictReader(fh)}
+    assert fates == {"smithjohn_12345_6789012_fixture.ipynb": "graded", "doejane_LATE_23456_7890123_fixture.ipynb":
+                     "graded", "fixture.ipynb": "unknown-student",
+                     "angstromzoe_34567_7890124_fixture.ipynb": "invalid"}  # not "graded": rewritten after grading
     text = batch.exports["class summary"].read_text()
-    assert "| graded | 2 |" in text and "1 late" in text and "| test_halve | 1 of 2 | 50% |" in text
+    assert "| graded | 2 |" in text and "| invalid | 1 |" in text and "1 late" in text and "| test_halve | 1 of 2 | 50% |" in text
     assert batch.exports["score histogram"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -6,7 +6,7 @@ export), then what they share:
 
 | module | what |
 |---|---|
-| `intake` | import a class's folders and zip files, regular files only |
+| `intake` | import a class's folders and zip files, regular files only: every file one row with its fate |
 | `layouts` | who submitted a file, from the names LMSs, nbgrader, JupyterHub and Colab give it |
 | `roster` | the class list: LMS ids, names and logins mapped to the course's ids |
 | `repair` | re-attach nbgrader metadata that an editor stripped, where unambiguous |
@@ -18,6 +18,7 @@ export), then what they share:
 | `inspect` | check a notebook (size, depth, JSON, nbformat, nbgrader metadata, graded cells) before anything reads it |
 | `sandbox` | the sandbox policy of a kernel (`policy_for`), and running it under bubblewrap with resource limits |
 | `preprocessors` | nbgrader preprocessors: grading parameters, canaries, probe cells, output cap, timings |
+| `progress` | how far a notebook got: the running cell and the cells before it, for the feedback of one stopped at the wall limit |
 | `probes` | points decided in the grader: probe files, the kernel's side, comparators, `judge` |
 | `outcome` | a graded submission: status, reason, points |
 | `gradebook` | nbgrader's gradebook as the record |

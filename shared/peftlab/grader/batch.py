@@ -33,6 +33,7 @@ import shutil
 import stat
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,11 +43,20 @@ from ..config import parse_overrides
 from ..files import write_atomic
 from .assignment import Assignment
 from .course import GradingError, course_root
-from .export import export_all, grades_csv, write_intake
+from .export import (
+    canvas_column_warning,
+    export_all,
+    final_statuses,
+    grades_csv,
+    moodle_warning,
+    read_worksheet,
+    write_intake,
+)
 from .forkserver import ForkServer
 from .gradebook import finished, record, record_identity
-from .intake import Submission, import_submissions
-from .outcome import Outcome
+from .intake import Submission, fate_counts, import_submissions, rows
+from .outcome import Outcome, clip
+from .progress import partial_notebook
 from .repair import repair_file
 from .roster import Roster
 from .sandbox import use_bubblewrap
@@ -83,6 +93,8 @@ class Batch:
     log: object = print
     roster: Roster | None = None
     id_regex: re.Pattern | None = None
+    canvas_column: str = ""  # the Canvas assignment column of the export, e.g. 'Lab 2 (4711)'
+    moodle_worksheet: str = ""  # the grading worksheet downloaded from Moodle: its participant ids
 
     def __post_init__(self):
         self.ready = Assignment(self.root, self.assignment, self.work, self.settings, log=self.log)
@@ -90,6 +102,7 @@ class Batch:
         self.source, self.notebook = self.ready.source, self.ready.notebook
         self.rejected: list[Submission] = []  # files no student could be given (reported, never recorded)
         self.missing: list[str] = []  # roster students without a submission
+        self.found: list[Submission] = []  # every file found, students' and rejected (the intake report)
         self.exports: dict[str, Path] = {}
         self._server: ForkServer | None = None
 
@@ -129,11 +142,12 @@ class Batch:
     def run(self, sources: list[str | Path], regrade: bool = False) -> list[tuple[Submission, Outcome]]:
         sandboxed = use_bubblewrap(self.settings)
         inputs = [str(Path(s).resolve().parent if Path(s).is_file() else Path(s).resolve()) for s in sources]
-        if self.template is None:
-            self.prepare()
+        # Intake first: a wrong path or a download with nothing gradable is said before the minutes of set-up.
         found = import_submissions(sources, self.notebook, self.work / "staging" / self.assignment, self.settings,
                                    assignment=self.assignment, roster=self.roster, id_regex=self.id_regex)
         subs = self._intake(found)
+        if self.template is None:
+            self.prepare()
         self._repair(subs)
         done = {} if regrade else finished(self.work, self.assignment)
         todo, results = [], []
@@ -155,7 +169,11 @@ class Batch:
         finally:
             self.close()
         grades_csv(self.work, self.assignment, self.csv_path)
-        self.exports = export_all(self.work, self.assignment)
+        # The intake report again, with each student's final status: a file found gradable at import but then
+        # invalid (or tampered, or stopped) never says "graded".
+        write_intake(self.intake_path, self.found, statuses=final_statuses(self.work, self.assignment))
+        self.exports = export_all(self.work, self.assignment, self.canvas_column, self.roster,
+                                   self.moodle_worksheet)
         return results
 
     @property
@@ -180,14 +198,20 @@ class Batch:
 
     def _intake(self, found: list[Submission]) -> list[Submission]:
         """The students among what was found; every file and its fate in ASSIGNMENT-intake.csv."""
+        self.found = found
         self.rejected = [s for s in found if s.rejected]
         subs = [s for s in found if not s.rejected]
         self.missing = sorted(set(self.roster.students) - {s.student for s in subs}) if self.roster else []
-        write_intake(self.intake_path, subs, self.rejected)
+        write_intake(self.intake_path, found)
+        folders = Counter(m[1] for s in subs if (m := re.search(r"assignment folder '([^']*)'", s.layout)))
+        for folder, n in sorted(folders.items()):
+            self.log(f"warning: {n} submission(s) sit in nbgrader's submitted/<student>/{folder}/, not "
+                     f"{self.assignment}/: graded as {self.assignment}; check that it is the same assignment")
         if not subs:
-            why = "\n  ".join(s.reason for s in self.rejected) or "no .ipynb file in them (nor in folders below)"
-            raise GradingError(f"nothing to grade for {self.assignment} in the submissions given:\n  {why}\n"
-                               f"(every file and its fate: {self.intake_path})")
+            table = rows(found)
+            why = "\n  ".join(f"[{r['fate']}] {r['reason'] or r['file']}" for r in table) or "no file at all"
+            raise GradingError(f"nothing to grade for {self.assignment} in the submissions given; "
+                               f"{fate_counts(table)}:\n  {why}\n(every file and its fate: {self.intake_path})")
         return subs
 
     def _finish(self, sub: Submission, out: Outcome, scratch: Path | None) -> None:
@@ -202,7 +226,8 @@ class Batch:
         fb = self.work / "feedback" / self.assignment / sub.student / (Path(self.notebook).stem + ".html")
         fb.unlink(missing_ok=True)
         if not (out.feedback and copy_out(Path(out.feedback), fb, limit)):  # no worker wrote it: the page now
-            feedback_page(self._job(sub, 0, []), out, None, fb)
+            partial = scratch / "partial.ipynb" if scratch is not None and out.status == "timeout" else None
+            feedback_page(self._job(sub, 0, []), out, partial if partial and partial.is_file() else None, fb)
         record_identity(self.work, self.assignment, sub)  # first: a batch killed between the two regrades the student
         record(self.work, self.assignment, sub, out)
         if scratch is not None and out.status == "graded":
@@ -252,8 +277,16 @@ class Batch:
     def _collect(self, sub: Submission, scratch: Path, code: int, over: bool) -> Outcome:
         result = scratch / "result.json"
         if over:
+            # The notebook as far as it ran, for the feedback (peftlab.grader.progress).
+            limit = self.settings.wall_timeout
+            try:
+                _, running = partial_notebook(scratch / "findings.jsonl", scratch / "partial.ipynb", limit)
+            except Exception as exc:  # the grade stands without the partial notebook
+                running = ""
+                (scratch / "partial.error").write_text(f"{type(exc).__name__}: {exc}")
             return Outcome(student=sub.student, status="timeout",
-                           reason=f"still running after the {self.settings.wall_timeout} s wall limit; stopped")
+                           reason=f"still running after the {limit} s wall limit; stopped"
+                                  + (f" while {running} was running" if running else " before its first cell ran"))
         if code == 0 and result.is_file() and not result.is_symlink():
             try:
                 return Outcome(**json.loads(result.read_text()))
@@ -264,21 +297,24 @@ class Batch:
         except OSError:
             tail = ["no worker log"]
         return Outcome(student=sub.student, status="error",
-                       reason=f"grader worker exited with code {code}: {' | '.join(tail)[:400]}")
+                       reason=f"grader worker exited with code {code}: {clip(' | '.join(tail))}")
 
 
 def report(results: list[tuple[Submission, Outcome]], rejected: list[Submission] = (),
-           missing: list[str] = ()) -> str:
-    """The console report: every reason in full, then the files no student was given, then who is missing."""
+           missing: list[str] = (), found: list[Submission] = (), statuses: dict | None = None) -> str:
+    """The console report: every reason in full, then the files no student was given, then who is missing,
+    then how many files met each fate (`intake.FATES`)."""
     lines = [f"{'student':<24} {'status':<9} {'points':>7}  reason"]
     for sub, out in sorted(results, key=lambda r: r[0].student):
         late = " (late)" if sub.late else ""
         lines.append(f"{sub.student:<24} {out.status:<9} {out.auto_score:>7g}  {out.reason}{late}")
     if rejected:
-        lines += ["", f"{len(rejected)} file(s) not graded (no student could be given them):",
-                  *[f"  {s.reason}" for s in rejected]]
+        lines += ["", f"{len(rejected)} other file(s), none graded:",
+                  *[f"  [{s.fate or 'unknown-student'}] {s.reason}" for s in rejected]]
     if missing:
         lines += ["", f"{len(missing)} student(s) on the roster without a submission: {', '.join(missing)}"]
+    if found:
+        lines += ["", fate_counts(rows(list(found), statuses))]
     return "\n".join(lines)
 
 
@@ -305,6 +341,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--id-regex", default=None, metavar="REGEX",
                         help="read the student from each file's path with this regex's (?P<student>...) group "
                              "(optional (?P<late>...), (?P<attempt>...)), for layouts not recognised")
+    parser.add_argument("--canvas-column", default="", metavar="'NAME (ID)'",
+                        help="the Canvas assignment the grades go to, as Canvas names it: 'Lab 2 (4711)' (default: "
+                             "the assignment folder's name, which Canvas imports as a new assignment)")
+    parser.add_argument("--moodle", default="", metavar="WORKSHEET.csv",
+                        help="the grading worksheet downloaded from the Moodle assignment (Download grading "
+                             "worksheet): its participant ids, matched by e-mail then name, go into the Moodle "
+                             "export whatever the download was (else: a Moodle download's, or the roster's moodle_id)")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
@@ -321,13 +364,20 @@ def main(argv: list[str] | None = None) -> int:
         if id_regex is not None and "student" not in id_regex.groupindex:
             raise GradingError(f"--id-regex {args.id_regex!r}: name the student's part (?P<student>...).")
         roster = Roster.load(args.roster) if args.roster else None
+        if args.moodle:
+            read_worksheet(args.moodle)  # a wrong file stops here, before any grading
         batch = Batch(root, args.assignment, Path(args.work or root / "grading" / "work"), settings,
-                      roster=roster, id_regex=id_regex)
+                      roster=roster, id_regex=id_regex, canvas_column=args.canvas_column,
+                      moodle_worksheet=args.moodle)
         results = batch.run(args.submissions, regrade=args.regrade)
     except GradingError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(report(results, batch.rejected, batch.missing))
+    print(report(results, batch.rejected, batch.missing, batch.found, final_statuses(batch.work, args.assignment)))
+    for warning in (canvas_column_warning(args.assignment, args.canvas_column),
+                    moodle_warning(batch.exports["Moodle worksheet"])):
+        if warning:
+            print(warning)
     print(f"grades: {batch.csv_path}\nevery file found: {batch.intake_path}\n"
           + "".join(f"{what}: {path}\n" for what, path in batch.exports.items())
           + f"feedback: {batch.work / 'feedback' / args.assignment}")

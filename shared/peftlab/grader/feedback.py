@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 
 from .inspect import graded_cells
-from .outcome import FLAGGED, STATUSES, Outcome
+from .outcome import FLAGGED, STATUSES, Outcome, clip
 from .render import TRUSTED, render_html
 
 _REGION = re.compile(r"### BEGIN HIDDEN TESTS\n(.*?)### END HIDDEN TESTS", re.S)
@@ -92,7 +92,7 @@ def summary_markdown(out: Outcome, assignment: str) -> str:
                   "| test | points | why |", "|---|---|---|"]
         for gid, v in auto.items():
             why = out.errors.get(gid, "passed" if v["score"] == v["max"] else "")
-            why = why.replace("|", "\\|").replace("\n", " ")[:300]
+            why = clip(why).replace("|", "\\|").replace("\n", " ")
             lines.append(f"| {gid} | {v['score'] or 0:g} / {v['max']:g} | {why} |")
     if out.notes:
         lines += ["", "Notes:", *[f"- {n}" for n in out.notes]]

@@ -9,6 +9,14 @@ Formgrader's own Autograde and Generate Feedback buttons would run student code
 without the sandbox, canaries or injected parameters, and nbgrader's feedback
 shows hidden tests. `grading/nbgrader_config.py` replaces what they run with
 `Refuse`, which stops them with a message pointing at `peftlab-grade`.
+
+On a course with no gradebook, nbgrader makes one on formgrader's first page
+and runs the `alembic` command to stamp it: with the venv's `jupyter` started
+by path (as the Makefile does) `alembic` is not on PATH, the page fails with a
+500 and the gradebook is left without its `alembic_version` table. So `make
+formgrader` first runs `python -m peftlab.grader.formgrader`, which makes (or
+repairs) the gradebook with this interpreter's tools on PATH, and
+`grading/nbgrader_config.py` puts them on the server's PATH too.
 """
 
 from __future__ import annotations
@@ -39,6 +47,48 @@ class Refuse(Preprocessor):
 class RefuseFeedback(Refuse):
     what = "Generate Feedback"
     why = "show the hidden tests' code to students"
+
+
+def prepare_gradebook(work: Path) -> str:
+    """Make the gradebook in `work` as nbgrader would, or stamp one that a failed first start left without
+    its alembic version; what was done, in words."""
+    import sqlite3
+
+    from .course import tools_on_path
+    from .gradebook import open_gradebook
+
+    tools_on_path()
+    work.mkdir(parents=True, exist_ok=True)
+    db = work / "gradebook.db"
+    existed = db.is_file() and db.stat().st_size > 0
+    if existed:
+        with sqlite3.connect(db) as con:
+            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if tables and "alembic_version" not in tables:
+            from nbgrader.api import get_alembic_version
+
+            version = get_alembic_version()
+            with sqlite3.connect(db) as con:
+                con.execute("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL)")
+                con.execute("INSERT INTO alembic_version (version_num) VALUES (?)", (version,))
+            return f"{db}: stamped with nbgrader's schema version {version} (a failed first start had left it out)"
+    with open_gradebook(work):
+        pass
+    return f"{db}: ready" if existed else f"{db}: created"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m peftlab.grader.formgrader [COURSE]`: the course's gradebook ready before formgrader starts."""
+    from .course import GradingError, course_root
+
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        root = course_root(argv[0] if argv else None)
+        print(prepare_gradebook(root / "grading" / "work"))
+    except (GradingError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def _server_root(argv: list[str]) -> Path:
@@ -75,3 +125,7 @@ def warn_if_misplaced(course: Path, argv: list[str] | None = None) -> str:
               f"run `make formgrader` in {course.resolve()}.\n",
               file=sys.stderr, flush=True)
     return why
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

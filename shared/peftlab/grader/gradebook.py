@@ -86,8 +86,16 @@ INTAKE_TABLE = """CREATE TABLE IF NOT EXISTS peftlab_intake (
     origin TEXT NOT NULL, PRIMARY KEY (assignment, student))"""
 
 
+LMS_TABLE = """CREATE TABLE IF NOT EXISTS peftlab_lms (
+    assignment TEXT NOT NULL, student TEXT NOT NULL, canvas_id TEXT NOT NULL, moodle_id TEXT NOT NULL,
+    sis_id TEXT NOT NULL, graded_at TEXT NOT NULL, PRIMARY KEY (assignment, student))"""
+
+
 def record_identity(work: Path, assignment: str, sub: Submission) -> None:
-    """The student's name, e-mail and LMS id (nbgrader's student table) and how the file came (lateness, layout)."""
+    """The student's name, e-mail and LMS id (nbgrader's student table), how the file came (lateness, layout),
+    the ids each LMS's import matches on (`peftlab_lms`, per assignment: Moodle's participant ids are) and when
+    it was graded (Moodle's worksheet needs it)."""
+    from datetime import datetime, timezone
 
     first, _, last = sub.name.rpartition(" ") if " " in sub.name else ("", "", sub.name)
     with open_gradebook(work) as gb:
@@ -99,4 +107,8 @@ def record_identity(work: Path, assignment: str, sub: Submission) -> None:
                 setattr(student, key, value)
         gb.db.execute(text("INSERT OR REPLACE INTO peftlab_intake VALUES (:a, :s, :l, :y, :o)"),
                       {"a": assignment, "s": sub.student, "l": int(sub.late), "y": sub.layout, "o": sub.origin})
+        gb.db.execute(text(LMS_TABLE))
+        gb.db.execute(text("INSERT OR REPLACE INTO peftlab_lms VALUES (:a, :s, :c, :m, :i, :t)"),
+                      {"a": assignment, "s": sub.student, "c": sub.canvas_id, "m": sub.moodle_id, "i": sub.sis_id,
+                       "t": datetime.now(timezone.utc).isoformat(timespec="seconds")})
         gb.db.commit()

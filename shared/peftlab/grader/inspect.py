@@ -88,6 +88,26 @@ def _schema_problem(nb: dict) -> str:
     return ""
 
 
+def add_cell_ids(nb: dict) -> int:
+    """Give cells without an `id` one, as nbformat's `normalize` does for nbformat 4.5 and later (which
+    requires ids; older editors and hand-made notebooks leave them out). Deterministic (`cell-<n>`, unique in
+    the notebook), so a notebook checked twice is the same. How many were added."""
+    cells = nb.get("cells")
+    if type(nb.get("nbformat_minor")) is not int or nb["nbformat_minor"] < 5 or not isinstance(cells, list):
+        return 0
+    taken = {c["id"] for c in cells if isinstance(c, dict) and isinstance(c.get("id"), str)}  # others: the schema's
+    added = 0
+    for n, cell in enumerate(cells):
+        if isinstance(cell, dict) and "id" not in cell:
+            new = f"cell-{n}"
+            while new in taken:
+                new += "-"
+            cell["id"] = new
+            taken.add(new)
+            added += 1
+    return added
+
+
 def load(path: str | Path, settings: Settings | None = None) -> tuple[dict | None, str]:
     """(notebook dict, '') for a valid nbformat 4 notebook with well-formed nbgrader metadata, else (None, why)."""
     import nbformat
@@ -121,6 +141,7 @@ def load(path: str | Path, settings: Settings | None = None) -> tuple[dict | Non
     minor = nb.get("nbformat_minor")
     if type(minor) is not int or not 0 <= minor <= nbformat.v4.nbformat_minor:
         return None, f"nbformat_minor {minor!r} is not a known nbformat 4 version; save the notebook again in Jupyter"
+    add_cell_ids(nb)
     # The schema alone: nbformat.validate() first "normalizes" the notebook and crashes on malformed ones.
     error = next(iter(get_validator(version=4, version_minor=minor).iter_errors(nb)), None)
     if error is not None:

@@ -17,6 +17,16 @@ STATUSES = {
     "error": "the grader failed on this submission",
 }
 FLAGGED = ("tampered", "forgery")
+CLIP = 600  # characters of a reason shown in a table: an assertion's message, with the values it compared
+
+
+def clip(text: str, limit: int = CLIP) -> str:
+    """`text` cut to about `limit` characters, keeping its start and its end (where an assertion's message
+    and an error's last line are), the middle replaced by a mark saying how much was left out."""
+    if len(text) <= limit:
+        return text
+    head, tail = limit * 2 // 5, limit - limit * 2 // 5
+    return f"{text[:head]} [... {len(text) - head - tail:,} characters left out ...] {text[-tail:]}"
 
 
 @dataclass
@@ -66,5 +76,5 @@ class Outcome:
         for gid, (s, m) in self.cells.items():
             lines.append(f"  {gid:<28} {s if s is not None else '-':>4} / {m:g}")
             if gid in self.errors:
-                lines.append(f"      {self.errors[gid][:300]}")
+                lines.append(f"      {clip(self.errors[gid])}")
         return "\n".join(lines)

@@ -18,6 +18,7 @@ from nbgrader.preprocessors import Execute, NbGraderPreprocessor
 from nbgrader.utils import is_grade, is_solution
 from traitlets import Dict, Integer, Unicode
 
+from . import progress
 from .probes import MAX_PAYLOAD, cell_source, load, payload
 
 _CANARY_WORDS = ["trainable parameters", "merged weight", "held-out loss", "rank of the update", "scaling",
@@ -145,6 +146,14 @@ class GuardedExecute(Execute):
             return super().preprocess(nb, resources, km=km)
         finally:
             report(self.findings, kind="timing", **cell_times(nb, start, time.time()))
+
+    def preprocess_cell(self, cell, resources, index):
+        # How far the notebook got, for the feedback of one stopped at the wall limit (peftlab.grader.progress).
+        progress.started(self.findings, self.nb, index)
+        try:
+            return super().preprocess_cell(cell, resources, index)
+        finally:
+            progress.finished(self.findings, self.nb, index)
 
     def output(self, outs, msg, display_id, cell_index):
         if self.nb.cells[cell_index].metadata.get("peftlab", {}).get("probe"):

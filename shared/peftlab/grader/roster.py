@@ -1,15 +1,19 @@
 """The class list: maps whatever id a download gives (LMS id, name, login) to the course's student id.
 
 A roster is a CSV with a header row. `id` is required; `name`, `email`,
-`lms_id` (or `canvas_id`, `moodle_id`; several ids in one cell separated by
-`;`) are optional:
+`canvas_id` (Canvas user id), `moodle_id` (Moodle participant id), `sis_id`
+(the institution's id, Canvas's "SIS User ID") and `lms_id` (ids of any LMS,
+for matching only; several ids in one cell separated by `;`) are optional:
 
-    id,name,email,lms_id
-    jsmith,John Smith,jsmith@uni.edu,12345;123456
+    id,name,email,canvas_id,moodle_id,sis_id
+    jsmith,John Smith,jsmith@uni.edu,12345,123456,S0012345
 
-A submission is matched by LMS id, then by id, then by exact name (only where
-one roster row has it). With a roster, a submission that matches no row is
-rejected (with the reason), and students without a submission are reported.
+A submission is matched by LMS id, then by id, then by e-mail, then by exact
+name (only where one roster row has it). With a roster, a submission that
+matches no row is rejected (with the reason), and students without a
+submission are reported. The exports use `canvas_id`, `moodle_id` and `sis_id`
+whatever the download was: a class downloaded from Canvas still gets a Moodle
+worksheet row for every student with a `moodle_id`, and the other way round.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from .course import GradingError
 from .layouts import STUDENT_ID, Named, nfc
 
 LMS_COLUMNS = ("lms_id", "canvas_id", "moodle_id")
+OPTIONAL = ("name", "email", *LMS_COLUMNS, "sis_id")
 
 
 @dataclass
@@ -30,6 +35,9 @@ class Student:
     name: str = ""
     email: str = ""
     lms_ids: list[str] = field(default_factory=list)
+    canvas_id: str = ""
+    moodle_id: str = ""
+    sis_id: str = ""
 
 
 @dataclass
@@ -49,7 +57,7 @@ class Roster:
         header = [h.strip().lower() for h in reader.fieldnames or []]
         if "id" not in header:
             raise GradingError(f"{path}:1: the roster needs a header row with an 'id' column "
-                               f"(found {header or 'nothing'}); optional: name, email, lms_id.")
+                               f"(found {header or 'nothing'}); optional: {', '.join(OPTIONAL)}.")
         reader.fieldnames = header
         students: dict[str, Student] = {}
         owner: dict[str, tuple[str, int]] = {}
@@ -68,7 +76,14 @@ class Roster:
                     problems.append(f"{path}:{line}: LMS id {x!r} of {sid!r} is also {owner[x][0]!r}'s "
                                     f"(line {owner[x][1]}); one LMS id belongs to one student")
                 owner.setdefault(x, (sid, line))
-            students[sid] = Student(sid, nfc((row.get("name") or "").strip()), (row.get("email") or "").strip(), lms)
+            one = {}
+            for col in ("canvas_id", "moodle_id", "sis_id"):
+                one[col] = (row.get(col) or "").strip()
+                if ";" in one[col]:
+                    problems.append(f"{path}:{line}: {col} {one[col]!r} holds several ids; one per student "
+                                    "(several ids for matching go in lms_id)")
+            students[sid] = Student(sid, nfc((row.get("name") or "").strip()), (row.get("email") or "").strip(), lms,
+                                    **one)
         if problems:
             raise GradingError("the roster has problems:\n  " + "\n  ".join(problems))
         if not students:
@@ -80,8 +95,16 @@ class Roster:
         for s in self.students.values():
             if named.lms_id and named.lms_id in s.lms_ids:
                 return s, ""
+        if named.layout == "Gradescope" and named.lms_id:  # Gradescope's SID is the institution's id
+            for s in self.students.values():
+                if s.sis_id == named.lms_id:
+                    return s, ""
         if named.student in self.students:
             return self.students[named.student], ""
+        if named.email:
+            same = [s for s in self.students.values() if s.email and s.email.casefold() == named.email.casefold()]
+            if len(same) == 1:
+                return same[0], ""
         if named.name:
             same = [s for s in self.students.values() if s.name and s.name.casefold() == named.name.casefold()]
             if len(same) == 1:
