@@ -318,8 +318,14 @@ for _ in range(8):
     display({"text/plain": "small"}, raw=True, display_id="board")
 for i in range(8):  # 1.5 MB, rewriting 8 outputs each time
     update_display({"text/plain": str(i) * (3 * 2**19)}, raw=True, display_id="board")
-for _ in range(2):  # 40 MB: over the largest message the grader takes
+for _ in range(2):  # 40 MB, 8 times each
     update_display({"text/plain": "z" * (40 * 2**20)}, raw=True, display_id="board")
+def double(x):
+    return factor * x
+"""
+
+FLOOD = """\
+print("f" * (100 * 2**20))  # one message over the largest the grader takes (64 MiB)
 def double(x):
     return factor * x
 """
@@ -350,7 +356,7 @@ def bounded(course, tmp_path_factory):
     honest = _hostile(course, SOLVED["double"])
     nbformat.write(honest, folder / "honest.ipynb")
     for student, code in (("fds", FDS), ("sockets", SOCKETS), ("crash", CRASH), ("displays", DISPLAYS),
-                          ("userns", USERNS), ("etc", ETC)):
+                          ("userns", USERNS), ("etc", ETC), ("flood", FLOOD)):
         nbformat.write(_hostile(course, code), folder / f"{student}.ipynb")
     (folder / "deep.ipynb").write_text(_deep(_release_text(course), 3000))
     settings = _settings(workers=2)
@@ -411,8 +417,17 @@ def test_display_updates_are_capped_and_the_worker_stays_small(bounded):
     graded = batch.work / "autograded" / "displays" / ASSIGNMENT / NB
     assert graded.stat().st_size < 3 * 2**20  # the 1 MiB budget, plus the notebook itself
     assert (batch.work / "feedback" / ASSIGNMENT / "displays" / "fixture.html").stat().st_size < 4 * 2**20
-    # 8 x 8 x 1.5 MB and 2 x 40 MB were sent: none of it may stay in the worker
-    assert out.peak_rss_mib < results["honest"].peak_rss_mib + 200, (out.peak_rss_mib, results["honest"].peak_rss_mib)
+    # 8 x 8 x 1.5 MB and 2 x 8 x 40 MB were sent: none of it may stay in the worker (it once reached 2.2 GiB)
+    assert out.peak_rss_mib < results["honest"].peak_rss_mib + 400, (out.peak_rss_mib, results["honest"].peak_rss_mib)
+
+
+def test_a_message_over_the_limit_never_reaches_the_worker(bounded):
+    """100 MB in one message: dropped by ZeroMQ, with the kernel's later outputs (its probes: no points)."""
+    batch, results, _, _ = bounded
+    out = results["flood"]
+    assert out.status == "graded" and out.auto_score == 0
+    assert (batch.work / "autograded" / "flood" / ASSIGNMENT / NB).stat().st_size < 2**20
+    assert out.peak_rss_mib < results["honest"].peak_rss_mib + 150, (out.peak_rss_mib, results["honest"].peak_rss_mib)
 
 
 def test_user_namespaces_are_refused_and_etc_is_narrowed(bounded):

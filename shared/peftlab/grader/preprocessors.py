@@ -16,7 +16,7 @@ from datetime import datetime
 import nbformat
 from nbgrader.preprocessors import Execute, NbGraderPreprocessor
 from nbgrader.utils import is_grade, is_solution
-from traitlets import Dict, Integer, Unicode
+from traitlets import Bool, Dict, Integer, Unicode
 
 from .probes import MAX_PAYLOAD, cell_source, load, payload
 
@@ -139,6 +139,10 @@ class GuardedExecute(Execute):
 
     max_output_bytes = Integer(2 * 2**20).tag(config=True)
     findings = Unicode("").tag(config=True)
+    # A message over the sandbox's size limit (Policy.max_message_bytes, 64 MiB) is dropped by ZeroMQ before
+    # this process holds it, and the kernel's output channel with it: the cell's "idle" never comes. nbgrader
+    # would make that an error of the whole submission; here the cells run on, without their outputs.
+    raise_on_iopub_timeout = Bool(False).tag(config=True)
 
     def preprocess(self, nb, resources=None, km=None):
         start = time.time()
@@ -159,7 +163,7 @@ class GuardedExecute(Execute):
 
     def _charge(self, msg, copies: int, cell_index) -> bool:
         """Count `copies` of the message against the submission's output total; False once it is spent."""
-        self._sent = getattr(self, "_sent", 0) + copies * len(json.dumps(msg.get("content", {}), default=str))
+        self._sent = getattr(self, "_sent", 0) + copies * content_size(msg.get("content", {}))
         if self._sent > self.max_output_bytes:
             if not getattr(self, "_capped", False):
                 self._capped = True
@@ -179,6 +183,23 @@ class GuardedExecute(Execute):
         # Widget state is kept and saved into the notebook's metadata: the same budget.
         if self._charge(msg, 1, cell_index):
             super().handle_comm_msg(outs, msg, cell_index)
+
+
+def content_size(value) -> int:
+    """Characters in a message's content, counted in place: json.dumps would copy a 40 MB output once more."""
+    total, stack = 0, [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, (str, bytes)):
+            total += len(item)
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+        else:
+            total += 8
+    return total
 
 
 def cell_times(nb, start: float, end: float) -> dict[str, float]:

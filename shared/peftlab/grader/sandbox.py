@@ -52,6 +52,8 @@ from ..tiny import cache_root
 from .course import GradingError
 from .settings import Settings
 
+MESSAGE_BYTES = 64 * 2**20  # the largest message a kernel may send the grader
+
 # Variables a kernel needs; everything else (tokens, keys, proxies) stays outside.
 KEEP_ENV = ("PATH", "LANG", "LC_ALL", "PEFTLAB_CACHE", "PYTHONHASHSEED")
 
@@ -76,8 +78,10 @@ class Policy:
     # it in a mount namespace of its own: whatever the kernel writes there is bounded and dies with it.
     sockets: str = ""
     # Largest message the grader accepts from the kernel (ZMQ_MAXMSGSIZE on the client's sockets): a bigger
-    # one is dropped before the grader's process holds it, so a kernel cannot make the grader swell.
-    max_message_bytes: int = 4 * Settings.max_output_bytes
+    # one is dropped before the grader's process holds it, so a kernel cannot make the grader swell. ZeroMQ
+    # then drops the connection, and the kernel's outputs (its probes' too) stop there: far above anything an
+    # honest notebook sends in one message, which the output cap (Settings.max_output_bytes) would drop anyway.
+    max_message_bytes: int = MESSAGE_BYTES
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -142,7 +146,7 @@ def policy_for(settings: Settings, hide: list[str], slot: int = 0) -> Policy:
         hide=[*hide, "/home", "/root"], expose=expose, memory_bytes=settings.memory_bytes,
         cpu_seconds=settings.wall_timeout, max_processes=settings.max_processes,
         max_file_bytes=settings.max_file_bytes, writable_bytes=settings.writable_bytes,
-        uid=uid, bubblewrap=isolated, max_message_bytes=4 * max(settings.max_output_bytes, 256 * 1024),
+        uid=uid, bubblewrap=isolated, max_message_bytes=max(MESSAGE_BYTES, 4 * settings.max_output_bytes),
         env={"PEFTLAB_CACHE": str(cache)},  # inside, HOME is /tmp: name the model cache the grader built
     )
 
