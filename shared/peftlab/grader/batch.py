@@ -338,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sandbox", choices=("auto", "bwrap", "none"), default=Settings.sandbox)
     parser.add_argument("--uid-base", type=int, default=None,
                         help="when run as root, worker N's kernel runs as this user id + N (default 61000, or "
-                             "PEFTLAB_GRADER_UID_BASE); give two batches on one machine bases that do not overlap")
+                             "PEFTLAB_GRADER_UID_BASE); ids another batch holds are skipped, with a message")
     parser.add_argument("--regrade", action="store_true", help="grade again even if already in the gradebook")
     parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                         help="grading parameter injected after the parameters cell (repeatable)")

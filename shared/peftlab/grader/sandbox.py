@@ -5,19 +5,26 @@ which wraps the kernel command as
 
     python -m peftlab.grader.sandbox POLICY_JSON -- bwrap ARGS -- python -m ipykernel_launcher -f ...
 
-The first step sets resource limits (address space, CPU seconds, processes,
-file size) and, when the grader runs as root, drops to a per-worker user id;
-then bubblewrap gives the kernel no network and a new root that holds only the
-system folders (/usr, /etc, ...), the Python environment, the course package
-and the tiny model, all read-only: no course checkout, no home folder, no
-gradebook, no other submission. Its only writable space is one size-limited
-tmpfs at /tmp, which also holds its working folder (/tmp/work, with the
-assignment's data files bound read-only), and a small /dev/shm. Nothing the
-kernel writes lands in a folder the grader reads: the grader never follows a
-link the kernel could have made.
+The first step (the launcher) makes itself die with the grader's worker
+(PR_SET_PDEATHSIG, kept across the exec of bubblewrap), closes every
+descriptor but 0, 1 and 2, and sets resource limits (address space, CPU
+seconds, processes, file size); when the grader runs as root the kernel later
+drops to a per-worker user id, which a batch locks (`claim_uids`). Then
+bubblewrap gives the kernel no network, no new user namespaces (a seccomp
+filter, `seccomp_no_userns`) and a new root that holds only the system
+folders (/usr, /lib, ..., and of /etc only `ETC`), the Python environment, the
+course package and the tiny model, all read-only: no course checkout, no home
+folder, no gradebook, no other submission. Its only writable space is one
+size-limited tmpfs at /tmp, which also holds its working folder (/tmp/work,
+with the assignment's data files bound read-only), and a small /dev/shm.
+Nothing the kernel writes lands in a folder the grader reads: the grader never
+follows a link the kernel could have made.
 
 The kernel talks to the grader over Unix sockets in a private directory bound
-into the sandbox, since it has no network namespace to share.
+into the sandbox, since it has no network namespace to share. As root, the
+launcher mounts a 1 MiB tmpfs over that directory in a mount namespace of its
+own, and the grader connects through /proc/PID/root. Its stdout and stderr are
+a pipe the grader drains (`KernelOutput`), never a file of the grader's.
 
 Where bubblewrap is missing (macOS), only the resource limits apply, the
 kernel works in a private copy of its folder, and `warn_unsandboxed` says so
