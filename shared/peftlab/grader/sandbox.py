@@ -394,7 +394,7 @@ def _etc_files(policy: Policy) -> dict[str, str]:
 
 
 def _data_fd(data: bytes, name: str) -> int:
-    fd = os.memfd_create(name, 0) if hasattr(os, "memfd_create") else os.open(tempfile.mkstemp()[1], os.O_RDWR)
+    fd = os.memfd_create(name, 0)  # Linux, like bubblewrap: a file in memory, inherited by bubblewrap
     os.write(fd, data)
     os.lseek(fd, 0, os.SEEK_SET)
     os.set_inheritable(fd, True)
@@ -464,7 +464,11 @@ def main(argv: list[str] | None = None) -> None:
     _apply_limits(policy, sandboxed)
     if sandboxed:
         if private_sockets(policy):
-            _private_socket_folder(policy)
+            try:
+                _private_socket_folder(policy)
+            except OSError as exc:  # no mount privilege (a container): the sockets stay on the host's folder
+                print(f"peftlab.grader.sandbox: no private tmpfs for the kernel's sockets ({exc}); its socket "
+                      "folder is bounded by the file size limit only", file=sys.stderr, flush=True)
         end = cmd.index("--")  # bubblewrap's options end there; the kernel's command follows
         cmd = [*cmd[:end], *_bwrap_extras(policy), *cmd[end:]]
     else:  # bubblewrap clears the environment itself (--clearenv)
@@ -687,13 +691,17 @@ def kernel_manager_class():
             return kc
 
         async def _async_cleanup_resources(self, restart: bool = False) -> None:
+            process = getattr(self.provisioner, "process", None)
             await super()._async_cleanup_resources(restart=restart)
             if not restart:
                 shutil.rmtree(self._socket_dir, ignore_errors=True)  # rmtree removes links, never follows them
                 if self._private:
                     shutil.rmtree(self._private, ignore_errors=True)
-                if self._output is not None:
-                    sys.stderr.write(self._output.report())
+                code = process.poll() if process is not None else None
+                if self._output is not None and code not in (None, 0, -signal.SIGKILL, -signal.SIGTERM):
+                    # It died on its own (a crash, os._exit): what it printed may say why. Stopped by the
+                    # grader, its output is ipykernel's banner and the student's own, of no use here.
+                    sys.stderr.write(f"the kernel exited with code {code}\n" + self._output.report())
 
     return SandboxKernelManager
 
