@@ -54,12 +54,13 @@ from .export import (
 )
 from .forkserver import ForkServer
 from .gradebook import finished, record, record_identity
+from .inspect import guard
 from .intake import Submission, fate_counts, import_submissions, rows
 from .outcome import Outcome, clip
 from .progress import partial_notebook
 from .repair import repair_file
 from .roster import Roster
-from .sandbox import use_bubblewrap
+from .sandbox import UidClaim, claim_uids, remove_kernel_folders, use_bubblewrap
 from .settings import GRADING_PARAMETERS, GiB, Settings
 from .worker import Job, feedback_page
 
@@ -105,6 +106,7 @@ class Batch:
         self.found: list[Submission] = []  # every file found, students' and rejected (the intake report)
         self.exports: dict[str, Path] = {}
         self._server: ForkServer | None = None
+        self._uids: UidClaim | None = None
 
     @property
     def template(self) -> Path | None:
@@ -124,14 +126,27 @@ class Batch:
             self._server = ForkServer()
         return self._server
 
-    def close(self) -> None:
-        """Stop the worker server (`run` does it when it ends)."""
+    def _stop_workers(self) -> None:
         if self._server is not None:
             self._server.close()
             self._server = None
 
+    def close(self) -> None:
+        """Stop the worker server and give back the user ids (`run` does it when it ends)."""
+        self._stop_workers()
+        if self._uids is not None:
+            self._uids.release()
+            self._uids = None
+
+    def _claim_uids(self) -> None:
+        """Lock this batch's kernel user ids, so a second batch on the machine takes others (`claim_uids`)."""
+        if self._uids is None and os.geteuid() == 0 and use_bubblewrap(self.settings):
+            self._uids = claim_uids(self.settings.uid_base, self.settings.workers, log=self.log)
+            self.settings.uid_base = self._uids.base  # shared with self.ready: every policy uses the ids held
+
     def prepare(self) -> None:
         """The assignment ready to grade (`peftlab.grader.assignment`): scratch course, gradebook, model, probes."""
+        self._claim_uids()  # the solution's run uses them too
         self._workers()  # its imports overlap the set-up
         self.ready.prepare()
 
@@ -140,6 +155,13 @@ class Batch:
                               sha256=sub.sha256, notes=sub.notes, hide=sources, slot=slot)
 
     def run(self, sources: list[str | Path], regrade: bool = False) -> list[tuple[Submission, Outcome]]:
+        try:
+            self._claim_uids()
+            return self._run(sources, regrade)
+        finally:
+            self.close()
+
+    def _run(self, sources: list[str | Path], regrade: bool) -> list[tuple[Submission, Outcome]]:
         sandboxed = use_bubblewrap(self.settings)
         inputs = [str(Path(s).resolve().parent if Path(s).is_file() else Path(s).resolve()) for s in sources]
         # Intake first: a wrong path or a download with nothing gradable is said before the minutes of set-up.
@@ -156,8 +178,7 @@ class Batch:
                 continue
             if sub.status:  # rejected on import: nothing to run
                 out = Outcome(student=sub.student, status=sub.status, reason=sub.reason, notes=sub.notes)
-                self._finish(sub, out, None)
-                results.append((sub, out))
+                results.append((sub, self._record(sub, out, None)))
             else:
                 todo.append(sub)
         skipped = len(subs) - len(todo) - len(results)
@@ -167,7 +188,7 @@ class Batch:
         try:
             results += self._pool(todo, inputs)
         finally:
-            self.close()
+            self._stop_workers()  # the user ids are given back when `run` ends
         grades_csv(self.work, self.assignment, self.csv_path)
         # The intake report again, with each student's final status: a file found gradable at import but then
         # invalid (or tampered, or stopped) never says "graded".
@@ -190,7 +211,10 @@ class Batch:
         for sub in subs:
             if sub.status or not sub.path:
                 continue
-            status, reason, note = repair_file(Path(sub.path), release)
+            # Under the guard: whatever a file does to the parser (RecursionError, MemoryError) is its status.
+            repaired, why = guard(f"reading {Path(sub.origin).name}", repair_file, Path(sub.path), release,
+                                  self.settings)
+            status, reason, note = repaired or ("invalid", why, "")
             if status:
                 sub.status, sub.reason = status, reason
             if note:
@@ -221,17 +245,39 @@ class Batch:
         for step, src in (("submitted", sub.path), ("autograded", graded)):
             dest = self.work / step / sub.student / self.assignment / self.notebook
             shutil.rmtree(dest.parent, ignore_errors=True)
-            if src:
-                copy_out(Path(src), dest, limit)
+            kept = bool(src) and copy_out(Path(src), dest, limit)
+            if step == "autograded" and out.status == "graded" and not kept:
+                # A grade nobody can check against its notebook is not recorded as one (issue 28).
+                size = Path(src).lstat().st_size if src and os.path.lexists(src) else None
+                out.status, out.reason = "error", (
+                    f"the graded notebook could not be kept ({'missing' if size is None else f'{size:,} bytes'}; "
+                    f"limit {limit:,}); no points recorded, its scratch folder is kept for review")
         fb = self.work / "feedback" / self.assignment / sub.student / (Path(self.notebook).stem + ".html")
         fb.unlink(missing_ok=True)
         if not (out.feedback and copy_out(Path(out.feedback), fb, limit)):  # no worker wrote it: the page now
+            if out.feedback:
+                out.notes.append(f"the feedback page was over {limit:,} bytes; this one leaves the notebook out")
             partial = scratch / "partial.ipynb" if scratch is not None and out.status == "timeout" else None
             feedback_page(self._job(sub, 0, []), out, partial if partial and partial.is_file() else None, fb)
         record_identity(self.work, self.assignment, sub)  # first: a batch killed between the two regrades the student
         record(self.work, self.assignment, sub, out)
         if scratch is not None and out.status == "graded":
             shutil.rmtree(scratch, ignore_errors=True)
+
+    def _record(self, sub: Submission, out: Outcome, scratch: Path | None) -> Outcome:
+        """`_finish` that never stops the class: a failure is the student's `error`, recorded if it can be."""
+        try:
+            self._finish(sub, out, scratch)
+            return out
+        except Exception as exc:  # noqa: BLE001 - RecursionError and MemoryError included
+            out = Outcome(student=sub.student, status="error",
+                          reason=f"recording the result failed ({type(exc).__name__}: {str(exc)[:200]})")
+        try:
+            self._finish(sub, out, None)
+        except Exception as exc:  # noqa: BLE001 - not recorded: the next run grades this student again
+            self.log(f"{sub.student}: could not be recorded ({type(exc).__name__}: {str(exc)[:200]}); "
+                     "run the command again to grade it")
+        return out
 
     def _pool(self, todo: list[Submission], inputs: list[str]) -> list[tuple[Submission, Outcome]]:
         pending, running, results = list(todo), {}, []
@@ -259,13 +305,9 @@ class Batch:
                     self._server.kill(pid)  # the worker, its kernel and whatever the kernel started
                     while pid not in exits:
                         exits.update(self._server.wait(timeout=5.0))
-                out = self._collect(sub, scratch, exits.pop(pid), over)
-                try:
-                    self._finish(sub, out, scratch)
-                except Exception as exc:  # one student's record must not stop the class
-                    out = Outcome(student=sub.student, status="error",
-                                  reason=f"recording the result failed ({type(exc).__name__}: {str(exc)[:200]})")
-                    self._finish(sub, out, None)
+                out = self._record(sub, self._collect(sub, scratch, exits.pop(pid), over), scratch)
+                if self._uids is not None:  # the slot's kernel is gone: so is anything it left
+                    remove_kernel_folders(self._uids.base + slot)
                 results.append((sub, out))
                 free.append(slot)
                 del running[pid]
@@ -332,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sandbox", choices=("auto", "bwrap", "none"), default=Settings.sandbox)
     parser.add_argument("--uid-base", type=int, default=None,
                         help="when run as root, worker N's kernel runs as this user id + N (default 61000, or "
-                             "PEFTLAB_GRADER_UID_BASE); give two batches on one machine bases that do not overlap")
+                             "PEFTLAB_GRADER_UID_BASE); ids another batch holds are skipped, with a message")
     parser.add_argument("--regrade", action="store_true", help="grade again even if already in the gradebook")
     parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                         help="grading parameter injected after the parameters cell (repeatable)")

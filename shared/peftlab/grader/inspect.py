@@ -1,21 +1,26 @@
 """Check a submitted notebook before anything else reads it. Runs no student code.
 
 In this order, each step trusting only what the previous one proved: size,
-JSON nesting depth, JSON, nbformat 4's schema, the schema of the nbgrader
+JSON nesting depth, JSON (`read_json`, which every reader of a submission uses), nbformat 4's schema, the schema of the nbgrader
 metadata the course uses (`NBGRADER_SCHEMA`), then the graded cells against the
 release: none deleted, renamed, retyped, duplicated or added, no test cell
-made editable, no points changed.
+made editable, no points changed. `guard` turns any exception of a check
+(RecursionError and MemoryError included) into the file's reason.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import accumulate
 from pathlib import Path
+from typing import TypeVar
 
 from .settings import Settings
+
+T = TypeVar("T")
 
 # nbgrader's cell metadata as the course's notebooks use it (nbgrader schema version 3).
 NBGRADER_SCHEMA = {
@@ -108,15 +113,33 @@ def add_cell_ids(nb: dict) -> int:
     return added
 
 
-def load(path: str | Path, settings: Settings | None = None) -> tuple[dict | None, str]:
-    """(notebook dict, '') for a valid nbformat 4 notebook with well-formed nbgrader metadata, else (None, why)."""
-    import nbformat
-    from nbformat.validator import get_validator
+def guard(what: str, fn: Callable[..., T], *args, **kwargs) -> tuple[T | None, str]:
+    """(fn(*args, **kwargs), '') or (None, why): any exception of one file's check becomes a reason.
 
+    Every step that reads a submission (repair, inspection, and the rest of the checks) runs under it, so
+    one malformed file is that file's `invalid` status and never stops the class. RecursionError and
+    MemoryError are exceptions like any other here: a notebook nested or sized to exhaust the parser is
+    exactly what a hostile class sends."""
+    try:
+        return fn(*args, **kwargs), ""
+    except RecursionError:
+        return None, f"{what} failed: the file nests too deep to read; download the notebook again from Jupyter"
+    except MemoryError:
+        return None, f"{what} failed: the file needs more memory than the grader gives one notebook"
+    except Exception as exc:  # noqa: BLE001 - whatever a file does to a parser, it is that file's problem
+        return None, f"{what} failed ({type(exc).__name__}: {str(exc)[:200]}); download the notebook again"
+
+
+def read_json(path: str | Path, settings: Settings | None = None) -> tuple[object, str]:
+    """(parsed JSON, '') of a submitted file within the size and depth limits, else (None, why).
+
+    Size, UTF-8 and nesting depth are checked before parsing: json.loads recurses, and a few KB of
+    brackets would otherwise raise RecursionError in whatever reads the file first."""
     settings = settings or Settings()
-    data = Path(path).read_bytes()
+    with open(path, "rb") as fh:
+        data = fh.read(settings.max_notebook_bytes + 1)
     if len(data) > settings.max_notebook_bytes:
-        return None, f"notebook too large ({len(data):,} bytes; limit {settings.max_notebook_bytes:,})"
+        return None, f"notebook too large (over {settings.max_notebook_bytes:,} bytes, the limit)"
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -127,12 +150,22 @@ def load(path: str | Path, settings: Settings | None = None) -> tuple[dict | Non
         return None, (f"not a notebook: its JSON nests {depth} levels deep (limit {settings.max_json_depth}); "
                       "download the notebook again from Jupyter or Colab")
     try:
-        nb = json.loads(text)
+        return json.loads(text), ""
     except json.JSONDecodeError as exc:
         return None, (f"not valid notebook JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}); "
                       "download the notebook again from Jupyter or Colab")
     except RecursionError:
         return None, "not a notebook: its JSON nests too deep to read"
+
+
+def load(path: str | Path, settings: Settings | None = None) -> tuple[dict | None, str]:
+    """(notebook dict, '') for a valid nbformat 4 notebook with well-formed nbgrader metadata, else (None, why)."""
+    import nbformat
+    from nbformat.validator import get_validator
+
+    nb, problem = read_json(path, settings)
+    if problem:
+        return None, problem
     if not isinstance(nb, dict) or "nbformat" not in nb:
         return None, "not a Jupyter notebook (no nbformat field)"
     if nb.get("nbformat") != 4:
@@ -152,7 +185,12 @@ def load(path: str | Path, settings: Settings | None = None) -> tuple[dict | Non
 
 
 def inspect(path: str | Path, release: str | Path, settings: Settings | None = None) -> Verdict:
-    """Whether a submission can be graded, and if not, why: see the module docstring."""
+    """Whether a submission can be graded, and if not, why: see the module docstring. Never raises."""
+    verdict, problem = guard("checking the notebook", _inspect, path, release, settings)
+    return verdict if verdict is not None else Verdict("invalid", problem)
+
+
+def _inspect(path: str | Path, release: str | Path, settings: Settings | None = None) -> Verdict:
     nb, problem = load(path, settings)
     if nb is None:
         return Verdict("invalid", problem)

@@ -44,6 +44,7 @@ class Outcome:
     log: str = ""  # nbgrader's log, summarised in one line
     probes: dict[str, dict] = field(default_factory=dict)  # grade_id -> {text, why}: only when collecting
     timings: dict[str, float] = field(default_factory=dict)  # seconds per grading step (bench/grading.py)
+    peak_rss_mib: float = 0.0  # the worker's peak resident memory: kernels' output cannot swell it
 
     def __post_init__(self):
         if self.status not in STATUSES:

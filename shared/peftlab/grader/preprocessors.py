@@ -16,7 +16,7 @@ from datetime import datetime
 import nbformat
 from nbgrader.preprocessors import Execute, NbGraderPreprocessor
 from nbgrader.utils import is_grade, is_solution
-from traitlets import Dict, Integer, Unicode
+from traitlets import Bool, Dict, Integer, Unicode
 
 from . import progress
 from .probes import MAX_PAYLOAD, cell_source, load, payload
@@ -132,13 +132,18 @@ class CollectProbes(NbGraderPreprocessor):
 
 
 class GuardedExecute(Execute):
-    """nbgrader's Execute with a cap on the output a kernel may send back.
+    """nbgrader's Execute with a cap on the output a kernel may send back, in total per submission: outputs,
+    display updates (charged once per output they rewrite) and widget state alike.
 
     Probe cells have a budget of their own, so a notebook that printed its
     2 MiB does not silence its probes (nor can a probe cell print more)."""
 
     max_output_bytes = Integer(2 * 2**20).tag(config=True)
     findings = Unicode("").tag(config=True)
+    # A message over the sandbox's size limit (Policy.max_message_bytes, 64 MiB) is dropped by ZeroMQ before
+    # this process holds it, and the kernel's output channel with it: the cell's "idle" never comes. nbgrader
+    # would make that an error of the whole submission; here the cells run on, without their outputs.
+    raise_on_iopub_timeout = Bool(False).tag(config=True)
 
     def preprocess(self, nb, resources=None, km=None):
         start = time.time()
@@ -161,14 +166,49 @@ class GuardedExecute(Execute):
             self._probe_sent = sent
             sent[cell_index] = sent.get(cell_index, 0) + len(json.dumps(msg.get("content", {}), default=str))
             return super().output(outs, msg, display_id, cell_index) if sent[cell_index] <= 4 * MAX_PAYLOAD else None
-        self._sent = getattr(self, "_sent", 0) + len(json.dumps(msg.get("content", {}), default=str))
+        if not self._charge(msg, 1, cell_index):
+            return None
+        return super().output(outs, msg, display_id, cell_index)
+
+    def _charge(self, msg, copies: int, cell_index) -> bool:
+        """Count `copies` of the message against the submission's output total; False once it is spent."""
+        self._sent = getattr(self, "_sent", 0) + copies * content_size(msg.get("content", {}))
         if self._sent > self.max_output_bytes:
             if not getattr(self, "_capped", False):
                 self._capped = True
                 report(self.findings, kind="note",
                        text=f"output past {self.max_output_bytes:,} bytes was dropped (from cell {cell_index})")
-            return None
-        return super().output(outs, msg, display_id, cell_index)
+            return False
+        return True
+
+    def _update_display_id(self, display_id, msg):
+        # A display update rewrites every earlier output with its id, in place, without passing through
+        # `output`: charged once per output it rewrites (8 updates of 40 MB once made a 320 MB notebook).
+        targets = sum(len(ix) for ix in self._display_id_map.get(display_id, {}).values())
+        if targets and self._charge(msg, targets, "with a display update"):
+            super()._update_display_id(display_id, msg)
+
+    def handle_comm_msg(self, outs, msg, cell_index):
+        # Widget state is kept and saved into the notebook's metadata: the same budget.
+        if self._charge(msg, 1, cell_index):
+            super().handle_comm_msg(outs, msg, cell_index)
+
+
+def content_size(value) -> int:
+    """Characters in a message's content, counted in place: json.dumps would copy a 40 MB output once more."""
+    total, stack = 0, [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, (str, bytes)):
+            total += len(item)
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+        else:
+            total += 8
+    return total
 
 
 def cell_times(nb, start: float, end: float) -> dict[str, float]:

@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..files import write_atomic
+from .inspect import read_json
+from .settings import Settings
 
 
 @dataclass
@@ -100,20 +102,22 @@ def reattach(nb: dict, release: dict) -> Repair:
     return out
 
 
-def repair_file(path: Path, release: Path) -> tuple[str, str, str]:
+def repair_file(path: Path, release: Path, settings: Settings | None = None) -> tuple[str, str, str]:
     """Repair the staged notebook at `path` in place if its metadata was stripped.
 
     Returns (status, reason, note): ('', '', '') when nothing was stripped or the notebook is unreadable
     (the usual checks report that); ('', '', note) after a complete repair; ('metadata-missing', why, '')
-    when some cells cannot be placed. With a graded cell deleted the partial repair is written and the usual
-    checks say `tampered`."""
+    when some cells cannot be placed. With a graded cell deleted the partial repair is
+    written and the usual checks say `tampered`."""
+    nb, problem = read_json(path, settings)  # size and depth first: json.loads recurses
+    if problem or not isinstance(nb, dict) or not isinstance(nb.get("cells"), list):
+        return "", "", ""  # the usual checks say what is wrong, in the same words
+    rel = json.loads(Path(release).read_text(encoding="utf-8"))  # the course's own file: trusted
     try:
-        nb = json.loads(Path(path).read_text(encoding="utf-8"))
-        rel = json.loads(Path(release).read_text(encoding="utf-8"))
-        if not isinstance(nb, dict) or not isinstance(nb.get("cells"), list) or not stripped(nb, rel):
+        if not stripped(nb, rel):
             return "", "", ""
         fixed = reattach(nb, rel)
-    except (ValueError, KeyError, TypeError, AttributeError, OSError):
+    except (ValueError, KeyError, TypeError, AttributeError):  # malformed cells: the usual checks name them
         return "", "", ""
     if fixed.ambiguous and not fixed.deleted:
         placed = f" (placed: {', '.join(fixed.matched)})" if fixed.matched else ""

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import re
+import resource
 import shutil
 import sys
 import time
@@ -53,6 +54,8 @@ from .preprocessors import (
 from .probes import judge, load
 from .sandbox import Policy, die_with_parent, kernel_manager_class
 from .settings import Settings
+
+LOG_BYTES = 1 * 2**20  # the tail of nbgrader's log and of a traceback kept in the scratch folder
 
 
 @dataclass
@@ -185,7 +188,7 @@ def _grade(job: Job, out: Outcome) -> Path | None:
     out.notes += [f["text"] for f in found if f["kind"] == "note"]
     text = (result.get("error") or "") + (result.get("log") or "")
     if not result.get("success"):
-        (scratch / "nbgrader.log").write_text(text)
+        (scratch / "nbgrader.log").write_text(text[-LOG_BYTES:])  # every write of the grader's is bounded
         out.log = summarise_log(text)
         if "DeadKernelError" in text or "kernel died" in text.lower():
             out.status, out.reason = "crashed", "the kernel died (os._exit, a crash, or running out of memory)"
@@ -228,7 +231,7 @@ def autograde(job: Job) -> Outcome:
             step = "grading"
             graded = _grade(job, out)
     except Exception as exc:  # a submission must never stop the batch: the failure becomes its status
-        (Path(job.scratch) / "traceback.txt").write_text(traceback.format_exc())
+        (Path(job.scratch) / "traceback.txt").write_text(traceback.format_exc()[-LOG_BYTES:])
         out.status = "error"
         out.reason = (f"the grader failed while {step} it ({type(exc).__name__}: {str(exc)[:200]}); "
                       f"the traceback is in {Path(job.scratch) / 'traceback.txt'}")
@@ -236,6 +239,7 @@ def autograde(job: Job) -> Outcome:
     feedback_page(job, out, graded, Path(job.scratch) / "feedback.html")
     out.timings["feedback"] = round(time.perf_counter() - started, 3)
     out.seconds = time.perf_counter() - start
+    out.peak_rss_mib = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # KiB on Linux
     return out
 
 
