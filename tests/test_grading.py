@@ -883,12 +883,13 @@ def test_probe_payloads_are_judged_as_data():
     ok = json.dumps({"value": [1.0, 2.0]})
     assert probes.judge(p, ok, "", ok) == ""
     assert "not within" in probes.judge(p, json.dumps({"value": [1.0, 2.5]}), "", ok)
-    assert "finite" in probes.judge(p, '{"value": [NaN, 2.0]}', "", ok)
-    assert "raised" in probes.judge(p, json.dumps({"error": "NotImplementedError: "}), "", ok)
+    assert "NaN" in probes.judge(p, '{"value": [NaN, 2.0]}', "", ok)
+    assert "expected a number" in probes.judge(p, json.dumps({"value": ["1.0", 2.0]}), "", ok)
+    assert "raised NotImplementedError" in probes.judge(p, json.dumps({"error": "NotImplementedError: "}), "", ok)
     assert "format" in probes.judge(p, json.dumps([1.0, 2.0]), "", ok)
     assert "nests" in probes.judge(p, "[" * 100 + "]" * 100, "", ok)
     assert "not valid JSON" in probes.judge(p, "{", "", ok)
-    assert "items" in probes.judge(p, json.dumps({"value": {"a": 1}}), "", ok)
+    assert "expected a list" in probes.judge(p, json.dumps({"value": {"a": 1}}), "", ok)
     assert probes.judge(p, None, "the probe sent no result", ok) == "the probe sent no result"
     exact = probes.Probe("t", "f", "", probes.exact)
     assert "NaN" in probes.judge(exact, '{"value": NaN}', "", '{"value": 1}')
@@ -899,6 +900,41 @@ def test_probe_payloads_are_judged_as_data():
     huge = [{"output_type": "display_data", "data": {probes.MIME: "x" * (probes.MAX_PAYLOAD + 1)}, "metadata": {}}]
     assert "larger" in probes.payload(huge)[1]
     assert "suppressed" in probes.payload([])[1]
+
+
+# What a student's code returns, or raises, is its own to choose: it could be the probe's source, its seed or
+# its inputs, which the kernel sees while the probe runs. Reasons say where and how a result differs, never what.
+SMUGGLED = "def lora_init(seed): rng = random.Random(81985529216486)"
+
+
+@pytest.mark.parametrize(("compare", "got", "expected"), [
+    ("exact", SMUGGLED, "right"),
+    ("exact", {"A": [3, 4], "k=7": SMUGGLED}, {"A": [3, 4], "k=7": 1.5}),
+    ("exact", [SMUGGLED], [1, 2]),
+    ("exact", {SMUGGLED: 1}, {"scaling": 1}),
+    ("close", {"scaling": SMUGGLED}, {"scaling": 2.0}),
+    ("close", {"scaling": 81985529216486.0}, {"scaling": 2.0}),
+])
+def test_probe_reasons_quote_no_value(compare, got, expected):
+    from peftlab.grader import probes
+
+    p = probes.Probe("t", "f", "", probes.exact if compare == "exact" else probes.close(rtol=1e-6))
+    reason = probes.judge(p, json.dumps({"value": got}), "", json.dumps({"value": expected}))
+    assert reason and "random" not in reason and "81985529216486" not in reason and "k=7" not in reason, reason
+    raised = probes.judge(p, json.dumps({"error": f"ValueError: {SMUGGLED}"}), "", json.dumps({"value": 1}))
+    assert raised == "the probe raised ValueError"
+    error = {"output_type": "error", "ename": "ValueError", "evalue": SMUGGLED, "traceback": []}
+    assert "random" not in probes.payload([error])[1]
+
+
+def test_a_key_is_named_only_when_the_probe_wrote_it():
+    from peftlab.grader import probes
+
+    scaled = probes.exact({"scaling": 1.0, "A": [2, 3]}, {"scaling": 2.0, "A": [2, 3]})
+    assert scaled == "result['scaling']: not the expected value"
+    drawn = probes.close()({"k=3": {"error": 1.0}}, {"k=3": {"error": 2.0}})
+    assert drawn.startswith("result[a key]['error']: not within"), drawn
+    assert probes.exact([1, 2], [1, 2, 3]) == "result: a list of another length than expected"
 
 
 def test_uid_base_comes_from_the_environment_or_the_command_line(monkeypatch):

@@ -110,11 +110,14 @@ def leaks(root: str | Path) -> list[str]:
 
 
 def grade(root: str | Path, assignment: str, notebook: str | Path, student: str = "student",
-          settings: Settings | None = None) -> Outcome:
+          settings: Settings | None = None, seeds: int = 0) -> Outcome:
     """Grade one notebook as `student`'s submission of `assignment`, the way the class grader does.
 
     The assignment is set up as for a class graded in the course's `grading/work`: the same class secret,
-    so the same probe inputs, and the same cache of the solution's expected values."""
+    so the same probe seed rule, and the same cache of the solution's expected values. `seeds=N` grades
+    under the class's N gate seeds instead of the submission's own (`Assignment.gate_seeds`): the first
+    decides the points, and `Outcome.audit` holds the points under the others, for the fair-grading gate
+    (one run of the notebook, and one run of the solution for every notebook graded so)."""
     root, notebook = Path(root).resolve(), Path(notebook)
     ready = Assignment(root, assignment, root / "grading" / "work", settings or Settings())
     if notebook.name != ready.notebook:
@@ -127,8 +130,11 @@ def grade(root: str | Path, assignment: str, notebook: str | Path, student: str 
         staged.parent.mkdir(parents=True)
         shutil.copyfile(notebook, staged)
         (tmp / "scratch").mkdir()
-        return autograde(ready.job(student, staged, tmp / "scratch", sha256=_sha256(staged),
-                                   hide=[str(notebook.resolve().parent)]))
+        sha256 = _sha256(staged)
+        chosen = ready.gate_seeds(seeds) if seeds else [ready.probe_seed(student, sha256)]
+        ready.expect(chosen)
+        return autograde(ready.job(student, staged, tmp / "scratch", sha256=sha256,
+                                   hide=[str(notebook.resolve().parent)], seeds=chosen))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
