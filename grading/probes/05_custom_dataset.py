@@ -39,6 +39,7 @@ def load_good(seed):
 def load_bad(seed):
     import json
     import random
+    import re
     import tempfile
     from pathlib import Path
 
@@ -70,6 +71,10 @@ def load_bad(seed):
         except ValueError as exc:
             message = str(exc).lower()
             out[name] = {m: m.lower() in message for m in mentions}
+            if any(m.startswith("row ") for m in mentions):
+                # Behaviour, not words: the rows the message names must be the wrong one alone, so a catch-all
+                # message that names every row (and every field) is not a clear error.
+                out[name]["rows named"] = sorted({int(k) for k in re.findall(r"\brows?\s+(\d+)", message)})
         except Exception as exc:
             out[name] = type(exc).__name__
     return out
