@@ -10,7 +10,7 @@ student's code, so that code can change it. A probe cannot be forged that way:
     @probe("test_double", compare=exact)
     def double_on_secret_inputs(seed):     # runs in the student's kernel, after the notebook
         import random
-        rng = random.Random(seed)          # seed: drawn per class from the class secret
+        rng = random.Random(seed)          # seed: the submission's own, drawn from the class secret
         return [double(rng.randint(-10**6, 10**6)) for _ in range(8)]
 
 1. The grader appends one cell per probe to the notebook (`InsertProbes`); the
@@ -21,17 +21,20 @@ student's code, so that code can change it. A probe cannot be forged that way:
    file the kernel could link elsewhere.
 2. `CollectProbes` takes each probe cell's payload out of the notebook (the
    cells never reach the gradebook or the feedback) and hands it to the worker.
-3. The expected values come from the instructor's solution, run once per
-   class through the same probes (`Batch.prepare`, cached in the work folder),
-   in a kernel that runs no student code.
+   Nothing a probe sent or saw reaches the saved notebook: `GuardedExecute`
+   puts back the outputs as they stood before the first probe ran.
+3. The expected values come from the instructor's solution, run through the
+   same probes for every seed of the class in one run (`Assignment.expect`,
+   cached per seed in the work folder), in a kernel that runs no student code.
 4. The worker compares each payload with the expected one, in its own
    process (`judge`): a comparator is a function `(got, expected) -> reason`
-   that returns "" when they agree. A probe that crashed, returned nothing,
-   returned several payloads, too much data, or data the comparator chokes
-   on scores 0 for its test, with the reason; it never stops the grader.
+   that returns "" when they agree, and says where they differ without quoting
+   either. A probe that crashed, returned nothing, returned several payloads,
+   too much data, or data the comparator chokes on scores 0 for its test, with
+   the reason; it never stops the grader.
 
-The points of each autograded test come from its probe; the in-kernel test
-cells still run and stay in the feedback, so students see what failed. Student
+The points of each autograded test need its probe to agree and its in-kernel
+test cell to pass; the test cells stay in the feedback, so students see what failed. Student
 code can still make its probes return anything, but only the right values for
 inputs it has not seen earn points, which means solving the task.
 """
