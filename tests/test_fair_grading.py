@@ -275,12 +275,12 @@ def _grade(job):
     gate's own grading computed first). Attacks marked `own_seed` are graded under their submission's own
     seed, as in a class, not the gate's."""
     key, assignment, nb = job
-    own_seed = key.startswith("own-seed-")
+    seeds = 0 if key.startswith("own-seed-") else 1 if key.startswith("leaked-seed-") else SEEDS
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / _source(assignment).name
         nbformat.write(nb(ROOT) if callable(nb) else nb, path)
         grade = exercises.grade(ROOT, assignment, path, student=re.sub(r"[^a-z0-9]", "", key.lower())[:40] or "s",
-                                seeds=0 if own_seed else SEEDS)
+                                seeds=seeds)
     return key, grade.cells, grade.errors, grade.audit
 
 
@@ -390,6 +390,9 @@ ATTACKS = {  # key: (assignment, notebook, autograded points its real answers de
     "attack-02-guessing-blank": ("02_rank_alpha_sweep", _guessing_blank("02_rank_alpha_sweep", GUESSES_02), 0),
     "attack-05-catch-all-error": ("05_custom_dataset", _catch_all(), 7),
     "own-seed-attack-05-replayer": ("05_custom_dataset", _replayer, 0),
+    # The control: the same replayer graded under the seed whose payloads it holds earns everything, so the
+    # zero above is the per-submission seed's doing, not a replay that failed to run.
+    "leaked-seed-attack-05-replayer": ("05_custom_dataset", _replayer, 10),
 }
 
 
@@ -482,7 +485,7 @@ def _points(cells) -> dict[str, float]:
     return {test: float(score or 0.0) for test, (score, _) in cells.items()}
 
 
-@pytest.mark.parametrize("key", [job[0] for job in _jobs() if not job[0].startswith("own-seed-")])
+@pytest.mark.parametrize("key", [job[0] for job in _jobs() if not job[0].startswith(("own-seed-", "leaked-seed-"))])
 def test_every_notebook_earns_the_same_points_at_every_seed(graded, key):
     """Issue 29: a grade must not depend on the class secret. Every wrong answer, stub and attack, graded
     under SEEDS of the class's seeds, earns the same points per test under each."""
