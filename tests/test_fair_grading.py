@@ -514,3 +514,12 @@ def test_alpha_over_sqrt_r_loses_the_same_tests_at_every_seed(graded):
         cells, errors, audit = graded[next(w.id for w in WRONG_ANSWERS if w.what == what)]
         assert {"test_lora_matches_peft", "test_merge_unmerge"} <= _lost(cells), (what, errors)
         assert all(points == _points(cells) for points in audit.values()), (what, audit)
+
+
+def test_a_guessed_constant_probe_answer_needs_the_kernel_test_too(graded):
+    """Exercise 02's repeated-run probe answers with truths and the notebook's own learning rates: a blank
+    notebook can send them, and the probe agrees. The test's points also need its cell to pass in the kernel."""
+    cells, errors, _ = graded["attack-02-guessing-blank"]
+    assert cells["test_sweep_consistent"][0] == 0, errors
+    assert "the grader's own check" not in errors["test_sweep_consistent"], (
+        "the guess no longer fools the probe: this test no longer shows why the kernel's verdict is needed", errors)

@@ -133,7 +133,8 @@ def rank_k(seed):
     from peftlab import lowrank
 
     rng = random.Random(seed)
-    d_out, d_in = rng.randint(12, 30), rng.randint(8, 20)
+    d_in = rng.randint(8, 20)
+    d_out = d_in + rng.randint(3, 10)  # never square: factors returned the wrong way round must not fit
     M = lowrank.low_rank_plus_noise(d_out, d_in, true_rank=rng.randint(2, 5), noise=0.05, seed=rng.randrange(10**6))
     out = {}
     for k in sorted({1, rng.randint(2, 6), min(d_out, d_in)}):
