@@ -1088,3 +1088,36 @@ def test_expected_values_follow_the_course_package(tmp_path):
             assert probes.digest(probe_file, "solution", "{}", "0") != key
     finally:
         probes.package_digest.cache_clear()
+
+
+def test_display_messages_cannot_carry_probe_data_into_earlier_outputs():
+    """GuardedExecute's filter, message by message: before the probes a display update counts only for a
+    display the student's cells created; nothing of the probes' MIME type stays outside a probe cell; while
+    probes run, neither an update nor a shared display id reaches an earlier output."""
+    from peftlab.grader.preprocessors import GuardedExecute
+    from peftlab.grader.probes import MIME
+
+    def message(kind, data, display_id=None):
+        return {"msg_type": kind, "header": {"msg_type": kind, "msg_id": "m"}, "parent_header": {"msg_id": "p"},
+                "metadata": {}, "content": {"data": data, "metadata": {},
+                                            "transient": {"display_id": display_id} if display_id else {}}}
+
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("a"), nbformat.v4.new_code_cell("b"),
+                                         nbformat.v4.new_code_cell("probe")])
+    nb.cells[2].metadata["peftlab"] = {"probe": "test_double", "seed": 7}
+    ex = GuardedExecute()
+    ex.nb, ex._snapshot, ex._displays, ex.record_timing = nb, None, set(), False
+    ex.reset_execution_trackers()
+    ex.clear_before_next_output = False
+    ex.process_message(message("display_data", {"text/plain": "board"}, "own"), nb.cells[0], 0)
+    ex.process_message(message("update_display_data", {"text/plain": "updated"}, "own"), nb.cells[1], 1)
+    assert nb.cells[0].outputs[0]["data"] == {"text/plain": "updated"}  # the student's own display: kept
+    ex.process_message(message("update_display_data", {"text/plain": "foreign"}, "theirs"), nb.cells[1], 1)
+    ex.process_message(message("display_data", {MIME: '{"value": 1}'}), nb.cells[1], 1)
+    assert nb.cells[1].outputs == []
+    ex._snapshot = {0: ([], None), 1: ([], None)}  # the first probe cell has started
+    ex.process_message(message("display_data", {"text/plain": "SOURCE seed=7"}, "own"), nb.cells[2], 2)
+    ex.process_message(message("update_display_data", {"text/plain": "PAYLOAD"}, "own"), nb.cells[2], 2)
+    ex.process_message(message("display_data", {MIME: '{"value": 2}'}), nb.cells[2], 2)
+    assert nb.cells[0].outputs[0]["data"] == {"text/plain": "updated"}
+    assert [o["data"] for o in nb.cells[2].outputs] == [{"text/plain": "SOURCE seed=7"}, {MIME: '{"value": 2}'}]
