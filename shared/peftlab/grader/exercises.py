@@ -119,6 +119,8 @@ def grade(root: str | Path, assignment: str, notebook: str | Path, student: str 
     decides the points, and `Outcome.audit` holds the points under the others, for the fair-grading gate
     (one run of the notebook, and one run of the solution for every notebook graded so)."""
     root, notebook = Path(root).resolve(), Path(notebook)
+    if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 0:
+        raise GradingError(f"seeds={seeds!r}: expected a whole number >= 0 (0: the submission's own seed)")
     ready = Assignment(root, assignment, root / "grading" / "work", settings or Settings())
     if notebook.name != ready.notebook:
         raise GradingError(f"{notebook}: assignment {assignment} has the notebook {ready.notebook!r}; "
