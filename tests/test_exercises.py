@@ -93,6 +93,8 @@ def test_wrongly_named_notebook_is_a_clear_error(tmp_path):
     shutil.copy(ROOT / "exercises" / "05_custom_dataset" / "custom_dataset.ipynb", bad)
     with pytest.raises(GradingError, match="name the file like one"):
         exercises.grade(ROOT, "05_custom_dataset", bad)
+    with pytest.raises(GradingError, match="seeds=-1: expected a whole number"):
+        exercises.grade(ROOT, "05_custom_dataset", bad, seeds=-1)
 
 
 def _validate(assignment, notebook, name, tmp_path):
