@@ -22,6 +22,7 @@ ALL_ASSIGNMENTS = assignments(ROOT)
 # tests/test_fair_grading.py), for working on one; unset, every assignment is graded.
 _ONLY = [o for o in os.environ.get("PEFTLAB_GATE_ONLY", "").split(",") if o]
 ASSIGNMENTS = [a for a in ALL_ASSIGNMENTS if not _ONLY or any(o in a for o in _ONLY)]
+SEEDS = int(os.environ.get("PEFTLAB_GATE_SEEDS", "5"))  # as tests/test_fair_grading.py
 
 
 def test_there_are_eight_assignments():
@@ -61,12 +62,17 @@ def test_drift_and_leak_are_detected(tmp_path):
 @pytest.mark.parametrize("assignment", ASSIGNMENTS)
 def test_solution_full_marks_blank_zero(assignment, tiny_dir):
     # tiny_dir: the model is built before grading, as on a grading machine, not inside a graded notebook
+    # Under the gate's seeds (one solution run for both, cached), and under each: full marks and zero at every seed.
     (source,) = sorted((ROOT / "solutions" / assignment).glob("*.ipynb"))
-    full = exercises.grade(ROOT, assignment, source, student="solution")
+    full = exercises.grade(ROOT, assignment, source, student="solution", seeds=SEEDS)
     assert full.cells and full.auto_score == full.auto_max, full.summary()
     assert full.auto_max >= 9 and full.manual, "every exercise carries autograded and hand-graded points"
-    blank = exercises.grade(ROOT, assignment, ROOT / "exercises" / assignment / source.name, student="blank")
+    assert len(full.audit) == SEEDS - 1
+    assert all(sum(points.values()) == full.auto_max for points in full.audit.values()), full.audit
+    blank = exercises.grade(ROOT, assignment, ROOT / "exercises" / assignment / source.name, student="blank",
+                            seeds=SEEDS)
     assert blank.auto_score == 0 and blank.auto_max == full.auto_max, blank.summary()
+    assert all(sum(points.values()) == 0 for points in blank.audit.values()), blank.audit
     assert set(blank.cells) <= set(blank.errors), "every test cell of a blank notebook fails with a reason"
 
 
@@ -76,9 +82,10 @@ def test_partial_solution_earns_its_points(tmp_path):
 
     partial = tmp_path / "lora_from_scratch.ipynb"
     nbformat.write(exercises.fill_solutions(ROOT, "01_lora_from_scratch", only={"rank_k"}), partial)
-    grade = exercises.grade(ROOT, "01_lora_from_scratch", partial, student="partial")
+    grade = exercises.grade(ROOT, "01_lora_from_scratch", partial, student="partial", seeds=SEEDS)
     assert grade.cells["test_rank_k"] == (2.0, 2.0), grade.summary()
     assert grade.auto_score == 2.0, grade.summary()
+    assert all(sum(points.values()) == 2.0 for points in grade.audit.values()), grade.audit
 
 
 def test_wrongly_named_notebook_is_a_clear_error(tmp_path):
@@ -86,6 +93,8 @@ def test_wrongly_named_notebook_is_a_clear_error(tmp_path):
     shutil.copy(ROOT / "exercises" / "05_custom_dataset" / "custom_dataset.ipynb", bad)
     with pytest.raises(GradingError, match="name the file like one"):
         exercises.grade(ROOT, "05_custom_dataset", bad)
+    with pytest.raises(GradingError, match="seeds=-1: expected a whole number"):
+        exercises.grade(ROOT, "05_custom_dataset", bad, seeds=-1)
 
 
 def _validate(assignment, notebook, name, tmp_path):

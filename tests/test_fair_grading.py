@@ -57,6 +57,11 @@ WRONG_ANSWERS = [
     Wrong("01_lora_from_scratch", "lora_linear", "forward without alpha over r",
           "return out + self.scaling * (self.dropout(x) @ self.lora_A.T @ self.lora_B.T)",
           "return out + (self.dropout(x) @ self.lora_A.T @ self.lora_B.T)"),
+    Wrong("01_lora_from_scratch", "lora_linear", "scaling alpha over sqrt r",
+          "self.scaling = alpha / r", "self.scaling = alpha / math.sqrt(r)"),
+    Wrong("01_lora_from_scratch", "lora_linear", "forward scaled by alpha over sqrt r",
+          "return out + self.scaling * (self.dropout(x) @ self.lora_A.T @ self.lora_B.T)",
+          "return out + self.alpha / math.sqrt(self.r) * (self.dropout(x) @ self.lora_A.T @ self.lora_B.T)"),
     Wrong("01_lora_from_scratch", "lora_linear", "B initialised randomly",
           "nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))",
           "nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))\n"
@@ -258,14 +263,25 @@ def test_no_cell_uses_what_a_test_cell_built(assignment):
 
 
 # ------------------------------------------------------------------ the mutation gate (grades notebooks)
+# Every notebook is graded under this many of the class's seeds (`exercises.grade(seeds=...)`: one run of the
+# notebook, its probes asked once per seed), and must earn the same points under each.
+SEEDS = int(os.environ.get("PEFTLAB_GATE_SEEDS", "5"))
+
+
 def _grade(job):
-    """Worker: autograde one notebook, return (job key, {test: (score, max)}, {test: error})."""
+    """Worker: autograde one notebook, return (job key, {test: (score, max)}, {test: error}, {seed: points}).
+
+    `nb` may be a function of the course root that builds the notebook here (an attack that needs what the
+    gate's own grading computed first). Attacks marked `own_seed` are graded under their submission's own
+    seed, as in a class, not the gate's."""
     key, assignment, nb = job
+    seeds = 0 if key.startswith("own-seed-") else 1 if key.startswith("leaked-seed-") else SEEDS
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / _source(assignment).name
-        nbformat.write(nb, path)
-        grade = exercises.grade(ROOT, assignment, path, student=re.sub(r"[^a-z0-9]", "", key.lower())[:40] or "s")
-    return key, grade.cells, grade.errors
+        nbformat.write(nb(ROOT) if callable(nb) else nb, path)
+        grade = exercises.grade(ROOT, assignment, path, student=re.sub(r"[^a-z0-9]", "", key.lower())[:40] or "s",
+                                seeds=seeds)
+    return key, grade.cells, grade.errors, grade.audit
 
 
 def _jobs():
@@ -273,7 +289,111 @@ def _jobs():
     jobs += [(f"stub-{a}-{r}", a, stub(a, r)) for a in ASSIGNMENTS for r in regions(a)]
     for key, nb in _own_data_notebooks().items():
         jobs.append((key, "05_custom_dataset", nb))
+    jobs += [(key, assignment, nb) for key, (assignment, nb, _) in ATTACKS.items()]
     return jobs
+
+
+# ------------------------------------------------------------------ attacks, each worth exactly its real answers
+# Code that answers a probe with a value of its choosing: it finds the probe cell by the probe's function name
+# (it sees each cell's source as it runs) and rewrites the payload the cell sends.
+ANSWER_PROBES = """\
+import json
+ip = get_ipython()
+GUESSES = {guesses}
+state = {{"guess": None}}
+def which(info):
+    src = info.raw_cell or ""
+    state["guess"] = next((name for name in GUESSES if f"def {{name}}(seed)" in src), None)
+ip.events.register("pre_run_cell", which)
+publish = ip.display_pub.publish
+def answer(data, *a, **k):
+    if state["guess"]:
+        guess = GUESSES[state["guess"]]
+        guess = guess() if callable(guess) else guess
+        data = {{mime: (json.dumps({{"value": guess}}) if "probe" in mime else v) for mime, v in data.items()}}
+    return publish(data, *a, **k)
+ip.display_pub.publish = answer
+"""
+
+# A kernel whose failing cells report success (tests/test_grading.py shows plain nbgrader believing it).
+SUPPRESS = """\
+ip = get_ipython()
+ip.showtraceback = lambda *a, **k: None
+send = ip.kernel.session.send
+def forged(stream, msg_or_type, content=None, *a, **k):
+    if msg_or_type == "execute_reply" and isinstance(content, dict) and content.get("status") == "error":
+        content = {"status": "ok", "execution_count": content.get("execution_count"), "user_expressions": {}, "payload": []}
+    return send(stream, msg_or_type, content, *a, **k)
+ip.kernel.session.send = forged
+"""
+
+
+def _with_code(nb, code: str):
+    """`nb` with `code` in a new cell after the parameters (and the cell that imports the course)."""
+    nb = nbformat.from_dict(nb)
+    at = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", [])) + 1
+    nb.cells.insert(at, nbformat.v4.new_code_cell(code))
+    return nb
+
+
+def _blank(assignment: str):
+    return nbformat.read(ROOT / "exercises" / assignment / _source(assignment).name, as_version=4)
+
+
+def _guessing_blank(assignment: str, guesses: str):
+    return _with_code(_blank(assignment), ANSWER_PROBES.format(guesses=guesses))
+
+
+# The values a solved notebook's constant probes send (settings, "the loss stayed finite", the parameters).
+GUESSES_05 = '{"trained_on_file": {"examples": True, "finite_loss": True}}'
+GUESSES_02 = ('{"repeated_run": lambda: {"drawn run reproducible": True, "sweep row reproducible": True, '
+              '"runs beating the untrained model >= 75%": True, '
+              '"learning rates of alpha=16": sorted(float(x) for x in learning_rates)}}')
+
+
+def _catch_all():
+    """Exercise 05 solved, but every error names every row and every field: the rows it names are not the
+    wrong one, so it is not the clear error test_load_bad asks for."""
+    nb = exercises.fill_solutions(ROOT, "05_custom_dataset")
+    for c in nb.cells:
+        if c.metadata.get("nbgrader", {}).get("grade_id") == "load_validate":
+            c.source += ('\n\n_precise = load_and_validate\n\n\n'
+                         'def load_and_validate(path) -> list[dict]:\n'
+                         '    try:\n        return _precise(path)\n'
+                         '    except ValueError:\n'
+                         '        rows = ", ".join(f"row {n}" for n in range(1, 100))\n'
+                         '        raise ValueError(f"{Path(path).name}: {rows}: field instruction, input or output is wrong") from None\n')
+            return nb
+    raise AssertionError("no load_validate cell")
+
+
+def _replayer(root):
+    """A blank exercise 05 whose kernel lies about every test and answers every probe with the values that a
+    classmate's seed (the gate's first) asked for: what a leaking feedback would have given away. Graded under
+    its own seed, as in a class, it must score 0."""
+    import json
+
+    from peftlab.grader.assignment import Assignment
+
+    ready = Assignment(root, "05_custom_dataset", root / "grading" / "work")
+    seed = ready.gate_seeds(1)[0]
+    cache = json.loads((root / "grading" / "work" / "probes" / "05_custom_dataset-expected.json").read_text())
+    leaked = {gid: json.loads(text)["value"] for gid, text in cache["expected"][str(seed)].items()}
+    names = {"test_load_good": "load_good", "test_load_bad": "load_bad", "test_chat_mask": "chat_mask",
+             "test_trained_on_file": "trained_on_file"}
+    return _with_code(_blank("05_custom_dataset"),
+                      SUPPRESS + ANSWER_PROBES.format(guesses=repr({names[g]: v for g, v in leaked.items()})))
+
+
+ATTACKS = {  # key: (assignment, notebook, autograded points its real answers deserve)
+    "attack-05-guessing-blank": ("05_custom_dataset", _guessing_blank("05_custom_dataset", GUESSES_05), 0),
+    "attack-02-guessing-blank": ("02_rank_alpha_sweep", _guessing_blank("02_rank_alpha_sweep", GUESSES_02), 0),
+    "attack-05-catch-all-error": ("05_custom_dataset", _catch_all(), 7),
+    "own-seed-attack-05-replayer": ("05_custom_dataset", _replayer, 0),
+    # The control: the same replayer graded under the seed whose payloads it holds earns everything, so the
+    # zero above is the per-submission seed's doing, not a replay that failed to run.
+    "leaked-seed-attack-05-replayer": ("05_custom_dataset", _replayer, 10),
+}
 
 
 def _own_data_notebooks():
@@ -302,9 +422,12 @@ def graded(tiny_dir):
     workers = int(os.environ.get("PEFTLAB_GATE_WORKERS", max(2, (os.cpu_count() or 2) // 2)))
     only = [o for o in os.environ.get("PEFTLAB_GATE_ONLY", "").split(",") if o]
     start = time.perf_counter()
+    jobs = [job for job in _jobs() if not only or any(o in job[1] or o in job[0] for o in only)]
+    later = [job for job in jobs if callable(job[2])]  # built from what the others' grading computed
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        jobs = [job for job in _jobs() if not only or any(o in job[1] or o in job[0] for o in only)]
-        out = _Results({key: (cells, errors) for key, cells, errors in pool.map(_grade, jobs)})
+        out = _Results({key: (cells, errors, audit) for key, cells, errors, audit
+                        in pool.map(_grade, [job for job in jobs if job not in later])})
+        out.update({key: (cells, errors, audit) for key, cells, errors, audit in pool.map(_grade, later)})
     print(f"\nmutation gate: {len(out)} notebooks graded with {workers} workers in {time.perf_counter() - start:.0f} s")
     return out
 
@@ -320,7 +443,7 @@ def _lost(cells) -> set[str]:
 
 @pytest.mark.parametrize(("assignment", "region"), [(a, r) for a in ASSIGNMENTS for r in regions(a)])
 def test_an_unsolved_cell_costs_exactly_its_declared_tests(graded, assignment, region):
-    cells, errors = graded[f"stub-{assignment}-{region}"]
+    cells, errors, _ = graded[f"stub-{assignment}-{region}"]
     assert _lost(cells) == dependents(assignment, region), (
         f"{region} left unsolved: lost {sorted(_lost(cells))}, declared {sorted(dependents(assignment, region))}; "
         f"errors: {errors}")
@@ -328,7 +451,7 @@ def test_an_unsolved_cell_costs_exactly_its_declared_tests(graded, assignment, r
 
 @pytest.mark.parametrize("wrong", WRONG_ANSWERS, ids=lambda w: w.id)
 def test_a_wrong_answer_costs_only_its_tests_and_names_its_cell(graded, wrong):
-    cells, errors = graded[wrong.id]
+    cells, errors, _ = graded[wrong.id]
     lost = _lost(cells)
     assert lost, f"{wrong.id}: no test noticed the wrong answer"
     assert lost <= dependents(wrong.assignment, wrong.region), (
@@ -341,7 +464,7 @@ def test_a_wrong_answer_costs_only_its_tests_and_names_its_cell(graded, wrong):
 
 
 def test_exercise02_names_training_loss(graded):
-    _, errors = graded[next(w.id for w in WRONG_ANSWERS if w.what == "training loss as held-out loss")]
+    _, errors, _ = graded[next(w.id for w in WRONG_ANSWERS if w.what == "training loss as held-out loss")]
     assert "the last training loss" in errors["test_heldout_metric"], errors
 
 
@@ -354,5 +477,49 @@ def test_exercise01_recognises_the_missing_scale_factor_and_nonzero_b(graded):
 
 @pytest.mark.parametrize("key", ["own-rows-inline", "own-file-not-submitted"])
 def test_exercise05_grades_a_student_who_followed_the_instructions(graded, key):
-    cells, errors = graded[key]
+    cells, errors, _ = graded[key]
     assert not _lost(cells), f"{key}: {errors}"
+
+
+def _points(cells) -> dict[str, float]:
+    return {test: float(score or 0.0) for test, (score, _) in cells.items()}
+
+
+@pytest.mark.parametrize("key", [job[0] for job in _jobs() if not job[0].startswith(("own-seed-", "leaked-seed-"))])
+def test_every_notebook_earns_the_same_points_at_every_seed(graded, key):
+    """Issue 29: a grade must not depend on the class secret. Every wrong answer, stub and attack, graded
+    under SEEDS of the class's seeds, earns the same points per test under each."""
+    cells, errors, audit = graded[key]
+    assert len(audit) == SEEDS - 1, f"{key}: graded under {len(audit) + 1} seeds, not {SEEDS}"
+    first = _points(cells)
+    for seed, points in audit.items():
+        assert points == first, f"{key}: seed {seed} gives {points}, the first seed {first}; errors: {errors}"
+
+
+@pytest.mark.parametrize("key", list(ATTACKS))
+def test_an_attack_earns_exactly_what_its_real_answers_deserve(graded, key):
+    cells, errors, _ = graded[key]
+    assignment, _, deserved = ATTACKS[key]
+    assert cells and sum(_points(cells).values()) == deserved, f"{key}: {cells}; errors: {errors}"
+
+
+def test_a_catch_all_error_loses_test_load_bad_alone(graded):
+    cells, errors, _ = graded["attack-05-catch-all-error"]
+    assert _lost(cells) == {"test_load_bad"}, errors
+    assert "rows named" in errors["test_load_bad"], errors
+
+
+def test_alpha_over_sqrt_r_loses_the_same_tests_at_every_seed(graded):
+    for what in ("scaling alpha over sqrt r", "forward scaled by alpha over sqrt r"):
+        cells, errors, audit = graded[next(w.id for w in WRONG_ANSWERS if w.what == what)]
+        assert {"test_lora_matches_peft", "test_merge_unmerge"} <= _lost(cells), (what, errors)
+        assert all(points == _points(cells) for points in audit.values()), (what, audit)
+
+
+def test_a_guessed_constant_probe_answer_needs_the_kernel_test_too(graded):
+    """Exercise 02's repeated-run probe answers with truths and the notebook's own learning rates: a blank
+    notebook can send them, and the probe agrees. The test's points also need its cell to pass in the kernel."""
+    cells, errors, _ = graded["attack-02-guessing-blank"]
+    assert cells["test_sweep_consistent"][0] == 0, errors
+    assert "the grader's own check" not in errors["test_sweep_consistent"], (
+        "the guess no longer fools the probe: this test no longer shows why the kernel's verdict is needed", errors)

@@ -832,6 +832,33 @@ for folder in (os.getcwd(), "/tmp", os.path.dirname(IPKernelApp.instance().conne
             print("REFUSED", folder, type(exc).__name__)
 """
 
+# Solves both functions, and copies every probe cell's source (with its seed) and every probe payload into an
+# output of its own first cell, by display updates: before the fix, its feedback then held the probe file, the
+# class seed and the right payloads, which a blank notebook could replay in the same class for full marks.
+HARVESTER = """\
+import json
+from IPython.display import display
+ip = get_ipython()
+seen = []
+board = display({"text/plain": "harvest board"}, display_id="board")
+def grab(info):
+    if "__peftlab_probe" in (info.raw_cell or ""):
+        seen.append("SOURCE " + info.raw_cell)
+        board.update({"text/plain": "HARVESTED " + json.dumps(seen)})
+ip.events.register("pre_run_cell", grab)
+publish = ip.display_pub.publish
+def tap(data, *a, **k):
+    for mime, value in data.items():
+        if "probe" in mime:
+            seen.append("PAYLOAD " + str(value))
+            display({"text/plain": "HARVESTED " + json.dumps(seen)}, display_id="board")  # same id: rewrites it
+            board.update({"text/plain": "HARVESTED " + json.dumps(seen)})
+    return publish(data, *a, **k)
+ip.display_pub.publish = tap
+def double(x):
+    return factor * x
+"""
+
 FORGERS = {  # student: (code in the `double` cell, cells solved honestly, points its answers deserve)
     "suppressor": (CANARY_AWARE_SUPPRESSOR, (), 0),
     "checkspatch": (CANARY_AWARE_CHECKS, ("halve",), 1),
@@ -839,7 +866,35 @@ FORGERS = {  # student: (code in the `double` cell, cells solved honestly, point
     "hooks": (HOOKS, (), 0),
     "thread": (THREAD, (), 0),
     "channel": (CHANNEL, (), 0),
+    "harvester": (HARVESTER, ("halve",), 3),
 }
+
+# A blank notebook that answers every probe with the payloads a classmate's submission was given (what the
+# harvester's feedback leaked before the fix), rewriting its probe cells' seed to the classmate's too.
+REPLAYER = """\
+import re
+ip = get_ipython()
+LEAKED = {leaked!r}
+SEED = {seed!r}
+current = {{"name": None}}
+def reseed(lines):
+    text = "".join(lines)
+    if "__peftlab_probe" in text:
+        text = re.sub(r"= \\{{\"value\": (\\w+)\\(\\d+\\)\\}}", lambda m: '= {{"value": ' + m.group(1) + "(" + SEED + ")}}", text)
+        return text.splitlines(keepends=True)
+    return lines
+ip.input_transformers_post.append(reseed)
+def which(info):
+    src = info.raw_cell or ""
+    current["name"] = next((gid for gid, fn in (("test_double", "double_on"), ("test_halve", "halve_on")) if fn in src), None)
+ip.events.register("pre_run_cell", which)
+publish = ip.display_pub.publish
+def replay(data, *a, **k):
+    if current["name"] in LEAKED:
+        data = {{mime: (LEAKED[current["name"]] if "probe" in mime else v) for mime, v in data.items()}}
+    return publish(data, *a, **k)
+ip.display_pub.publish = replay
+"""
 
 
 @pytest.fixture(scope="module")
@@ -862,18 +917,63 @@ def test_a_forger_who_knows_the_grader_earns_only_its_real_answers(forged, stude
     assert float(rows[student]["autograded"]) == FORGERS[student][2], rows[student]
 
 
+def _sha(path):
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
 @needs_bwrap
 def test_the_probes_expected_values_never_reach_the_sandbox_or_the_feedback(forged):
     import re
 
     cached = json.loads((forged.work / "probes" / f"{ASSIGNMENT}-expected.json").read_text())["expected"]
-    values = [str(v) for text in cached.values() for v in json.loads(text)["value"]]
+    values = [str(v) for by_seed in cached.values() for text in by_seed.values() for v in json.loads(text)["value"]]
     feedback = forged.work / "feedback" / ASSIGNMENT
-    for html in feedback.glob("*/fixture.html"):
+    pages = list(feedback.glob("*/fixture.html"))
+    assert len(pages) == len(FORGERS) + 1
+    for html in pages:
         text = html.read_text()
-        assert "__peftlab_probe" not in text  # probe cells are removed before anything is saved
-        assert not set(re.findall(r"-?\d+(?:\.\d+)?", text)) & set(values), html
+        assert "def __peftlab_probe" not in text and "_on_drawn_" not in text  # no probe's source
+        assert not any(seed in text for seed in cached), html  # no seed
+        assert not set(re.findall(r"-?\d+(?:\.\d+)?", text)) & set(values), html  # no payload
+    assert "harvest board" in (feedback / "harvester" / "fixture.html").read_text()  # its own output stays
+    assert "HARVESTED [" not in (feedback / "harvester" / "fixture.html").read_text()
     assert forged.expected and Path(forged.probes).is_relative_to(forged.root)  # the course is hidden from kernels
+
+
+@needs_bwrap
+def test_every_submission_gets_its_own_probe_seed(forged):
+    """Seeds per submission: the cache holds one entry per student graded, and no two share inputs."""
+    staged = forged.work / "staging" / ASSIGNMENT
+    seeds = {forged.ready.probe_seed(p.stem, _sha(p)) for p in staged.glob("*.ipynb")}
+    assert len(seeds) == len(FORGERS) + 1
+    cached = json.loads((forged.work / "probes" / f"{ASSIGNMENT}-expected.json").read_text())["expected"]
+    assert {str(s) for s in seeds} <= set(cached)
+    by_seed = [json.dumps(cached[str(s)], sort_keys=True) for s in seeds]
+    assert len(set(by_seed)) == len(by_seed), "two students were asked the same probes"
+    assert forged.ready.probe_seed("honest", "a" * 64) != forged.ready.probe_seed("honest", "b" * 64)
+
+
+@needs_bwrap
+def test_a_blank_notebook_replaying_a_classmates_payloads_scores_zero(course, forged, tmp_path):
+    """The harvester's right payloads, the worst its feedback could have leaked, replayed in the same class
+    (a later round) by a blank notebook that even rewrites its probes' seed to the harvester's: 0."""
+    harvested = forged.work / "staging" / ASSIGNMENT / "harvester.ipynb"
+    seed = forged.ready.probe_seed("harvester", _sha(harvested))
+    leaked = json.loads((forged.work / "probes" / f"{ASSIGNMENT}-expected.json").read_text())["expected"][str(seed)]
+    assert set(leaked) == {"test_double", "test_halve"}
+    folder = tmp_path / "late"
+    folder.mkdir()
+    _write(folder, "replayer.ipynb", _hostile(course, REPLAYER.format(leaked=leaked, seed=str(seed)), solve=()))
+    _write(folder, "replayer2.ipynb", _hostile(course, REPLAYER.format(leaked=leaked, seed=str(seed)) + "\n# again",
+                                                solve=()))
+    batch = Batch(course, ASSIGNMENT, forged.work, _settings(workers=2), log=lambda *a: None)
+    batch.run([folder])
+    rows = _csv(batch.csv_path)
+    for student in ("replayer", "replayer2"):
+        assert rows[student]["status"] == "graded" and float(rows[student]["autograded"]) == 0, rows[student]
+    assert rows["harvester"]["autograded"] == "3"  # graded before, untouched
 
 
 def test_probe_payloads_are_judged_as_data():
@@ -883,12 +983,13 @@ def test_probe_payloads_are_judged_as_data():
     ok = json.dumps({"value": [1.0, 2.0]})
     assert probes.judge(p, ok, "", ok) == ""
     assert "not within" in probes.judge(p, json.dumps({"value": [1.0, 2.5]}), "", ok)
-    assert "finite" in probes.judge(p, '{"value": [NaN, 2.0]}', "", ok)
-    assert "raised" in probes.judge(p, json.dumps({"error": "NotImplementedError: "}), "", ok)
+    assert "NaN" in probes.judge(p, '{"value": [NaN, 2.0]}', "", ok)
+    assert "expected a number" in probes.judge(p, json.dumps({"value": ["1.0", 2.0]}), "", ok)
+    assert "raised NotImplementedError" in probes.judge(p, json.dumps({"error": "NotImplementedError: "}), "", ok)
     assert "format" in probes.judge(p, json.dumps([1.0, 2.0]), "", ok)
     assert "nests" in probes.judge(p, "[" * 100 + "]" * 100, "", ok)
     assert "not valid JSON" in probes.judge(p, "{", "", ok)
-    assert "items" in probes.judge(p, json.dumps({"value": {"a": 1}}), "", ok)
+    assert "expected a list" in probes.judge(p, json.dumps({"value": {"a": 1}}), "", ok)
     assert probes.judge(p, None, "the probe sent no result", ok) == "the probe sent no result"
     exact = probes.Probe("t", "f", "", probes.exact)
     assert "NaN" in probes.judge(exact, '{"value": NaN}', "", '{"value": 1}')
@@ -899,6 +1000,41 @@ def test_probe_payloads_are_judged_as_data():
     huge = [{"output_type": "display_data", "data": {probes.MIME: "x" * (probes.MAX_PAYLOAD + 1)}, "metadata": {}}]
     assert "larger" in probes.payload(huge)[1]
     assert "suppressed" in probes.payload([])[1]
+
+
+# What a student's code returns, or raises, is its own to choose: it could be the probe's source, its seed or
+# its inputs, which the kernel sees while the probe runs. Reasons say where and how a result differs, never what.
+SMUGGLED = "def lora_init(seed): rng = random.Random(81985529216486)"
+
+
+@pytest.mark.parametrize(("compare", "got", "expected"), [
+    ("exact", SMUGGLED, "right"),
+    ("exact", {"A": [3, 4], "k=7": SMUGGLED}, {"A": [3, 4], "k=7": 1.5}),
+    ("exact", [SMUGGLED], [1, 2]),
+    ("exact", {SMUGGLED: 1}, {"scaling": 1}),
+    ("close", {"scaling": SMUGGLED}, {"scaling": 2.0}),
+    ("close", {"scaling": 81985529216486.0}, {"scaling": 2.0}),
+])
+def test_probe_reasons_quote_no_value(compare, got, expected):
+    from peftlab.grader import probes
+
+    p = probes.Probe("t", "f", "", probes.exact if compare == "exact" else probes.close(rtol=1e-6))
+    reason = probes.judge(p, json.dumps({"value": got}), "", json.dumps({"value": expected}))
+    assert reason and "random" not in reason and "81985529216486" not in reason and "k=7" not in reason, reason
+    raised = probes.judge(p, json.dumps({"error": f"ValueError: {SMUGGLED}"}), "", json.dumps({"value": 1}))
+    assert raised == "the probe raised ValueError"
+    error = {"output_type": "error", "ename": "ValueError", "evalue": SMUGGLED, "traceback": []}
+    assert "random" not in probes.payload([error])[1]
+
+
+def test_a_key_is_named_only_when_the_probe_wrote_it():
+    from peftlab.grader import probes
+
+    scaled = probes.exact({"scaling": 1.0, "A": [2, 3]}, {"scaling": 2.0, "A": [2, 3]})
+    assert scaled == "result['scaling']: not the expected value"
+    drawn = probes.close()({"k=3": {"error": 1.0}}, {"k=3": {"error": 2.0}})
+    assert drawn.startswith("result[a key]['error']: not within"), drawn
+    assert probes.exact([1, 2], [1, 2, 3]) == "result: a list of another length than expected"
 
 
 def test_uid_base_comes_from_the_environment_or_the_command_line(monkeypatch):
@@ -952,3 +1088,36 @@ def test_expected_values_follow_the_course_package(tmp_path):
             assert probes.digest(probe_file, "solution", "{}", "0") != key
     finally:
         probes.package_digest.cache_clear()
+
+
+def test_display_messages_cannot_carry_probe_data_into_earlier_outputs():
+    """GuardedExecute's filter, message by message: before the probes a display update counts only for a
+    display the student's cells created; nothing of the probes' MIME type stays outside a probe cell; while
+    probes run, neither an update nor a shared display id reaches an earlier output."""
+    from peftlab.grader.preprocessors import GuardedExecute
+    from peftlab.grader.probes import MIME
+
+    def message(kind, data, display_id=None):
+        return {"msg_type": kind, "header": {"msg_type": kind, "msg_id": "m"}, "parent_header": {"msg_id": "p"},
+                "metadata": {}, "content": {"data": data, "metadata": {},
+                                            "transient": {"display_id": display_id} if display_id else {}}}
+
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("a"), nbformat.v4.new_code_cell("b"),
+                                         nbformat.v4.new_code_cell("probe")])
+    nb.cells[2].metadata["peftlab"] = {"probe": "test_double", "seed": 7}
+    ex = GuardedExecute()
+    ex.nb, ex._snapshot, ex._displays, ex.record_timing = nb, None, set(), False
+    ex.reset_execution_trackers()
+    ex.clear_before_next_output = False
+    ex.process_message(message("display_data", {"text/plain": "board"}, "own"), nb.cells[0], 0)
+    ex.process_message(message("update_display_data", {"text/plain": "updated"}, "own"), nb.cells[1], 1)
+    assert nb.cells[0].outputs[0]["data"] == {"text/plain": "updated"}  # the student's own display: kept
+    ex.process_message(message("update_display_data", {"text/plain": "foreign"}, "theirs"), nb.cells[1], 1)
+    ex.process_message(message("display_data", {MIME: '{"value": 1}'}), nb.cells[1], 1)
+    assert nb.cells[1].outputs == []
+    ex._snapshot = {0: ([], None), 1: ([], None)}  # the first probe cell has started
+    ex.process_message(message("display_data", {"text/plain": "SOURCE seed=7"}, "own"), nb.cells[2], 2)
+    ex.process_message(message("update_display_data", {"text/plain": "PAYLOAD"}, "own"), nb.cells[2], 2)
+    ex.process_message(message("display_data", {MIME: '{"value": 2}'}), nb.cells[2], 2)
+    assert nb.cells[0].outputs[0]["data"] == {"text/plain": "updated"}
+    assert [o["data"] for o in nb.cells[2].outputs] == [{"text/plain": "SOURCE seed=7"}, {MIME: '{"value": 2}'}]

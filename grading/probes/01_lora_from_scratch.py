@@ -1,9 +1,11 @@
 """Probes of exercise 01: they decide its points (peftlab.grader.probes; grading/README.md).
 
 Each function runs in the student's kernel after the notebook, on sizes and tensors drawn from `seed`
-(the class's secret) with generators of its own, and returns plain values; the grader compares them
-with what the instructor's solution returns for the same seed. Each checks what its test cell checks,
-so a wrong answer loses the same tests (tests/test_fair_grading.py).
+(the submission's, from the class secret) with generators of its own, and returns plain values; the grader
+compares them with what the instructor's solution returns for the same seed. Each checks what its test cell
+checks, so a wrong answer loses the same tests (tests/test_fair_grading.py), and the draws are bounded so
+that it loses them at every seed: r is never 1 where the scaling counts, no matrix is square where a
+transpose would fit.
 """
 
 from peftlab.grader.probes import close, probe
@@ -20,7 +22,9 @@ def lora_init(seed):
     from torch import nn
 
     rng = random.Random(seed)
-    d_in, d_out, r = rng.randint(5, 24), rng.randint(5, 24), rng.randint(1, 4)
+    d_in = rng.randint(5, 24)
+    d_out = d_in + rng.choice([-3, -2, -1, 1, 2, 3])  # never square: transposed shapes must not fit
+    r = rng.randint(2, 5)  # never 1: at r = 1, alpha / sqrt(r) = alpha / r, and a wrong scaling would pass
     alpha = r * rng.choice([2, 3, 4]) + rng.randint(1, 3)
     torch.manual_seed(seed % 2**31)
     layer = LoRALinear(nn.Linear(d_in, d_out), r=r, alpha=alpha)  # noqa: F821 (the student's class)
@@ -39,7 +43,7 @@ def _layer(seed, rng):
 
     d_in = rng.randint(6, 20)
     d_out = d_in + rng.randint(1, 9)  # never square: a transposed update must not fit
-    r = rng.randint(1, 5)
+    r = rng.randint(2, 5)  # never 1: alpha / sqrt(r) must differ from alpha / r at every seed
     alpha = r + rng.randint(1, 9)  # never equal to r: a missing alpha / r must show
     g = torch.Generator().manual_seed(seed % 2**31)
     torch.manual_seed(seed % 2**31)
@@ -129,7 +133,8 @@ def rank_k(seed):
     from peftlab import lowrank
 
     rng = random.Random(seed)
-    d_out, d_in = rng.randint(12, 30), rng.randint(8, 20)
+    d_in = rng.randint(8, 20)
+    d_out = d_in + rng.randint(3, 10)  # never square: factors returned the wrong way round must not fit
     M = lowrank.low_rank_plus_noise(d_out, d_in, true_rank=rng.randint(2, 5), noise=0.05, seed=rng.randrange(10**6))
     out = {}
     for k in sorted({1, rng.randint(2, 6), min(d_out, d_in)}):

@@ -1,7 +1,7 @@
 """Probes of exercise 05: they decide its points (peftlab.grader.probes; grading/README.md).
 
-Each runs in the student's kernel after the notebook, on files and rows drawn from `seed` (the class's
-secret), and returns plain values; the grader compares them with what the solution returns. Each checks
+Each runs in the student's kernel after the notebook, on files and rows drawn from `seed` (the submission's,
+from the class secret), and returns plain values; the grader compares them with what the solution returns. Each checks
 what its test cell checks, so a wrong answer loses the same tests (tests/test_fair_grading.py).
 """
 
@@ -39,6 +39,7 @@ def load_good(seed):
 def load_bad(seed):
     import json
     import random
+    import re
     import tempfile
     from pathlib import Path
 
@@ -70,6 +71,10 @@ def load_bad(seed):
         except ValueError as exc:
             message = str(exc).lower()
             out[name] = {m: m.lower() in message for m in mentions}
+            if any(m.startswith("row ") for m in mentions):
+                # Behaviour, not words: the rows the message names must be the wrong one alone, so a catch-all
+                # message that names every row (and every field) is not a clear error.
+                out[name]["rows named"] = sorted({int(k) for k in re.findall(r"\brows?\s+(\d+)", message)})
         except Exception as exc:
             out[name] = type(exc).__name__
     return out
@@ -92,7 +97,23 @@ def chat_mask(seed):
 
 @probe("test_trained_on_file", compare=exact)
 def trained_on_file(seed):
+    """What the test checks (every row trained on, a finite loss) is true or false, the same for every seed:
+    a notebook could send it without training. So the loader the count relies on also reads a drawn file of
+    good rows, which only a working `load_and_validate` returns (the test's one declared dependency)."""
+    import csv
     import math
+    import random
+    import tempfile
+    from pathlib import Path
 
+    rng = random.Random(seed + 3)
+    rows = [{"instruction": _text(rng, 3).capitalize() + "?", "input": _text(rng, 2) if i % 3 else "",
+             "output": _text(rng, 4).capitalize() + "."} for i in range(rng.randint(2, 7))]
+    drawn = Path(tempfile.mkdtemp()) / f"rows_{rng.randint(100, 999)}.csv"
+    with open(drawn, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["instruction", "input", "output"])
+        writer.writeheader()
+        writer.writerows(rows)
     return {"examples": result.train_stats.examples == len(load_and_validate(train_file)),  # noqa: F821
-            "finite_loss": all(math.isfinite(loss) for _, loss in result.history.train)}  # noqa: F821
+            "finite_loss": all(math.isfinite(loss) for _, loss in result.history.train),  # noqa: F821
+            "drawn rows": load_and_validate(drawn)}  # noqa: F821

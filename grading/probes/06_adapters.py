@@ -34,7 +34,9 @@ def routed_logits(seed):
 
     rng = random.Random(seed)
     names = [rng.choice(["shakespeare", "pirate", "__base__"]) for _ in range(4)]
-    names[rng.randrange(4)] = "__base__"
+    base, adapter = rng.sample(range(4), 2)  # a base row and an adapter row at every seed: one name for the
+    names[base] = "__base__"  # whole batch must never route it right
+    names[adapter] = rng.choice(["shakespeare", "pirate"])
     fresh = load_two()  # noqa: F821
     logits = _last(route(fresh, names))  # noqa: F821
     return {"names": names, "base rows": [row for row, n in zip(logits, names) if n == "__base__"],

@@ -65,10 +65,9 @@ def rankings(seed):
     rng = random.Random(seed + 2)
     out = []
     for metric in (metrics.style_share, len):
-        names = rng.sample(["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta"], rng.randint(1, 6))
+        names = rng.sample(["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta"], rng.randint(3, 6))
         outputs = {name: _sentences(rng, rng.randint(1, 4)) for name in names}
-        if len(names) > 2:
-            outputs[names[-1]] = list(outputs[names[0]])  # a tie
+        outputs[names[-1]] = list(outputs[names[0]])  # a tie at every seed: ties must share a rank
         out.append([[row["rank"], row["adapter"], float(row["score"])] for row in rank_adapters(outputs, metric)])  # noqa: F821
     return out
 

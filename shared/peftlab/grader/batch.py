@@ -186,6 +186,7 @@ class Batch:
                  f"on import, {len(todo)} to grade with {self.settings.workers} worker(s)"
                  f"{'' if sandboxed else ' WITHOUT a sandbox'}")
         try:
+            self.ready.expect(self.ready.probe_seed(s.student, s.sha256) for s in todo)  # one solution run, all seeds
             results += self._pool(todo, inputs)
         finally:
             self._stop_workers()  # the user ids are given back when `run` ends

@@ -110,12 +110,17 @@ def leaks(root: str | Path) -> list[str]:
 
 
 def grade(root: str | Path, assignment: str, notebook: str | Path, student: str = "student",
-          settings: Settings | None = None) -> Outcome:
+          settings: Settings | None = None, seeds: int = 0) -> Outcome:
     """Grade one notebook as `student`'s submission of `assignment`, the way the class grader does.
 
     The assignment is set up as for a class graded in the course's `grading/work`: the same class secret,
-    so the same probe inputs, and the same cache of the solution's expected values."""
+    so the same probe seed rule, and the same cache of the solution's expected values. `seeds=N` grades
+    under the class's N gate seeds instead of the submission's own (`Assignment.gate_seeds`): the first
+    decides the points, and `Outcome.audit` holds the points under the others, for the fair-grading gate
+    (one run of the notebook, and one run of the solution for every notebook graded so)."""
     root, notebook = Path(root).resolve(), Path(notebook)
+    if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 0:
+        raise GradingError(f"seeds={seeds!r}: expected a whole number >= 0 (0: the submission's own seed)")
     ready = Assignment(root, assignment, root / "grading" / "work", settings or Settings())
     if notebook.name != ready.notebook:
         raise GradingError(f"{notebook}: assignment {assignment} has the notebook {ready.notebook!r}; "
@@ -127,8 +132,11 @@ def grade(root: str | Path, assignment: str, notebook: str | Path, student: str 
         staged.parent.mkdir(parents=True)
         shutil.copyfile(notebook, staged)
         (tmp / "scratch").mkdir()
-        return autograde(ready.job(student, staged, tmp / "scratch", sha256=_sha256(staged),
-                                   hide=[str(notebook.resolve().parent)]))
+        sha256 = _sha256(staged)
+        chosen = ready.gate_seeds(seeds) if seeds else [ready.probe_seed(student, sha256)]
+        ready.expect(chosen)
+        return autograde(ready.job(student, staged, tmp / "scratch", sha256=sha256,
+                                   hide=[str(notebook.resolve().parent)], seeds=chosen))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -137,21 +145,29 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+CHECK_SEEDS = 3  # seeds the CI gate grades each solution and blank under
+
+
 def check(root: str | Path, log=print) -> list[str]:
     """The CI gate: no drift, no leak, every solution full marks, every blank release zero."""
     root = Path(root)
     problems = drift(root) + leaks(root)
     for name in assignments(root):
         source_nb = source_notebook(root, name)
-        full = grade(root, name, source_nb, student="solution")
+        # Under the class's CHECK_SEEDS gate seeds: one solution run serves both, and every seed must agree.
+        full = grade(root, name, source_nb, student="solution", seeds=CHECK_SEEDS)
         log(full.summary())
-        if full.status != "graded" or full.auto_score != full.auto_max or not full.cells:
-            problems.append(f"{source_nb}: the solution earns {full.auto_score:g} of {full.auto_max:g} ({full.status})")
-        blank = grade(root, name, root / RELEASE / name / source_nb.name, student="blank")
+        worst = min([full.auto_score, *(sum(p.values()) for p in full.audit.values())])
+        if full.status != "graded" or worst != full.auto_max or not full.cells:
+            problems.append(f"{source_nb}: the solution earns {worst:g} of {full.auto_max:g} at one of "
+                            f"{CHECK_SEEDS} seeds ({full.status})")
+        blank = grade(root, name, root / RELEASE / name / source_nb.name, student="blank", seeds=CHECK_SEEDS)
         log(blank.summary())
-        if blank.status != "graded" or blank.auto_score != 0:
+        best = max([blank.auto_score, *(sum(p.values()) for p in blank.audit.values())])
+        if blank.status != "graded" or best != 0:
             problems.append(f"{root / RELEASE / name / source_nb.name}: the untouched exercise earns "
-                            f"{blank.auto_score:g} points ({blank.status}); a test passes without the student's work")
+                            f"{best:g} points at one of {CHECK_SEEDS} seeds ({blank.status}); a test passes "
+                            "without the student's work")
     return problems
 
 

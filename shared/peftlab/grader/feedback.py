@@ -14,6 +14,7 @@ from pathlib import Path
 
 from .inspect import graded_cells
 from .outcome import FLAGGED, STATUSES, Outcome, clip
+from .probes import MIME as PROBE_MIME
 from .render import TRUSTED, render_html
 
 _REGION = re.compile(r"### BEGIN HIDDEN TESTS\n(.*?)### END HIDDEN TESTS", re.S)
@@ -136,7 +137,10 @@ def write_feedback(graded_nb: Path | None, release: Path, source: Path, out: Out
                 cell.outputs = [nbformat.from_dict({**o, "traceback": [f"{o.get('ename', 'Error')}: {o.get('evalue', '')}"]})
                                 for o in cell.get("outputs", []) if o.get("output_type") == "error"]
             if cell.cell_type == "code":
-                cell.outputs = scrub_outputs(cell.get("outputs", []), secret)
+                # The grader saves the notebook as it stood before the probes (`GuardedExecute`); a probe's
+                # payload has no place in it, whatever put it there.
+                kept = [o for o in cell.get("outputs", []) if PROBE_MIME not in (o.get("data") or {})]
+                cell.outputs = scrub_outputs(kept, secret)
         nb.cells.insert(0, summary)
     mark_trusted(nb, release)
     html = render_html(nb)  # student content and outputs cleaned, the instructor's markdown as written

@@ -42,7 +42,8 @@ class Outcome:
     seconds: float = 0.0
     feedback: str = ""  # path of the feedback HTML in the worker's scratch folder
     log: str = ""  # nbgrader's log, summarised in one line
-    probes: dict[str, dict] = field(default_factory=dict)  # grade_id -> {text, why}: only when collecting
+    probes: dict[str, dict] = field(default_factory=dict)  # str(seed) -> grade_id -> {text, why}: only when collecting
+    audit: dict[str, dict[str, float]] = field(default_factory=dict)  # str(seed) -> grade_id -> points (Job.audit_seeds)
     timings: dict[str, float] = field(default_factory=dict)  # seconds per grading step (bench/grading.py)
     peak_rss_mib: float = 0.0  # the worker's peak resident memory: kernels' output cannot swell it
 

@@ -8,6 +8,7 @@ named in that configuration is how their findings come back to the worker.
 
 from __future__ import annotations
 
+import copy
 import json
 import random
 import time
@@ -16,10 +17,10 @@ from datetime import datetime
 import nbformat
 from nbgrader.preprocessors import Execute, NbGraderPreprocessor
 from nbgrader.utils import is_grade, is_solution
-from traitlets import Bool, Dict, Integer, Unicode
+from traitlets import Bool, Dict, Integer, List, Unicode
 
 from . import progress
-from .probes import MAX_PAYLOAD, cell_source, load, payload
+from .probes import MAX_PAYLOAD, MIME, cell_source, load, payload
 
 _CANARY_WORDS = ["trainable parameters", "merged weight", "held-out loss", "rank of the update", "scaling",
                  "masked labels", "module count", "output shape", "quantized bytes", "row count"]
@@ -99,17 +100,22 @@ class CheckCanaries(NbGraderPreprocessor):
 
 
 class InsertProbes(NbGraderPreprocessor):
-    """One cell per probe at the end of the notebook: it runs after every cell of the student's."""
+    """One cell per probe and seed at the end of the notebook: they run after every cell of the student's.
+
+    `seeds`: the submission's own seed first; more seeds ask the same probes again on other inputs (the
+    solution's run for a whole class, or the fair-grading gate's check that points do not depend on the seed)."""
 
     probes = Unicode("").tag(config=True)  # the assignment's probe file; "" for none
-    seed = Integer(0).tag(config=True)
+    seeds = List(Integer()).tag(config=True)
 
     def preprocess(self, nb, resources):
         if self.probes:
-            for gid, p in load(self.probes).items():
-                cell = nbformat.v4.new_code_cell(cell_source(p, self.seed))
-                cell.metadata["peftlab"] = {"probe": gid}
-                nb.cells.append(cell)
+            loaded = load(self.probes)
+            for seed in self.seeds:
+                for gid, p in loaded.items():
+                    cell = nbformat.v4.new_code_cell(cell_source(p, seed))
+                    cell.metadata["peftlab"] = {"probe": gid, "seed": int(seed)}
+                    nb.cells.append(cell)
         return nb, resources
 
 
@@ -121,22 +127,32 @@ class CollectProbes(NbGraderPreprocessor):
     def preprocess(self, nb, resources):
         kept = []
         for cell in nb.cells:
-            gid = cell.metadata.get("peftlab", {}).get("probe")
-            if gid:
+            meta = cell.metadata.get("peftlab", {})
+            if meta.get("probe"):
                 text, why = payload(list(cell.get("outputs", [])))
-                report(self.findings, kind="probe", grade_id=gid, text=text, why=why)
+                report(self.findings, kind="probe", grade_id=meta["probe"], seed=meta.get("seed", 0), text=text, why=why)
             else:
                 kept.append(cell)
         nb.cells = kept
+        nb.metadata.pop("widgets", None)  # widget state is kernel-written, and could hold what a probe sent
         return nb, resources
 
 
 class GuardedExecute(Execute):
-    """nbgrader's Execute with a cap on the output a kernel may send back, in total per submission: outputs,
-    display updates (charged once per output they rewrite) and widget state alike.
+    """nbgrader's Execute with a cap on the output a kernel may send back, in total per submission (outputs,
+    display updates, charged once per output they rewrite, and widget state alike), and a wall around the probes.
 
-    Probe cells have a budget of their own, so a notebook that printed its
-    2 MiB does not silence its probes (nor can a probe cell print more)."""
+    Probe cells have a budget of their own, so a notebook that printed its 2 MiB does not silence its
+    probes (nor can a probe cell print more).
+
+    Nothing the probes send or see may reach the saved notebook, hence the feedback (grading/README.md,
+    Probes): student code runs in the same kernel and sees each probe cell's source and seed, and could
+    copy them, or the payloads, into an earlier output with `update_display_data` (or a `display_id` shared
+    with one of its own outputs). So the notebook's outputs are taken as they stood when the first probe cell
+    started and put back when the kernel is done, and while probes run no message may reach an earlier
+    output: updates, display ids and widget messages are dropped. Before that, a display update is kept only
+    for a display the student's own cells created, and nothing of the probes' MIME type is kept outside a
+    probe cell."""
 
     max_output_bytes = Integer(2 * 2**20).tag(config=True)
     findings = Unicode("").tag(config=True)
@@ -147,12 +163,18 @@ class GuardedExecute(Execute):
 
     def preprocess(self, nb, resources=None, km=None):
         start = time.time()
+        self._snapshot, self._displays = None, set()
         try:
             return super().preprocess(nb, resources, km=km)
         finally:
+            self._restore(getattr(self, "nb", None) or nb)
             report(self.findings, kind="timing", **cell_times(nb, start, time.time()))
 
     def preprocess_cell(self, cell, resources, index):
+        if self._snapshot is None and _is_probe(cell):
+            # The student's notebook as it stood before any probe ran: what is saved and fed back.
+            self._snapshot = {i: (copy.deepcopy(c.get("outputs", [])), c.get("execution_count"))
+                              for i, c in enumerate(self.nb.cells) if c.cell_type == "code" and not _is_probe(c)}
         # How far the notebook got, for the feedback of one stopped at the wall limit (peftlab.grader.progress).
         progress.started(self.findings, self.nb, index)
         try:
@@ -160,8 +182,35 @@ class GuardedExecute(Execute):
         finally:
             progress.finished(self.findings, self.nb, index)
 
+    def _restore(self, nb) -> None:
+        if not getattr(self, "_snapshot", None):
+            return
+        for i, (outputs, count) in self._snapshot.items():
+            if i < len(nb.cells):
+                nb.cells[i]["outputs"], nb.cells[i]["execution_count"] = outputs, count
+
+    def process_message(self, msg, cell, cell_index):
+        kind, content = msg.get("msg_type"), msg.get("content") or {}
+        transient = content.get("transient") if isinstance(content, dict) else None
+        display_id = transient.get("display_id") if isinstance(transient, dict) else None
+        probing = self._snapshot is not None
+        if kind in ("display_data", "execute_result", "update_display_data"):
+            data = content.get("data") if isinstance(content.get("data"), dict) else {}
+            if MIME in data and not _is_probe(cell):
+                return None  # a probe's payload outside a probe cell: never the student's to show
+            if kind == "update_display_data" and (probing or display_id not in self._displays):
+                return None  # an update of a display the student did not create, or during the probes
+            if display_id and probing:
+                # No display id while probes run: it would write this output into every earlier one sharing it.
+                msg = {**msg, "content": {**content, "transient": {}}}
+            elif display_id and kind != "update_display_data" and not _is_probe(cell):
+                self._displays.add(display_id)
+        elif probing and kind.startswith("comm"):
+            return None  # widget messages can write outputs elsewhere (Output widgets) or notebook metadata
+        return super().process_message(msg, cell, cell_index)
+
     def output(self, outs, msg, display_id, cell_index):
-        if self.nb.cells[cell_index].metadata.get("peftlab", {}).get("probe"):
+        if _is_probe(self.nb.cells[cell_index]):
             sent = getattr(self, "_probe_sent", {})
             self._probe_sent = sent
             sent[cell_index] = sent.get(cell_index, 0) + len(json.dumps(msg.get("content", {}), default=str))
@@ -209,6 +258,10 @@ def content_size(value) -> int:
         else:
             total += 8
     return total
+
+
+def _is_probe(cell) -> bool:
+    return bool(cell.get("metadata", {}).get("peftlab", {}).get("probe"))
 
 
 def cell_times(nb, start: float, end: float) -> dict[str, float]:

@@ -10,7 +10,7 @@ student's code, so that code can change it. A probe cannot be forged that way:
     @probe("test_double", compare=exact)
     def double_on_secret_inputs(seed):     # runs in the student's kernel, after the notebook
         import random
-        rng = random.Random(seed)          # seed: drawn per class from the class secret
+        rng = random.Random(seed)          # seed: the submission's own, drawn from the class secret
         return [double(rng.randint(-10**6, 10**6)) for _ in range(8)]
 
 1. The grader appends one cell per probe to the notebook (`InsertProbes`); the
@@ -21,17 +21,20 @@ student's code, so that code can change it. A probe cannot be forged that way:
    file the kernel could link elsewhere.
 2. `CollectProbes` takes each probe cell's payload out of the notebook (the
    cells never reach the gradebook or the feedback) and hands it to the worker.
-3. The expected values come from the instructor's solution, run once per
-   class through the same probes (`Batch.prepare`, cached in the work folder),
-   in a kernel that runs no student code.
+   Nothing a probe sent or saw reaches the saved notebook: `GuardedExecute`
+   puts back the outputs as they stood before the first probe ran.
+3. The expected values come from the instructor's solution, run through the
+   same probes for every seed of the class in one run (`Assignment.expect`,
+   cached per seed in the work folder), in a kernel that runs no student code.
 4. The worker compares each payload with the expected one, in its own
    process (`judge`): a comparator is a function `(got, expected) -> reason`
-   that returns "" when they agree. A probe that crashed, returned nothing,
-   returned several payloads, too much data, or data the comparator chokes
-   on scores 0 for its test, with the reason; it never stops the grader.
+   that returns "" when they agree, and says where they differ without quoting
+   either. A probe that crashed, returned nothing, returned several payloads,
+   too much data, or data the comparator chokes on scores 0 for its test, with
+   the reason; it never stops the grader.
 
-The points of each autograded test come from its probe; the in-kernel test
-cells still run and stay in the feedback, so students see what failed. Student
+The points of each autograded test need its probe to agree and its in-kernel
+test cell to pass; the test cells stay in the feedback, so students see what failed. Student
 code can still make its probes return anything, but only the right values for
 inputs it has not seen earn points, which means solving the task.
 """
@@ -43,6 +46,7 @@ import functools
 import hashlib
 import json
 import math
+import re
 import runpy
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -63,41 +67,66 @@ Comparator = Callable[[object, object], str]
 def exact(got, expected) -> str:
     """Equal as JSON values (a float is compared exactly: use `close` for computed numbers).
 
-    Reasons name what came back, never the expected value: the inputs are the class's secret, and an
-    expected value in a student's feedback could be pasted into a resubmission."""
-    if _has_nan(got):
-        return "the result holds NaN"
-    return "" if got == expected else f"got {_short(got)}, not the expected value"
+    Reasons say where the result differs and how (a missing key, a list of another length, a wrong value),
+    never a value: neither the expected one (a resubmission could paste it in) nor the returned one (code
+    that returns the probe's inputs, or its source, would carry them into the feedback)."""
+    return _differ(got, expected, "result", lambda g, e: g == e, "not the expected value")
 
 
 def close(rtol: float = 1e-5, atol: float = 1e-8) -> Comparator:
     """Same structure, numbers within `atol + rtol * |expected|` (NaN and infinities never agree)."""
 
-    def compare(got, expected, where="result") -> str:
+    def near(got, expected) -> bool:
         if isinstance(expected, bool) or not isinstance(expected, (int, float)):
-            if isinstance(expected, list):
-                if not isinstance(got, list) or len(got) != len(expected):
-                    return f"{where}: expected a list of {len(expected)} items, got {_short(got)}"
-                for i, (g, e) in enumerate(zip(got, expected)):
-                    if reason := compare(g, e, f"{where}[{i}]"):
-                        return reason
-                return ""
-            if isinstance(expected, dict):
-                if not isinstance(got, dict) or set(got) != set(expected):
-                    return f"{where}: expected the keys {sorted(expected)}, got {_short(got)}"
-                for k in expected:
-                    if reason := compare(got[k], expected[k], f"{where}[{k!r}]"):
-                        return reason
-                return ""
-            return "" if got == expected else f"{where}: got {_short(got)}, not the expected value"
+            return got == expected
         if isinstance(got, bool) or not isinstance(got, (int, float)) or not math.isfinite(got):
-            return f"{where}: expected a finite number, got {_short(got)}"
-        if abs(got - expected) <= atol + rtol * abs(expected):
-            return ""
-        return f"{where}: got {got:.6g}, not within rtol={rtol:g}, atol={atol:g} of the expected value"
+            return False
+        return abs(got - expected) <= atol + rtol * abs(expected)
+
+    def compare(got, expected) -> str:
+        return _differ(got, expected, "result", near, f"not within rtol={rtol:g}, atol={atol:g} of the expected value")
 
     compare.__name__ = f"close(rtol={rtol:g}, atol={atol:g})"
     return compare
+
+
+def _differ(got, expected, where: str, same, wrong: str) -> str:
+    """Where `got` first departs from `expected`, in words that quote neither (see `exact`)."""
+    if _has_nan(got):
+        return f"{where}: holds NaN"
+    if isinstance(expected, list):
+        if not isinstance(got, list):
+            return f"{where}: expected a list, got {_kind(got)}"
+        if len(got) != len(expected):
+            return f"{where}: a list of another length than expected"
+        for i, (g, e) in enumerate(zip(got, expected)):
+            if reason := _differ(g, e, f"{where}[{i}]", same, wrong):
+                return reason
+        return ""
+    if isinstance(expected, dict):
+        if not isinstance(got, dict):
+            return f"{where}: expected a mapping, got {_kind(got)}"
+        if set(got) != set(expected):
+            return f"{where}: not the expected keys"
+        for k in sorted(expected):
+            if reason := _differ(got[k], expected[k], f"{where}{_key(k)}", same, wrong):
+                return reason
+        return ""
+    if isinstance(expected, (int, float)) and not isinstance(expected, bool) and (
+            isinstance(got, bool) or not isinstance(got, (int, float))):
+        return f"{where}: expected a number, got {_kind(got)}"
+    return "" if same(got, expected) else f"{where}: {wrong}"
+
+
+def _kind(value) -> str:
+    return {dict: "a mapping", list: "a list", str: "text", bool: "a truth value", type(None): "null"}.get(
+        type(value), "a number")
+
+
+def _key(k: str) -> str:
+    """A key as it appears in a reason: its name when it is a plain word (a name the probe's code wrote, such
+    as 'scaling'), else only that it is a key: keys built from drawn inputs ('k=3', a file name) stay out."""
+    return f"[{k!r}]" if re.fullmatch(r"[A-Za-z_][A-Za-z_ ]{0,40}", k) else "[a key]"
 
 
 def _has_nan(value) -> bool:
@@ -108,11 +137,6 @@ def _has_nan(value) -> bool:
     if isinstance(value, dict):
         return any(_has_nan(v) for v in value.values())
     return False
-
-
-def _short(value, limit: int = 120) -> str:
-    text = json.dumps(value, default=str)
-    return text if len(text) <= limit else text[:limit] + "..."
 
 
 # ------------------------------------------------------------------ the instructor's probe file
@@ -242,8 +266,7 @@ def payload(outputs: list) -> tuple[str | None, str]:
         return None, f"the probe sent {len(found)} results instead of one: its channel was tampered with"
     if not found:
         if errors:
-            e = errors[0]
-            return None, f"the probe's cell failed ({e.get('ename', 'Error')}: {str(e.get('evalue', ''))[:200]})"
+            return None, f"the probe's cell failed ({error_name(errors[0].get('ename'))})"
         return None, "the probe sent no result (its output was suppressed, or the kernel stopped first)"
     text = found[0]
     if isinstance(text, list):  # nbformat may store a text output as a list of lines
@@ -266,8 +289,15 @@ def parse(text: str) -> tuple[object, str]:
     if not isinstance(data, dict) or set(data) not in ({"value"}, {"error"}):
         return None, "the probe's result is not in the probe's format"
     if "error" in data:
-        return None, f"the probe raised {str(data['error'])[:300]}"
+        return None, f"the probe raised {error_name(str(data['error']).split(':', 1)[0])}"
     return data["value"], ""
+
+
+def error_name(text) -> str:
+    """The exception's class name only: its message is the student's code's to write, and could carry the
+    probe's inputs or source into the feedback. The test cell above shows the course's own message."""
+    name = str(text or "").strip()
+    return name if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.]{0,80}", name) else "an exception"
 
 
 def judge(p: Probe, text: str | None, why: str, expected_text: str) -> str:
@@ -283,5 +313,5 @@ def judge(p: Probe, text: str | None, why: str, expected_text: str) -> str:
     try:
         verdict = p.compare(got, expected)
     except Exception as exc:  # garbage of a shape the comparator did not expect
-        return f"the returned value could not be compared ({type(exc).__name__}: {str(exc)[:200]})"
+        return f"the returned value could not be compared ({type(exc).__name__})"
     return verdict if isinstance(verdict, str) else ("" if verdict else "the grader's comparison failed")

@@ -73,8 +73,10 @@ class Job:
     canary_seed: str = ""
     notes: list[str] = field(default_factory=list)  # from importing, for the feedback
     probes: str = ""  # the assignment's probe file; "" when its tests' own verdicts decide (with canaries)
-    probe_seed: int = 0  # the probes' inputs, drawn per class from the class secret
-    expected: dict[str, str] = field(default_factory=dict)  # grade_id -> the solution's payload; {} collects
+    probe_seed: int = 0  # the probes' inputs, drawn per submission from the class secret (`Assignment.probe_seed`)
+    audit_seeds: list[int] = field(default_factory=list)  # more seeds, judged into `Outcome.audit`, not the grade
+    expected: dict[str, dict[str, str]] = field(default_factory=dict)  # str(seed) -> grade_id -> the solution's payload
+    collect: bool = False  # the solution's run: collect the payloads into `Outcome.probes` instead of judging
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -122,7 +124,7 @@ def _nbgrader_config(job: Job, course: Path, findings: Path):
     # Probes decide the points outside the kernel: canaries would only cost time (grading/README.md).
     config.InsertCanaries.count = 0 if job.probes else s.canaries
     config.InsertProbes.probes = job.probes
-    config.InsertProbes.seed = job.probe_seed
+    config.InsertProbes.seeds = [int(job.probe_seed), *(int(a) for a in job.audit_seeds)]
     config.GuardedExecute.max_output_bytes = s.max_output_bytes
     config.GuardedExecute.findings = config.CheckCanaries.findings = config.CollectProbes.findings = str(findings)
     return config
@@ -140,32 +142,43 @@ def _cell_errors(notebook: Path) -> dict[str, str]:
 
 
 def decide_by_probes(job: Job, out: Outcome, found: list[dict]) -> None:
-    """Each autograded test's points from its probe's payload, judged here; the kernel's verdict is only shown.
+    """Each autograded test's points: its probe's payload, judged here, must agree with the solution's, and
+    its test cell must have passed in the kernel.
 
-    With no expected values (`job.expected` empty), the payloads are collected into `out.probes`: that is
-    how the expected values are made, from the instructor's solution."""
-    sent = {f["grade_id"]: (f["text"], f["why"]) for f in found if f["kind"] == "probe"}
-    if not job.expected:
-        out.probes = {gid: {"text": text, "why": why} for gid, (text, why) in sent.items()}
+    Both, because each alone can be bent: the kernel's verdict by the student's code (grading/README.md,
+    Threat model), and a probe whose answer is a constant (a table's settings, "the loss stayed finite") by a
+    notebook that sends the constant without doing the work. The seeds of `job.audit_seeds` are judged
+    the same way into `out.audit`, which the fair-grading gate compares. With `job.collect` (the solution's
+    run) the payloads are collected into `out.probes` instead: that is how the expected values are made."""
+    sent = {(int(f.get("seed", 0)), f["grade_id"]): (f["text"], f["why"]) for f in found if f["kind"] == "probe"}
+    if job.collect:
+        for (seed, gid), (text, why) in sent.items():
+            out.probes.setdefault(str(seed), {})[gid] = {"text": text, "why": why}
         return
     probes = load(job.probes)
-    for gid, grade in out.grades.items():
-        if grade["manual"]:
-            continue
-        text, why = sent.get(gid, (None, "the probe did not run (the kernel stopped before it)"))
-        if gid in probes and gid in job.expected:
-            reason = judge(probes[gid], text, why, job.expected[gid])
-        else:
-            reason = "this test has no probe, so no points can be decided for it"
-        passed_in_kernel = gid not in out.errors
-        grade["score"] = 0.0 if reason else float(grade["max"])
-        if reason and passed_in_kernel:
-            out.errors[gid] = f"the grader's own check failed: {reason}"
-            out.notes.append(f"{gid} reported success in the kernel, but the grader's own check failed ({reason[:200]})")
-        elif reason:
-            out.errors[gid] += f" (the grader's own check: {reason[:200]})"
-        elif not passed_in_kernel:
-            out.notes.append(f"{gid} failed in the kernel but its probe returned the right values: full points")
+    kernel_errors = dict(out.errors)
+    for seed in [job.probe_seed, *job.audit_seeds]:
+        expected = job.expected.get(str(seed), {})
+        scores = {}
+        for gid, grade in out.grades.items():
+            if grade["manual"]:
+                continue
+            text, why = sent.get((int(seed), gid), (None, "the probe did not run (the kernel stopped before it)"))
+            if gid in probes and gid in expected:
+                reason = judge(probes[gid], text, why, expected[gid])
+            else:
+                reason = "this test has no expected values for its probe, so no points can be decided for it"
+            scores[gid] = 0.0 if reason or gid in kernel_errors else float(grade["max"])
+            if seed != job.probe_seed:
+                continue
+            grade["score"] = scores[gid]
+            if reason and gid not in kernel_errors:
+                out.errors[gid] = f"the grader's own check failed: {reason}"
+                out.notes.append(f"{gid} reported success in the kernel, but the grader's own check failed ({reason[:200]})")
+            elif reason:
+                out.errors[gid] += f" (the grader's own check: {reason[:200]})"
+        if seed != job.probe_seed:
+            out.audit[str(seed)] = scores
 
 
 def _grade(job: Job, out: Outcome) -> Path | None:
