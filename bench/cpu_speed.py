@@ -1,7 +1,7 @@
 """The case study's training step on this CPU: dtype x torch threads x a second busy process.
 
     python bench/cpu_speed.py [--steps 4] [--dtypes float32 bfloat16] [--threads 1 2 0] [--busy 0 1]
-                              [--losses labelled plain]
+                              [--losses shared labelled plain]
                               [--simulate-avx2] [--matmul-only] [--out runs/bench/cpu_speed.json]
 
 Each cell runs in a fresh process: preset `shakespeare-cpu` (SmolLM2-135M-Instruct) for
@@ -9,9 +9,10 @@ Each cell runs in a fresh process: preset `shakespeare-cpu` (SmolLM2-135M-Instru
 selection and allocation). `--busy 1` starts one process that spins a core for the whole cell,
 as another program on a student's laptop would. `--threads 0` is the course's default: no count
 pinned, torch's threads fitted to the free cores (`peftlab.threads`); a count above 0 is pinned
-with PEFTLAB_THREADS, as a user would. `--losses plain` adds cells whose loss is transformers' own
-(logits at every position) beside the course trainer's (`labelled`: logits only where a label is). `--simulate-avx2` runs every cell with torch,
-oneDNN and MKL held to AVX2 (ATEN_CPU_CAPABILITY=avx2, ONEDNN_MAX_CPU_ISA=AVX2,
+with PEFTLAB_THREADS, as a user would. `--losses` picks the forward and loss of each cell: `shared`
+is the course trainer's (logits only where a label is, and the batch's shared opening tokens run
+once), `labelled` the same with every row run whole, `plain` transformers' own (logits everywhere).
+`--simulate-avx2` runs every cell with torch, oneDNN and MKL held to AVX2 (ATEN_CPU_CAPABILITY=avx2, ONEDNN_MAX_CPU_ISA=AVX2,
 MKL_ENABLE_INSTRUCTIONS=AVX2): on a CPU with AVX512-BF16 or AMX it shows what a CPU without them
 does, emulated bfloat16 included. Every row records the CPU kind torch saw and the dtype it ran.
 """
@@ -37,6 +38,8 @@ from peftlab import config as C, models, train
 dtype, threads, steps, loss = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 if loss == "plain":
     train.response_logits_supported = lambda model: False
+if loss == "labelled":
+    train.prefix_sharing_supported = lambda model: False
 if threads:
     torch.set_num_threads(threads)
 cfg = C.preset("shakespeare-cpu", dtype=dtype, max_steps=steps, output_dir=tempfile.mkdtemp(),
@@ -88,7 +91,7 @@ def matmul_row(env: dict, label: str) -> dict:
     return row
 
 
-def run_cell(dtype: str, threads: int, busy: int, steps: int, env: dict, loss: str = "labelled") -> dict:
+def run_cell(dtype: str, threads: int, busy: int, steps: int, env: dict, loss: str = "shared") -> dict:
     env = {k: v for k, v in env.items() if k not in ("PEFTLAB_THREADS", "OMP_NUM_THREADS")}
     if threads:
         env["PEFTLAB_THREADS"] = str(threads)
@@ -125,8 +128,9 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", nargs="+", type=int, default=[1, 2, 0],
                         help="torch threads per cell; 0: the course's default, fitted to the free cores")
     parser.add_argument("--busy", nargs="+", type=int, default=[0, 1])
-    parser.add_argument("--losses", nargs="+", default=["labelled"], choices=["labelled", "plain"],
-                        help="the course trainer's loss (logits at labelled positions) and/or transformers' own")
+    parser.add_argument("--losses", nargs="+", default=["shared"], choices=["shared", "labelled", "plain"],
+                        help="the course trainer's (logits at labelled positions, the batch's shared opening "
+                             "tokens run once), the same without the shared opening, and/or transformers' own")
     parser.add_argument("--simulate-avx2", action="store_true")
     parser.add_argument("--matmul-only", action="store_true", help="only the matrix product, no training steps")
     parser.add_argument("--env", nargs="*", default=[], metavar="KEY=VALUE",

@@ -152,8 +152,9 @@ def test_the_loss_from_labelled_positions_equals_transformers_own(tiny_dir, tmp_
     """CourseTrainer projects only labelled positions onto the vocabulary: same loss, same gradients."""
     from peftlab import data
 
+    # float32 on every CPU: in bfloat16 the two orders of summation round apart (see the tiny preset)
     res = train.train(_cfg(tmp_path, method=method, max_steps=1, eval_each_epoch=False, num_virtual_tokens=4,
-                           save_strategy="no"), progress=False)
+                           save_strategy="no", dtype="float32"), progress=False)
     trainer = res.trainer
     assert trainer.response_logits is fewer_logits
     res.model.eval()  # no dropout: both losses see the same network
@@ -165,6 +166,7 @@ def test_the_loss_from_labelled_positions_equals_transformers_own(tiny_dir, tmp_
         results = []
         for fewer in (True, False):
             trainer.response_logits = fewer and fewer_logits
+            trainer.share_prefix = False
             res.model.zero_grad()
             loss = trainer.compute_loss(res.model, dict(batch), num_items_in_batch=n)
             loss.backward()
@@ -178,13 +180,92 @@ def test_the_loss_from_labelled_positions_equals_transformers_own(tiny_dir, tmp_
 
 
 def test_training_with_fewer_logits_follows_the_same_losses(tiny_dir, tmp_path, monkeypatch):
-    """Four optimizer steps with gradient accumulation: the logged losses match transformers' own loss."""
-    cfg = _cfg(tmp_path, max_steps=4, gradient_accumulation_steps=2, eval_each_epoch=False, save_strategy="no")
+    """Four optimizer steps with gradient accumulation, fewer logits and the shared opening run once: the logged
+    losses match transformers' own loss."""
+    cfg = _cfg(tmp_path, max_steps=4, gradient_accumulation_steps=2, eval_each_epoch=False, save_strategy="no",
+               lora_dropout=0.0, dtype="float32")  # bfloat16 rounds the two summation orders apart
     ours = train.train(cfg, progress=False)
-    assert ours.trainer.response_logits
+    assert ours.trainer.response_logits and ours.trainer.share_prefix
     monkeypatch.setattr(train, "response_logits_supported", lambda model: False)
     theirs = train.train(cfg, progress=False)
     assert not theirs.trainer.response_logits
     assert [s for s, _ in ours.history.train] == [s for s, _ in theirs.history.train]
     for (_, a), (_, b) in zip(ours.history.train, theirs.history.train):
         assert a == pytest.approx(b, rel=1e-4)
+
+
+@pytest.mark.parametrize("method", ["lora", "dora", "full"])
+def test_the_shared_opening_run_once_gives_the_same_loss_and_gradients(tiny_dir, tmp_path, method):
+    """The batch's shared opening tokens (system prompt, instruction) run once and their cache is repeated:
+    the loss and every gradient equal those of running each row whole, with and without padding."""
+    from peftlab import data
+
+    res = train.train(_cfg(tmp_path, method=method, max_steps=1, eval_each_epoch=False, lora_dropout=0.0,
+                           save_strategy="no", dtype="float32"), progress=False)
+    trainer = res.trainer
+    assert trainer.response_logits and trainer.share_prefix
+    res.model.eval()
+    rows = [trainer.train_dataset[i] for i in range(4)]
+    assert len({len(r["input_ids"]) for r in rows}) > 1  # rows of different lengths: the batch is padded
+    batch = data.make_collator(res.tokenizer)(rows)
+    keep = train.logits_positions(batch["labels"])
+    shared = train.shared_prefix(batch, int(keep[0]))
+    assert train.MIN_SHARED_PREFIX <= shared <= int(keep[0])
+    first_label = int((batch["labels"][0] != -100).nonzero()[0])
+    assert (batch["input_ids"][:, :shared] == batch["input_ids"][0, :shared]).all()
+    assert shared < first_label
+    for n in (None, int((batch["labels"][:, 1:] != -100).sum()) + 3):
+        results = []
+        for share in (True, False):
+            trainer.share_prefix = share
+            res.model.zero_grad()
+            loss = trainer.compute_loss(res.model, dict(batch), num_items_in_batch=n)
+            loss.backward()
+            results.append((loss.detach(), [p.grad.clone() for p in res.model.parameters()
+                                            if p.requires_grad and p.grad is not None]))
+        (ours, our_grads), (theirs, their_grads) = results
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+        assert len(our_grads) == len(their_grads) > 0
+        for a, b in zip(our_grads, their_grads):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_rows_are_run_whole_where_sharing_would_change_the_result(tiny_dir, tmp_path):
+    """Dropout draws different noise per row, gradient checkpointing turns the cache off, rows that differ
+    from the first token or a batch of one share nothing: each keeps the whole-row forward."""
+    res = train.train(_cfg(tmp_path, max_steps=1, eval_each_epoch=False, lora_dropout=0.1, save_strategy="no"),
+                      progress=False)
+    assert res.trainer.response_logits and not res.trainer.share_prefix
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16]] * 2)
+    mask = torch.ones_like(ids)
+    assert train.shared_prefix({"input_ids": ids, "attention_mask": mask, "labels": ids}, 11) == 11
+    assert train.shared_prefix({"input_ids": ids, "attention_mask": mask, "labels": ids}, 4) == 0  # too few
+    assert train.shared_prefix({"input_ids": ids[:1], "attention_mask": mask[:1], "labels": ids[:1]}, 11) == 0
+    other = ids.clone()
+    other[1, 0] = 99
+    assert train.shared_prefix({"input_ids": other, "attention_mask": mask, "labels": other}, 11) == 0
+    left_padded = mask.clone()
+    left_padded[1, :3] = 0
+    assert train.shared_prefix({"input_ids": ids, "attention_mask": left_padded, "labels": ids}, 11) == 0
+    assert train.shared_prefix({"input_ids": ids, "attention_mask": mask, "labels": ids,
+                                "position_ids": ids}, 11) == 0  # inputs it does not know how to split
+    res.model.gradient_checkpointing_enable()
+    assert not train.prefix_sharing_supported(res.model)
+
+
+@pytest.mark.parametrize("method", ["lora", "prompt"])
+def test_held_out_losses_from_scored_positions_equal_the_full_logits(tiny_dir, tmp_path, method, monkeypatch):
+    """metrics.example_losses projects only scored positions where the model allows it: the same per-row
+    sums and counts as from every position's logits (prompt tuning keeps the full logits)."""
+    from peftlab import metrics
+
+    res = train.train(_cfg(tmp_path, method=method, max_steps=1, eval_each_epoch=False, num_virtual_tokens=4,
+                           save_strategy="no", dtype="float32"), progress=False)
+    ds = res.trainer.eval_dataset if res.trainer.eval_dataset is not None else res.trainer.train_dataset
+    ours = metrics.example_losses(res.model, ds, res.tokenizer, batch_size=3)
+    monkeypatch.setattr(metrics, "response_logits_supported", lambda model: False)
+    theirs = metrics.example_losses(res.model, ds, res.tokenizer, batch_size=3)
+    assert len(ours) == len(theirs) == len(ds) > 3
+    assert [c for _, c in ours] == [c for _, c in theirs] and all(c > 0 for _, c in ours)
+    for (a, _), (b, _) in zip(ours, theirs):
+        assert a == pytest.approx(b, rel=1e-5)

@@ -18,6 +18,7 @@ import torch
 from .data import IGNORE_INDEX, make_collator
 from .files import package_file
 from .generation import generate  # noqa: F401  (metrics.generate: the sessions' name for it)
+from .models import logits_positions, response_logits_supported
 from .style import (  # noqa: F401  (the style lexicon; metrics.<name> is how sessions and exercise 08 reach it)
     ARCHAIC_WORDS,
     INFORMAL_WORDS,
@@ -158,24 +159,35 @@ def compare_systems(
 
 @torch.no_grad()
 def example_losses(model, tokenized, tokenizer, batch_size: int = 8) -> list[tuple[float, int]]:
-    """(summed cross-entropy in nats, scored tokens) for every example: what a perplexity CI resamples."""
+    """(summed cross-entropy in nats, scored tokens) for every example: what a perplexity CI resamples.
+
+    Where the model allows it, only the positions whose next token is scored are projected onto the
+    vocabulary (`logits_to_keep`, as the course trainer does): the same sums over the same tokens."""
     collate = make_collator(tokenizer)
     device = next(model.parameters()).device
+    fewer = response_logits_supported(model)
     was_training = model.training
     model.eval()
     rows = [tokenized[i] for i in range(len(tokenized))]
     out = []
-    for start in range(0, len(rows), batch_size):
-        batch = {k: v.to(device) for k, v in collate(rows[start : start + batch_size]).items()}
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        logits = logits[:, -batch["input_ids"].shape[1] :]  # prompt tuning: drop the virtual tokens' logits
-        logits = logits[:, :-1, :].float()  # (B, T-1, V)
-        labels = batch["labels"][:, 1:]  # (B, T-1)
-        loss = torch.nn.functional.cross_entropy(
-            logits.transpose(1, 2), labels, ignore_index=IGNORE_INDEX, reduction="none"
-        )  # (B, T-1), zero where ignored
-        for row_loss, row_labels in zip(loss, labels):
-            out.append((float(row_loss.sum()), int((row_labels != IGNORE_INDEX).sum())))
+    with torch.no_grad():
+        for start in range(0, len(rows), batch_size):
+            batch = {k: v.to(device) for k, v in collate(rows[start : start + batch_size]).items()}
+            labels = batch["labels"][:, 1:]  # (B, T-1)
+            keep = logits_positions(batch["labels"]) if fewer else None
+            if keep is not None and len(keep):
+                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                               logits_to_keep=keep).logits.float()  # (B, K, V)
+                labels = labels[:, keep]
+            else:
+                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+                logits = logits[:, -batch["input_ids"].shape[1] :]  # prompt tuning: drop the virtual tokens' logits
+                logits = logits[:, :-1, :].float()  # (B, T-1, V)
+            loss = torch.nn.functional.cross_entropy(
+                logits.transpose(1, 2), labels, ignore_index=IGNORE_INDEX, reduction="none"
+            )  # (B, K), zero where ignored
+            for row_loss, row_labels in zip(loss, labels):
+                out.append((float(row_loss.sum()), int((row_labels != IGNORE_INDEX).sum())))
     model.train(was_training)
     return out
 

@@ -329,6 +329,33 @@ def pick_dtype(device: torch.device, requested: str = "auto") -> torch.dtype:
     return getattr(torch, resolve_dtype(requested, device.type, bf16))
 
 
+def logits_positions(labels: torch.Tensor) -> torch.Tensor:
+    """Sequence positions whose next token some row of the batch is trained on: (K,) indices into T.
+
+    Position t predicts token t + 1 (labels (B, T), -100 where there is no loss: prompt, padding).
+    On the case study's pairs the labelled response is about a fifth of each row."""
+    needed = (labels[:, 1:] != -100).any(0)  # (T - 1,)
+    return needed.nonzero().squeeze(1)
+
+
+def response_logits_supported(model) -> bool:
+    """Whether the course trainer may compute a causal LM's loss from fewer logits (see CourseTrainer)."""
+    import inspect
+
+    base = model
+    if hasattr(model, "peft_config"):
+        peft_config = model.active_peft_config
+        # Prompt methods shift positions by their virtual tokens; AdaLoRA adds its orthogonality
+        # penalty to the loss its forward returns. Both keep transformers' own loss.
+        if peft_config.is_prompt_learning or str(peft_config.peft_type).endswith("ADALORA"):
+            return False
+        base = model.get_base_model()
+    try:
+        return "logits_to_keep" in inspect.signature(base.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def quantization_config(config: RunConfig, compute_dtype: torch.dtype):
     """BitsAndBytesConfig for config.quantization ('4bit' or '8bit'), else None."""
     if config.quantization == "none":
