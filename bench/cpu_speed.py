@@ -1,7 +1,7 @@
 """The case study's training step on this CPU: dtype x torch threads x a second busy process.
 
     python bench/cpu_speed.py [--steps 4] [--dtypes float32 bfloat16] [--threads 1 2 0] [--busy 0 1]
-                              [--losses shared labelled plain]
+                              [--losses shared labelled plain] [--onednn on off] [--repeat 1]
                               [--simulate-avx2] [--matmul-only] [--out runs/bench/cpu_speed.json]
 
 Each cell runs in a fresh process: preset `shakespeare-cpu` (SmolLM2-135M-Instruct) for
@@ -35,7 +35,8 @@ import torch
 from transformers import TrainerCallback
 from peftlab import config as C, models, train
 
-dtype, threads, steps, loss = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+dtype, threads, steps, loss, onednn = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
+torch.backends.mkldnn.enabled = onednn == "on"
 if loss == "plain":
     train.response_logits_supported = lambda model: False
 if loss == "labelled":
@@ -91,14 +92,15 @@ def matmul_row(env: dict, label: str) -> dict:
     return row
 
 
-def run_cell(dtype: str, threads: int, busy: int, steps: int, env: dict, loss: str = "shared") -> dict:
+def run_cell(dtype: str, threads: int, busy: int, steps: int, env: dict, loss: str = "shared",
+             onednn: str = "on") -> dict:
     env = {k: v for k, v in env.items() if k not in ("PEFTLAB_THREADS", "OMP_NUM_THREADS")}
     if threads:
         env["PEFTLAB_THREADS"] = str(threads)
     spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(busy)]
     try:
         start = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-c", CELL, dtype, str(threads), str(steps), loss],
+        proc = subprocess.run([sys.executable, "-c", CELL, dtype, str(threads), str(steps), loss, onednn],
                               capture_output=True, text=True, env=env)
         wall = time.perf_counter() - start
     finally:
@@ -106,11 +108,12 @@ def run_cell(dtype: str, threads: int, busy: int, steps: int, env: dict, loss: s
             p.kill()
             p.wait()
     if proc.returncode != 0:
-        return {"dtype": dtype, "threads": threads, "busy": busy, "loss": loss, "error": proc.stderr[-2000:]}
+        return {"dtype": dtype, "threads": threads, "busy": busy, "loss": loss, "onednn": onednn,
+                "error": proc.stderr[-2000:]}
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     timed = out["step_s"][1:] or out["step_s"]
     timed = sorted(timed)
-    return {"dtype": dtype, "threads": threads, "busy": busy, "loss": loss, "wall_s": wall,
+    return {"dtype": dtype, "threads": threads, "busy": busy, "loss": loss, "onednn": onednn, "wall_s": wall,
             "s_per_step": sum(timed) / len(timed), "median_s_per_step": timed[len(timed) // 2],
             "steps_timed": len(timed), **out}
 
@@ -131,6 +134,9 @@ def main(argv=None) -> int:
     parser.add_argument("--losses", nargs="+", default=["shared"], choices=["shared", "labelled", "plain"],
                         help="the course trainer's (logits at labelled positions, the batch's shared opening "
                              "tokens run once), the same without the shared opening, and/or transformers' own")
+    parser.add_argument("--onednn", nargs="+", default=["on"], choices=["on", "off"],
+                        help="oneDNN on (torch's default) or off; several values alternate, each cell in turn")
+    parser.add_argument("--repeat", type=int, default=1, help="run the whole grid this many times, interleaved")
     parser.add_argument("--simulate-avx2", action="store_true")
     parser.add_argument("--matmul-only", action="store_true", help="only the matrix product, no training steps")
     parser.add_argument("--env", nargs="*", default=[], metavar="KEY=VALUE",
@@ -161,15 +167,16 @@ def main(argv=None) -> int:
     out.write_text(json.dumps(result, indent=2))
     for dtype in [] if args.matmul_only else args.dtypes:
         for threads in args.threads:
-            for busy, loss in [(b, ls) for b in args.busy for ls in args.losses]:
-                row = run_cell(dtype, threads, busy, args.steps, env, loss)
+            grid = [(b, ls, o) for b in args.busy for ls in args.losses for o in args.onednn] * args.repeat
+            for busy, loss, onednn in grid:
+                row = run_cell(dtype, threads, busy, args.steps, env, loss, onednn)
                 result["rows"].append(row)
                 out.write_text(json.dumps(result, indent=2))  # an interrupted run keeps its rows
                 if "error" in row:
                     print(f"{dtype} threads={threads} busy={busy}: FAILED\n{row['error']}", flush=True)
                 else:
                     label = threads or f"auto ({row['threads_at_end']} at the end)"
-                    print(f"{row['cpu_kind']} | {row['dtype_ran']:8} | threads {label} | busy {busy} | {loss} loss | "
+                    print(f"{row['cpu_kind']} | {row['dtype_ran']:8} | threads {label} | busy {busy} | {loss} loss | oneDNN {onednn} | "
                           f"{row['s_per_step']:.2f} s/step (median {row['median_s_per_step']:.2f}) over {row['steps_timed']} steps", flush=True)
     return 0
 

@@ -223,8 +223,10 @@ def smollm_section(sml: dict) -> list[str]:
            f"dropout {c['lora_dropout']:g}, lr {c['learning_rate']:g}, {c['num_train_epochs']:g} epochs, "
            f"batch {c['per_device_train_batch_size']} x "
            f"{c['gradient_accumulation_steps']}, {c['dtype']}; {_pairs(rec['data']['train']['examples'], rec['data']['eval']['examples'])}), "
-           f"measured by `bench/smollm.py` at commit `{commit}, "
-           f"{sml['cpu_count']} CPU cores, {cond['torch_threads']} torch thread(s), load average "
+           f"measured by `bench/smollm.py` at commit `{commit}, on a CPU of kind "
+           f"{cond.get('cpu_kind', 'not recorded')}"
+           + (" (held to AVX2 by `--simulate-avx2`)" if cond.get("simulated_avx2") else "")
+           + f", {cond.get('dtype', c['dtype'])}, {sml['cpu_count']} CPU cores, {cond['torch_threads']} torch thread(s), load average "
            f"{cond['load_average_at_start'][0]:.1f} at start and {cond['load_average_at_end'][0]:.1f} at the end "
            + ("(a shared machine: the times are upper bounds)." if cond["load_average_at_start"][0] > sml["cpu_count"]
               else "(otherwise idle)."), "",

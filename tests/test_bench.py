@@ -161,8 +161,10 @@ def test_case_study_report_reads_a_real_record(tiny_dir, tmp_path):
     record = casestudy.run(preset("shakespeare-tiny", num_train_epochs=1, output_dir=str(tmp_path / "run")),
                            progress=False, log=lambda *a: None)
     sml = {"cpu_count": 2, "commit": "0123456789abcdef-dirty", "demo": {"wall_s": 90.0, "record": record},
-           "conditions": {"torch_threads": 2, "load_average_at_start": [0.3], "load_average_at_end": [1.0]}}
+           "conditions": {"torch_threads": 2, "load_average_at_start": [0.3], "load_average_at_end": [1.0],
+                          "cpu_kind": "AVX2, no native bfloat16", "simulated_avx2": True, "dtype": "float32"}}
     text = "\n".join(_bench_module("report").smollm_section(sml))
+    assert "on a CPU of kind AVX2, no native bfloat16 (held to AVX2 by `--simulate-avx2`), float32, 2 CPU cores" in text
     b, seq_len = record["step_batch_shape"]
     assert f"tensor peak of a training step ({b} x {seq_len} tokens), within 15%" in text
     assert "`0123456789` with uncommitted changes" in text and "(otherwise idle)" in text
