@@ -457,7 +457,9 @@ PRESETS["shakespeare-tiny"] = dict(
 # the LoRA weights stay float32 either way), r=8 on every linear layer instead of r=4 on q/v/o, lr 2e-3, and no
 # LoRA dropout. On a CPU, dropout draws its noise with aten::bernoulli_, about a quarter of
 # each training step in torch.profiler; without it the 110 steps of 5 epochs fit the demo's
-# 6 minutes on 2 cores that compute bfloat16 natively (float32 held to AVX2 took 372-432 s: README). 5 epochs as in the reference: fewer did not beat copying clearly.
+# 6 minutes on 2 cores that compute bfloat16 natively; float32 held to AVX2 took 372-432 s before the course
+# trainer's cheaper forward and 303-381 s after it (README). 5 epochs as in the reference: fewer did not beat
+# copying clearly.
 PRESETS["shakespeare-cpu"] = dict(
     PRESETS["shakespeare-reference"],
     model_name="smollm2-135m",
