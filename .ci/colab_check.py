@@ -66,6 +66,25 @@ def smollm_record(path: str) -> None:
     print(f"  SmolLM2-135M: {len(losses)} steps, training loss {[round(x, 3) for x in losses]}")
 
 
+def session_records(*paths: str) -> None:
+    """Each session's run record ran on Colab's Python and Colab's pins, and every session ran."""
+    pins = dict(line.split("==") for line in (Path(__file__).parent / "colab-constraints.txt").read_text().splitlines()
+                if "==" in line and not line.startswith("#"))
+    kinds = set()
+    for path in paths:
+        record = json.loads(Path(path).read_text())
+        python, versions = record["hardware"]["python"], record["versions"]
+        assert python.startswith("3.13."), f"{path}: ran on Python {python}, not Colab's 3.13"
+        for package in ("torch", "transformers", "peft"):
+            assert (versions.get(package) or "").split("+")[0] == pins[package], \
+                f"{path}: {package} {versions.get(package)}, Colab pins {pins[package]}"
+        kinds.add(record["kind"])
+        print(f"  {record['kind']}: Python {python}, " + ", ".join(f"{p} {versions[p]}" for p in ("torch", "transformers", "peft")))
+    missing = {"session02", "session03", "session04", "session05"} - kinds
+    assert not missing, f"no record of {sorted(missing)}"
+
+
 if __name__ == "__main__":
     {"first-lines": first_lines, "pip-check": pip_check, "heldout": heldout,
-     "smollm-record": smollm_record, "no-noise": no_noise}[sys.argv[1]](*sys.argv[2:])
+     "smollm-record": smollm_record, "no-noise": no_noise,
+     "session-records": session_records}[sys.argv[1]](*sys.argv[2:])
