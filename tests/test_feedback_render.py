@@ -94,7 +94,9 @@ def feedback(tmp_path_factory):
     out = Outcome(student="alice", status="graded",
                   grades={"test_double": {"score": 0, "max": 2, "manual": False},
                           "test_halve": {"score": 1, "max": 1, "manual": False}},
-                  errors={"test_double": "AssertionError: double(-3) gave 6 <h1>not a heading</h1>"})
+                  errors={"test_double": "AssertionError: double(-3) gave 6 <h1>not a heading</h1> for row __base__, "
+                                         "*twice* | [link](javascript:alert(3)) $x$"},
+                  notes=["test_double's probe: got **6** from __init__"])
     dest = write_feedback(graded_path, release, source, out, ASSIGNMENT, root / "feedback" / "alice.html")
     return dest, Dom(dump_dom(dest, root / "chromium-profile"))
 
@@ -104,8 +106,21 @@ def test_headings_render_as_elements(feedback):
     assert "h1" in dom.tags and "h2" in dom.tags
     assert "Feedback: 90_fixture, alice" in dom.text_in("h1")
     assert "The rule" in dom.text_in("h2")
-    for _, text in dom.texts:
-        assert "<h1" not in text and "<p>" not in text and "<th" not in text, text
+    for stack, text in dom.texts:
+        if "td" not in stack:  # the table's reasons are the student's text, shown literally (next test)
+            assert "<h1" not in text and "<p>" not in text and "<th" not in text, text
+
+
+def test_students_text_in_the_summary_is_literal(feedback):
+    """A reason or note is the student's text (an error message, a returned value): markdown and HTML in it
+    show as written, never as bold, a heading, a link or a split table cell."""
+    path, dom = feedback
+    why = dom.text_in("td")
+    assert "<h1>not a heading</h1> for row __base__, *twice* | [link](javascript:alert(3)) $x$" in why
+    assert "not a heading" not in dom.text_in("h1")
+    assert "base" not in dom.text_in("strong") + dom.text_in("em") and "twice" not in dom.text_in("em")
+    assert "javascript:" not in " ".join(a for a in path.read_text().split('href="')[1:] if a.startswith("javascript"))
+    assert "got **6** from __init__" in dom.text_in("li")
 
 
 def test_points_table_is_a_table(feedback):

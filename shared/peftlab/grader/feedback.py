@@ -82,21 +82,32 @@ def scrub_outputs(outputs: list, secret: set[str]) -> list:
     return clean
 
 
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]<>()#+!|~$])")
+
+
+def md_text(text: str) -> str:
+    """`text` as literal markdown: every character markdown or HTML would read (`__base__` as bold, `<b>`,
+    a `|` ending a table cell, `$` opening math) is backslash-escaped, and a line break becomes a space."""
+    return _MD_SPECIAL.sub(r"\\\1", str(text).replace("\r", " ").replace("\n", " "))
+
+
 def summary_markdown(out: Outcome, assignment: str) -> str:
+    """The summary at the top of the feedback. Every name and reason in it is the student's or derived from
+    the student's work, so it is written as literal text (`md_text`), never read as markdown."""
     auto = {g: v for g, v in out.grades.items() if not v["manual"]}
     score = sum(v["score"] or 0 for v in auto.values()) if out.status not in FLAGGED else 0
-    lines = [f"# Feedback: {assignment}, {out.student}", "",
-             f"**Status: {out.status}** ({STATUSES[out.status]})" + (f": {out.reason}" if out.reason else ""), ""]
+    lines = [f"# Feedback: {md_text(assignment)}, {md_text(out.student)}", "",
+             f"**Status: {out.status}** ({STATUSES[out.status]})" + (f": {md_text(out.reason)}" if out.reason else ""),
+             ""]
     if auto:
         lines += [f"Autograded points: **{score:g} of {sum(v['max'] for v in auto.values()):g}**"
                   + (" (written answers are graded by hand)" if len(auto) < len(out.grades) else ""), "",
                   "| test | points | why |", "|---|---|---|"]
         for gid, v in auto.items():
             why = out.errors.get(gid, "passed" if v["score"] == v["max"] else "")
-            why = clip(why).replace("|", "\\|").replace("\n", " ")
-            lines.append(f"| {gid} | {v['score'] or 0:g} / {v['max']:g} | {why} |")
+            lines.append(f"| {md_text(gid)} | {v['score'] or 0:g} / {v['max']:g} | {md_text(clip(why))} |")
     if out.notes:
-        lines += ["", "Notes:", *[f"- {n}" for n in out.notes]]
+        lines += ["", "Notes:", *[f"- {md_text(n)}" for n in out.notes]]
     return "\n".join(lines)
 
 
