@@ -5,11 +5,14 @@ these tests also prove every solution and every untouched release executes
 under nbgrader without crashing the grader.
 """
 
+import ast
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -137,3 +140,45 @@ def test_validate_timeout_fits_the_cell_budget():
     for config in (ROOT / "nbgrader_config.py", ROOT / "exercises" / "nbgrader_config.py"):
         found = re.findall(r"^c\.Execute\.timeout = (\d+)$", config.read_text(), re.M)
         assert found == [str(Settings.validate_timeout)], f"{config}: set c.Execute.timeout = {Settings.validate_timeout}"
+
+
+def _solution_words(cells) -> set[str]:
+    """The keyword arguments (`name=`) and their string values written in a notebook's solution regions:
+    the choices a student has to make (names of things, dictionary keys and plain words are not)."""
+    found = set()
+    for cell in cells:
+        src = "".join(cell["source"])
+        for region in re.findall(r"### BEGIN SOLUTION\n(.*?)### END SOLUTION", src, re.S):
+            try:
+                tree = ast.parse(textwrap.dedent(region))
+            except SyntaxError:  # a markdown answer
+                continue
+            for node in ast.walk(tree):
+                if isinstance(node, ast.keyword) and node.arg:
+                    found.add(f"{node.arg}=")  # which argument to pass
+                    if isinstance(node.value, ast.Constant) and isinstance(node.value.value, str):
+                        found.add(node.value.value)  # and the option chosen, e.g. combination_type="cat"
+    return found
+
+
+def _hints(cells) -> list[tuple[str, str]]:
+    """(grade_id, text) of every `hint=` a test cell gives (the student sees it when the test fails)."""
+    out = []
+    for cell in cells:
+        gid = cell.get("metadata", {}).get("nbgrader", {}).get("grade_id", "")
+        if cell["cell_type"] != "code" or not gid.startswith("test_"):
+            continue
+        for node in ast.walk(ast.parse("".join(cell["source"]))):
+            if isinstance(node, ast.keyword) and node.arg == "hint" and isinstance(node.value, ast.Constant):
+                out.append((gid, node.value.value))
+    return out
+
+
+@pytest.mark.parametrize("assignment", ALL_ASSIGNMENTS)
+def test_hints_do_not_state_the_solution(assignment):
+    """A hint diagnoses (which function, what differs); it never names a value or a keyword argument the
+    solution writes, even one the exercise's text mentions among others: the hint would pick it out."""
+    nb = json.loads(next((ROOT / "solutions" / assignment).glob("*.ipynb")).read_text())
+    leaks = [(gid, w) for gid, hint in _hints(nb["cells"]) for w in _solution_words(nb["cells"])
+             if re.search(rf"(?<![\w=]){re.escape(w)}" + ("" if w.endswith("=") else r"(?!\w)"), hint)]
+    assert leaks == [], f"{assignment}: hints that state the solution: {leaks}"
