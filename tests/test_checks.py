@@ -149,3 +149,20 @@ def test_a_failing_test_cell_shows_its_error_in_the_notebook(tmp_path):
     assert len(first) == 1 and first[0].ename == "AssertionError"
     assert first[0].evalue == "Fix `lora_linear`: B must start at zero"
     assert len(second) == 1 and second[0].evalue == "'plain'"  # the next cell's errors are its own
+
+
+def test_standing_in_judges_one_function_and_restores_the_students():
+    """A caller of a wrong helper is judged with the reference helper; the student's helper comes back after,
+    also when the block raises, and a name the notebook never defined is removed again."""
+    ns = {}
+    exec("def shapes(n):\n    return n * 3  # the slip\n\ndef total(n):\n    return shapes(n) + 1\n", ns)
+    assert ns["total"](2) == 7
+    with checks.standing_in(ns, shapes=lambda n: n * 2, never_defined=len):
+        assert ns["total"](2) == 5  # the student's total, the reference shapes
+    assert ns["total"](2) == 7 and "never_defined" not in ns
+    with pytest.raises(ZeroDivisionError), checks.standing_in(ns, shapes=lambda n: 1 / 0):
+        ns["total"](2)
+    assert ns["shapes"](2) == 6
+    with pytest.raises(ValueError, match="name=function"):
+        with checks.standing_in(ns, shapes=3):
+            pass

@@ -463,6 +463,15 @@ def test_a_wrong_answer_costs_only_its_tests_and_names_its_cell(graded, wrong):
         f"{wrong.id}: no feedback points at {wrong.region} alone: {errors}")
 
 
+def test_exercise07_one_slip_in_linear_shapes_costs_one_test(graded):
+    """Issue 29: ignoring grouped-query attention in linear_shapes costs test_lora_counts (3 of 11 points)
+    alone. The tests and probes of the other counts use the real layer shapes in its place
+    (checks.standing_in), so IA3, prompt, prefix and full counts keep their points."""
+    cells, errors, _ = graded[next(w.id for w in WRONG_ANSWERS if w.what == "k and v as wide as q")]
+    assert _lost(cells) == {"test_lora_counts"}, errors
+    assert "linear_shapes" in errors["test_lora_counts"], errors
+
+
 def test_exercise02_names_training_loss(graded):
     _, errors, _ = graded[next(w.id for w in WRONG_ANSWERS if w.what == "training loss as held-out loss")]
     assert "the last training loss" in errors["test_heldout_metric"], errors

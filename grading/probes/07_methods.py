@@ -15,7 +15,7 @@ def _linears():
 
 
 def _shapes():
-    """linear_shapes of both models, which the count tests check first."""
+    """linear_shapes of both models, which test_lora_counts checks first."""
     return {key: {name: list(shape) for name, shape in linear_shapes(configs[key]).items()}  # noqa: F821
             for key in (model_name, big_model)}  # noqa: F821
 
@@ -34,27 +34,42 @@ def lora_counts(seed):
     return out
 
 
+def _real_shapes(cfg):
+    """What linear_shapes must return, read from the model on the meta device: it stands in for the
+    student's linear_shapes in the probes of the other counts (checks.standing_in), as in their test cells,
+    so that a slip in linear_shapes costs test_lora_counts alone."""
+    import torch
+    from peftlab import models
+
+    layer = models.meta_model(cfg).model.layers[0]
+    return {n.rsplit(".", 1)[-1]: (m.out_features, m.in_features)
+            for n, m in layer.named_modules() if isinstance(m, torch.nn.Linear)}
+
+
 @probe("test_other_counts", compare=exact)
 def other_counts(seed):
     import random
 
+    from peftlab import checks
+
     rng = random.Random(seed + 1)
-    out = [_shapes()]
-    for key in (model_name, big_model):  # noqa: F821
-        n = rng.randint(1, 100)
-        cfg = configs[key]  # noqa: F821
-        out.append([key, n, int(ia3_params(cfg)), int(prompt_params(cfg, n)),  # noqa: F821
-                    int(prefix_params(cfg, n, projection=False)), int(prefix_params(cfg, n, projection=True))])  # noqa: F821
+    out = []
+    with checks.quiet(), checks.standing_in(globals(), linear_shapes=_real_shapes):
+        for key in (model_name, big_model):  # noqa: F821
+            n = rng.randint(1, 100)
+            cfg = configs[key]  # noqa: F821
+            out.append([key, n, int(ia3_params(cfg)), int(prompt_params(cfg, n)),  # noqa: F821
+                        int(prefix_params(cfg, n, projection=False)), int(prefix_params(cfg, n, projection=True))])  # noqa: F821
     return out
 
 
 @probe("test_full_count", compare=exact)
 def full_count(seed):
-    from peftlab import models
+    from peftlab import checks, models
 
-    counts = {key: int(full_params(models.model_config(key)))  # noqa: F821
-              for key in (model_name, big_model, "Qwen/Qwen2.5-7B-Instruct")}  # noqa: F821
-    return {"shapes": _shapes(), "counts": counts}
+    with checks.quiet(), checks.standing_in(globals(), linear_shapes=_real_shapes):
+        return {key: int(full_params(models.model_config(key)))  # noqa: F821
+                for key in (model_name, big_model, "Qwen/Qwen2.5-7B-Instruct")}  # noqa: F821
 
 
 @probe("test_runs", compare=close(rtol=1e-4, atol=1e-6))

@@ -331,3 +331,29 @@ def quiet():
             yield
     finally:
         logging.disable(previous)
+
+
+_ABSENT = object()
+
+
+@contextlib.contextmanager
+def standing_in(namespace: dict, **given):
+    """Inside the block, the `given` functions stand in for the notebook's functions of the same names.
+
+    `namespace` is the notebook's `globals()`. A test of one function runs it with the course's reference
+    of the functions it builds on (`standing_in(globals(), linear_shapes=real_linear_shapes)`), so a slip
+    in `linear_shapes` costs `linear_shapes`' own test and not every test that calls it ("one slip, one
+    test"). The notebook's own functions are put back afterwards, whatever happens in the block.
+    """
+    if not given or not all(callable(f) for f in given.values()):
+        raise ValueError("standing_in needs name=function pairs, e.g. standing_in(globals(), linear_shapes=real_shapes)")
+    saved = {name: namespace.get(name, _ABSENT) for name in given}
+    namespace.update(given)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is _ABSENT:
+                namespace.pop(name, None)
+            else:
+                namespace[name] = value
