@@ -89,7 +89,7 @@ def build_model(size: str, cache: Path) -> Path:
 def run_one(name: str, model_dir: str, device: str, steps: int, seq_len: int, batch: int) -> dict:
     """One configuration, in this process: load, train, measure."""
     import torch
-    from peftlab import adapters, memory, models
+    from peftlab import adapters, measure, memory, models
     from peftlab.config import RunConfig
 
     config = RunConfig(model_name=model_dir, device=device, lora_dropout=0.0, seed=0,
@@ -114,7 +114,7 @@ def run_one(name: str, model_dir: str, device: str, steps: int, seq_len: int, ba
     vocab = model.config.vocab_size
     batches = [torch.randint(0, vocab, (batch, seq_len), generator=g).to(dev) for _ in range(steps)]
     times = []
-    with memory.track_peak_memory(dev) as peak:
+    with measure.track_peak_memory(dev) as peak:
         for n, ids in enumerate(batches, start=1):
             start = time.perf_counter()
             loss = model(input_ids=ids, labels=ids).loss

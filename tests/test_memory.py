@@ -81,7 +81,7 @@ def test_estimator_matches_one_measured_training_step(tiny_dir, change, device):
     """The estimator predicts, from the config alone, the tensors one training step really holds.
 
     On CUDA the dropout mask is 1 byte (the fused kernel's) and the measure is max_memory_allocated."""
-    from peftlab import adapters, data, memory, models, train
+    from peftlab import adapters, data, measure, memory, models, train
     from peftlab.config import preset
 
     config = preset("shakespeare-tiny", device=device, **change)
@@ -93,7 +93,7 @@ def test_estimator_matches_one_measured_training_step(tiny_dir, change, device):
     else:
         model = adapters.attach(model, config, total_step=10)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    step = memory.measure_training_step(model, data.longest_batch(train_ds, tokenizer, 4))
+    step = measure.measure_training_step(model, data.longest_batch(train_ds, tokenizer, 4))
     b, seq_len = step.batch_shape
     assert b == 4 and seq_len == max(len(r["input_ids"]) for r in train_ds)
     predicted = memory.estimate(config.model_name, config, seq_len=seq_len, batch_size=b, device=device,
@@ -108,20 +108,20 @@ def test_estimator_matches_one_measured_training_step(tiny_dir, change, device):
 def test_measured_step_counts_what_the_step_allocates(tiny_dir):
     """The measurement follows the batch: twice the rows, more memory; and it counts the optimizer's states."""
     import torch
-    from peftlab import adapters, data, memory, models, train
+    from peftlab import adapters, data, measure, models, train
     from peftlab.config import preset
 
     config = preset("shakespeare-tiny")
     tokenizer = models.load_tokenizer(config.model_name)
     model = adapters.attach(models.load_model(config), config, total_step=10)
     train_ds, *_ = train.load_data(config, tokenizer)
-    small = memory.measure_training_step(model, data.longest_batch(train_ds, tokenizer, 2))
-    large = memory.measure_training_step(model, data.longest_batch(train_ds, tokenizer, 8))
+    small = measure.measure_training_step(model, data.longest_batch(train_ds, tokenizer, 2))
+    large = measure.measure_training_step(model, data.longest_batch(train_ds, tokenizer, 8))
     assert large.bytes - large.at_start > 1.5 * (small.bytes - small.at_start)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
     model(**data.longest_batch(train_ds, tokenizer, 2)).loss.backward()
     optimizer.step()
-    with_states = memory.measure_training_step(model, data.longest_batch(train_ds, tokenizer, 2), optimizer)
+    with_states = measure.measure_training_step(model, data.longest_batch(train_ds, tokenizer, 2), optimizer)
     trainable = [p for p in model.parameters() if p.requires_grad]
     # AdamW's m and v in fp32, and its step count per parameter as a 0-dim fp32 tensor
     assert with_states.at_start - small.at_start == 8 * sum(p.numel() for p in trainable) + 4 * len(trainable)

@@ -6,7 +6,7 @@ import time
 import psutil
 import pytest
 import torch
-from peftlab import memory, metrics
+from peftlab import measure, metrics
 
 
 @pytest.mark.parametrize("loss,ppl", [(0.0, 1.0), (math.log(10), 10.0), (2.245, 9.4404)])
@@ -54,7 +54,7 @@ def _hold_block(seconds: float = 0.0):
 
 def test_peak_memory_tracker_sees_a_known_allocation():
     rss_before = psutil.Process().memory_info().rss
-    with memory.track_peak_memory("cpu") as peak:
+    with measure.track_peak_memory("cpu") as peak:
         _hold_block()
     assert peak.source == "process resident peak (VmHWM)"
     # At least the block on top of what was resident before; the slack above it allows for
@@ -64,18 +64,18 @@ def test_peak_memory_tracker_sees_a_known_allocation():
 
 
 def test_peak_memory_tracker_resets_between_phases():
-    with memory.track_peak_memory("cpu"):
+    with measure.track_peak_memory("cpu"):
         _hold_block()
     rss_before = psutil.Process().memory_info().rss
-    with memory.track_peak_memory("cpu") as quiet:
+    with measure.track_peak_memory("cpu") as quiet:
         torch.zeros(16)
     assert quiet.bytes - rss_before < BLOCK / 2  # the earlier block is not this phase's peak
 
 
 def test_peak_memory_tracker_sampling_fallback(monkeypatch):
-    monkeypatch.setattr(memory, "_reset_rss_peak", lambda: False)  # as on macOS: no VmHWM reset
+    monkeypatch.setattr(measure, "_reset_rss_peak", lambda: False)  # as on macOS: no VmHWM reset
     rss_before = psutil.Process().memory_info().rss
-    with memory.track_peak_memory("cpu") as peak:
+    with measure.track_peak_memory("cpu") as peak:
         _hold_block(seconds=2.0)  # the sampler polls every 10 ms
     assert peak.source == "process resident peak (sampled)"
     assert 0.9 * BLOCK <= peak.bytes - rss_before <= BLOCK + 160 * MiB

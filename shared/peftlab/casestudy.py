@@ -15,7 +15,7 @@ import os
 import time
 from pathlib import Path
 
-from . import adapters, data, memory, metrics, models, threads, train
+from . import adapters, data, measure, memory, metrics, models, threads, train
 from .config import RunConfig
 from .plots import plot_loss
 from .record import make_record, write_record
@@ -81,7 +81,7 @@ def run(config: RunConfig, progress: bool = True, n_samples: int = 3, log=print)
     config = result.config  # the settings training really used
     counts = adapters.count_parameters(result.model)
     log("measuring one training step's tensor memory on the longest batch ...")
-    step = memory.measure_training_step(
+    step = measure.measure_training_step(
         result.model, data.longest_batch(train_ds, tokenizer, config.per_device_train_batch_size),
         result.trainer.optimizer)
     b, seq_len = step.batch_shape

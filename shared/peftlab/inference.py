@@ -27,7 +27,7 @@ measures what is left.
 
 Neighbours this module uses and re-exports under their old names: timed
 generation (`generation`), memory per weight format and the GPU prediction
-(`memory.memory_by_format`, `memory.gpu_prediction`), the plots (`plots`).
+(`measure.memory_by_format`, `memory.gpu_prediction`), the plots (`plots`).
 """
 
 from __future__ import annotations
@@ -45,14 +45,8 @@ from .config import RunConfig, with_overrides
 # Moved out, still reachable as inference.<name> (Session 5, bench/inference.py): generation, memory per
 # weight format, the serving plots.
 from .generation import InferenceError, TokenClock, check_batch_sizes, prompt_ids, timed_generate  # noqa: F401
-from .memory import (  # noqa: F401
-    FORMATS,
-    bitsandbytes_runs,
-    format_run,
-    gpu_prediction,
-    kv_cache_bytes,
-    memory_by_format,
-)
+from .measure import FORMATS, bitsandbytes_runs, format_run, memory_by_format  # noqa: F401
+from .memory import gpu_prediction, kv_cache_bytes  # noqa: F401
 from .plots import plot_cache_curve, plot_throughput  # noqa: F401
 
 VARIANTS = ("unmerged", "merged", "mixed")

@@ -22,7 +22,7 @@ from transformers import TrainerCallback
 
 from . import adapters, data, models, threads
 from .config import ConfigError, RunConfig, with_overrides
-from .memory import PeakMemory, track_peak_memory
+from .measure import PeakMemory, track_peak_memory
 from .models import logits_positions, response_logits_supported  # noqa: F401  (train.<name>: tests, bench)
 
 
