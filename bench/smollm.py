@@ -148,8 +148,8 @@ def main(argv=None) -> int:
 
     from peftlab import record, smollm
     from peftlab.casestudy import estimator_error
-    from peftlab.config import parse_overrides
     from peftlab.models import AVX2_ONLY_ENV
+    from peftlab.overrides import parse_overrides
 
     if args.simulate_avx2 and any(os.environ.get(k) != v for k, v in AVX2_ONLY_ENV.items()):
         # The settings must be in place before torch loads its kernels: start again under them.

@@ -1,5 +1,6 @@
 import pytest
-from peftlab.config import PRESETS, ConfigError, RunConfig, load_saved, parse_overrides, preset
+from peftlab.config import PRESETS, ConfigError, RunConfig, load_saved, preset
+from peftlab.overrides import parse_overrides
 
 BAD = [
     (dict(method="lorax"), "method"),

@@ -5,19 +5,22 @@ P-tuning v2, prompt tuning, IA3 and full fine-tuning are values of `method`.
 The same dataclass is filled from a notebook's `parameters` cell, from a YAML
 file, or from `key=value` overrides on the command line, and it is validated
 on construction so that an impossible run fails before any model is loaded.
+Turning text (YAML values, `key=value` overrides) into typed fields is
+`peftlab.overrides`; `ConfigError` lives there and is importable from here.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from .overrides import ConfigError, coerce, key_lines, parse_overrides, raw_overrides, type_name
 
 METHODS = ("full", "lora", "qlora", "dora", "adalora", "prefix", "ptuning_v2", "prompt", "ia3")
 # Methods that inject low-rank matrices next to frozen linear layers.
@@ -26,81 +29,6 @@ LORA_FAMILY = ("lora", "qlora", "dora", "adalora")
 PROMPT_FAMILY = ("prefix", "ptuning_v2", "prompt")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 QUANTIZATIONS = ("none", "4bit", "8bit")
-
-
-class ConfigError(ValueError):
-    """A run configuration that cannot work; the message names the field and the fix.
-
-    `field` is the RunConfig field at fault (None for errors about a whole file),
-    so a YAML loader can add the line it was written on.
-    """
-
-    def __init__(self, message: str, field: str | None = None):
-        super().__init__(message)
-        self.field = field
-
-
-# YAML 1.1 spellings of booleans, so a value that arrives as a string still means what it says.
-_TRUE = ("true", "yes", "on", "y", "1")
-_FALSE = ("false", "no", "off", "n", "0")
-
-
-def _type_name(hint: Any) -> str:
-    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false", dict: "a mapping"}
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    if args:  # Optional[X]
-        return f"{names[args[0]]} or null"
-    return names.get(hint, str(hint))
-
-
-def _coerce(value: Any, hint: Any) -> Any:
-    """`value` as the annotated type `hint`, where the meaning is unambiguous; TypeError otherwise.
-
-    '1e-3' is a float (YAML 1.1 reads it as a string), 8.0 is the integer 8, 'yes'
-    is True; 'abc' is no number and 2.5 is no integer.
-    """
-    args = typing.get_args(hint)
-    if args:  # X | None
-        if value is None:
-            return None
-        (hint,) = [a for a in args if a is not type(None)]
-    if hint is Any:
-        return value
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, int) and value in (0, 1):
-            return bool(value)
-        if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
-            return value.strip().lower() in _TRUE
-        raise TypeError
-    if isinstance(value, bool) or value is None:  # True is an int to Python, not to a reader
-        raise TypeError
-    if hint is int:
-        if isinstance(value, int):
-            return value
-        if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
-            return int(value)  # exact, however many digits
-        number = float(value.strip()) if isinstance(value, str) else value
-        if isinstance(number, (int, float)) and math.isfinite(number) and float(number).is_integer():
-            return int(number)
-        raise TypeError
-    if hint is float:
-        number = float(value.strip()) if isinstance(value, str) else value
-        if isinstance(number, (int, float)) and math.isfinite(number):
-            return float(number)
-        raise TypeError
-    if hint is str:
-        if isinstance(value, (int, float)):  # e.g. output_dir=2024
-            return str(value)
-        if isinstance(value, str):
-            return value
-        raise TypeError
-    if hint is dict:
-        if isinstance(value, dict):
-            return value
-        raise TypeError
-    raise TypeError
 
 
 def _help(text: str, default: Any = dataclasses.MISSING, factory: Any = dataclasses.MISSING):
@@ -304,11 +232,11 @@ class RunConfig:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             try:
-                setattr(self, f.name, _coerce(value, hints[f.name]))
+                setattr(self, f.name, coerce(value, hints[f.name]))
             except (TypeError, ValueError, OverflowError):
                 example = f.default if f.default is not dataclasses.MISSING else f.default_factory()
                 raise ConfigError(
-                    f"RunConfig.{f.name}={value!r}: expected {_type_name(hints[f.name])} "
+                    f"RunConfig.{f.name}={value!r}: expected {type_name(hints[f.name])} "
                     f"(the default is {example!r}); `peftlab help-config` describes every field.",
                     field=f.name,
                 ) from None
@@ -377,37 +305,11 @@ class RunConfig:
                 raise ConfigError(f"{path}: not valid YAML ({exc}).") from None
             if not isinstance(values, dict):
                 raise ConfigError(f"{path}: expected a mapping of field: value at the top level.")
-            origins = {key: f"{path}, line {line}" for key, line in _key_lines(text).items()}
+            origins = {key: f"{path}, line {line}" for key, line in key_lines(text).items()}
         extra = parse_overrides(overrides or [])
-        origins.update({key: f"override {key}={raw}" for key, raw in _raw_overrides(overrides or []).items()})
+        origins.update({key: f"override {key}={raw}" for key, raw in raw_overrides(overrides or []).items()})
         values.update(extra)
         return cls.from_dict(values, source=path_str, origins=origins)
-
-
-def _key_lines(text: str) -> dict[str, int]:
-    """{top-level key: 1-based line} of a YAML mapping, so errors can point at the line."""
-    node = yaml.compose(text)
-    if not isinstance(node, yaml.MappingNode):
-        return {}
-    return {k.value: k.start_mark.line + 1 for k, _ in node.value if isinstance(k, yaml.ScalarNode)}
-
-
-def _raw_overrides(items: list[str]) -> dict[str, str]:
-    return {key.strip(): raw for key, _, raw in (item.partition("=") for item in items)}
-
-
-def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """Turn ['r=8', 'target_modules=[q_proj, v_proj]'] into typed values (YAML rules)."""
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"override {item!r}: write it as key=value, e.g. r=8.")
-        try:
-            out[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
-        except yaml.YAMLError:
-            out[key.strip()] = raw
-    return out
 
 
 def with_overrides(config: RunConfig, **changes: Any) -> RunConfig:

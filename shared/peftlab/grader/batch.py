@@ -39,8 +39,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from ..config import parse_overrides
 from ..files import write_atomic
+from ..overrides import parse_overrides
 from .assignment import Assignment
 from .course import GradingError, course_root
 from .export import (
