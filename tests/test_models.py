@@ -209,3 +209,12 @@ def test_importing_the_course_keeps_bitsandbytes_fallback_notice_quiet():
     out = subprocess.run([sys.executable, "-c", "import peftlab, bitsandbytes, bitsandbytes.functional"],
                          capture_output=True, text=True, check=True)
     assert "kernels-community" not in out.stdout + out.stderr
+
+
+def test_layer_shapes_on_meta_follow_grouped_query_attention():
+    """Exercise 07's stand-in for linear_shapes: k_proj and v_proj are num_key_value_heads heads wide."""
+    shapes = models.layer_shapes_on_meta("Qwen/Qwen2.5-3B-Instruct")
+    assert shapes == {"q_proj": (2048, 2048), "k_proj": (256, 2048), "v_proj": (256, 2048), "o_proj": (2048, 2048),
+                      "gate_proj": (11008, 2048), "up_proj": (11008, 2048), "down_proj": (2048, 11008)}
+    shapes["q_proj"] = (0, 0)  # a caller's change does not reach the cache
+    assert models.layer_shapes_on_meta("Qwen/Qwen2.5-3B-Instruct")["q_proj"] == (2048, 2048)

@@ -34,27 +34,17 @@ def lora_counts(seed):
     return out
 
 
-def _real_shapes(cfg):
-    """What linear_shapes must return, read from the model on the meta device: it stands in for the
-    student's linear_shapes in the probes of the other counts (checks.standing_in), as in their test cells,
-    so that a slip in linear_shapes costs test_lora_counts alone."""
-    import torch
-    from peftlab import models
-
-    layer = models.meta_model(cfg).model.layers[0]
-    return {n.rsplit(".", 1)[-1]: (m.out_features, m.in_features)
-            for n, m in layer.named_modules() if isinstance(m, torch.nn.Linear)}
-
-
 @probe("test_other_counts", compare=exact)
 def other_counts(seed):
     import random
 
-    from peftlab import checks
+    from peftlab import checks, models
 
     rng = random.Random(seed + 1)
     out = []
-    with checks.quiet(), checks.standing_in(globals(), linear_shapes=_real_shapes):
+    # The real layer shapes stand in for the student's linear_shapes, as in the test cell: a slip there costs
+    # test_lora_counts alone.
+    with checks.quiet(), checks.standing_in(globals(), linear_shapes=models.layer_shapes_on_meta):
         for key in (model_name, big_model):  # noqa: F821
             n = rng.randint(1, 100)
             cfg = configs[key]  # noqa: F821
@@ -67,7 +57,7 @@ def other_counts(seed):
 def full_count(seed):
     from peftlab import checks, models
 
-    with checks.quiet(), checks.standing_in(globals(), linear_shapes=_real_shapes):
+    with checks.quiet(), checks.standing_in(globals(), linear_shapes=models.layer_shapes_on_meta):
         return {key: int(full_params(models.model_config(key)))  # noqa: F821
                 for key in (model_name, big_model, "Qwen/Qwen2.5-7B-Instruct")}  # noqa: F821
 
