@@ -26,8 +26,12 @@ DEMO_CONFIG ?= $(shell $(PY) -c "from peftlab.casestudy import default_preset; p
 demo: venv
 	$(VENV)/bin/peftlab train --config $(DEMO_CONFIG)
 
+# Two pytest processes (pytest-xdist), each given whole files, longest first (tests/conftest.py): most of
+# the suite is one core's work (kernels starting, nbgrader, the tiny model's small steps), so a second
+# process uses the other core. TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= 2
 test: venv
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder)
 
 # The fast tier for development: the library's unit tests and Session 2 on the tiny model. It leaves
 # out what `make test` (CI) adds: the grader's batches and sandbox, the exercises' mutation gate, the

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from conftest import run_session_notebook
-from peftlab import smollm
+from peftlab import models, smollm
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "sessions" / "02_peft_lora" / "session02_lora.ipynb"
 
@@ -44,8 +44,20 @@ def test_session02_headless_on_tiny_model(tiny_dir, tmp_path):
     assert record["adapter_bytes"] < sum(f.stat().st_size for f in (out / "adapter").iterdir())
 
 
+# The whole case study is the longest work in the suite: about 5 minutes where the CPU computes bfloat16
+# natively, about 18 where it has AVX2 only (float32; 1073 s for `make demo` on a 2-core EPYC,
+# bench/records/smollm_epyc_avx2.json, which reached the same quality: chrF +8.3 +/- 4.7 over copying,
+# 62% archaic). CI's machines are of both kinds and its budget is 90 minutes for everything, so on the
+# slow kind this test waits for PEFTLAB_FULL_CASE_STUDY=1; there `.ci/colab` still runs Session 2 on
+# SmolLM2 for 2 steps, and `bench/smollm.py` measures the quality with the numbers it records.
+FULL_CASE_STUDY = models.cpu_bf16_native() or os.environ.get("PEFTLAB_FULL_CASE_STUDY") == "1"
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not smollm.is_available(), reason=f"needs {smollm.INSTALL} (make venv installs it)")
+@pytest.mark.skipif(not FULL_CASE_STUDY, reason=(
+    f"the full case study takes about 18 min on this CPU ({models.cpu_kind()}): set PEFTLAB_FULL_CASE_STUDY=1 "
+    "to run it here, or measure it with bench/smollm.py"))
 def test_session02_on_smollm_learns_the_style(tmp_path):
     out = tmp_path / "run"
     _run(tmp_path, preset="shakespeare-cpu", output_dir=str(out))
