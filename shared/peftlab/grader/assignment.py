@@ -72,9 +72,11 @@ class Assignment:
         self._solution_scratch = self.work / "scratch-solution" / name
 
     # ------------------------------------------------------------ set-up, once per class
-    def prepare(self, into: str | Path | None = None) -> Assignment:
+    def prepare(self, into: str | Path | None = None, template: str | Path | None = None) -> Assignment:
         """Scratch course, model, probes and expected values. `into`: a private folder for the scratch course
-        (the single-notebook check); by default the grading folder's, with the assignment in its gradebook."""
+        (the single-notebook check); by default the grading folder's, with the assignment in its gradebook.
+        `template`: with `into`, a scratch course of this assignment that `course.scratch_course` already
+        generated from the same sources, used as it is (graders only copy it)."""
         self.work.mkdir(parents=True, exist_ok=True)
         self.secret()
         if into is None:
@@ -82,6 +84,8 @@ class Assignment:
             shutil.rmtree(template, ignore_errors=True)
             course_mod.scratch_course(self.root, [self.name], into=template)
             course_mod.generate(template, self.name, db_folder=self.work)  # the class's gradebook
+        elif template is not None:
+            template, solution = Path(template), Path(into) / "solution"
         else:
             template, solution = Path(into) / "template", Path(into) / "solution"
             course_mod.scratch_course(self.root, [self.name], into=template)

@@ -11,6 +11,7 @@ and grade with `peftlab.grader.worker.autograde`, as the class grader does
 
 from __future__ import annotations
 
+import atexit
 import filecmp
 import hashlib
 import json
@@ -127,7 +128,7 @@ def grade(root: str | Path, assignment: str, notebook: str | Path, student: str 
                            "name the file like one.")
     tmp = Path(tempfile.mkdtemp(prefix="peftlab-grade-"))
     try:
-        ready.prepare(into=tmp)
+        ready.prepare(into=tmp, template=_template(root, assignment))
         staged = tmp / "staging" / ready.notebook
         staged.parent.mkdir(parents=True)
         shutil.copyfile(notebook, staged)
@@ -139,6 +140,26 @@ def grade(root: str | Path, assignment: str, notebook: str | Path, student: str 
                                    hide=[str(notebook.resolve().parent)], seeds=chosen))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+_TEMPLATES: dict[tuple[str, str, str], Path] = {}
+
+
+def _template(root: Path, assignment: str) -> Path:
+    """The assignment's scratch course, generated once per process for the same sources: nbgrader's
+    generate step (a gradebook, its migrations, the release) took about a fifth of each notebook the
+    gates grade, and they grade up to a dozen notebooks of one assignment. Removed when the process exits."""
+    src = root / SOURCE / assignment
+    digest = hashlib.sha256()
+    for path in sorted(p for p in src.rglob("*") if p.is_file() and ".ipynb_checkpoints" not in p.parts):
+        digest.update(path.relative_to(src).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    key = (str(root), assignment, digest.hexdigest())
+    if key not in _TEMPLATES or not _TEMPLATES[key].is_dir():
+        folder = Path(tempfile.mkdtemp(prefix="peftlab-template-"))
+        atexit.register(shutil.rmtree, folder, True)
+        # In a folder of its own, which the sandbox hides from the kernels as it hides `prepare`'s.
+        _TEMPLATES[key] = scratch_course(root, [assignment], into=folder / "template")
+    return _TEMPLATES[key]
 
 
 def _sha256(path: Path) -> str:
