@@ -1,12 +1,13 @@
 """Grading the course's exercises with nbgrader, safely, in parallel.
 
-The modules in the order a submission meets them (intake -> assignment ->
-batch -> worker -> kernel -> sandbox -> launcher -> probes -> gradebook ->
-feedback -> export), then what they share:
+The modules in the order a submission meets them (intake -> downloads ->
+assignment -> batch -> worker -> kernel -> sandbox -> launcher -> probes ->
+gradebook -> feedback -> export), then what they share:
 
 | module | what |
 |---|---|
-| `intake` | import a class's folders and zip files, regular files only: every file one row with its fate |
+| `intake` | import a class's submissions: each file found given to a student or rejected, one row with its fate (the intake report) |
+| `downloads` | every file of a download: folders walked, zip files listed (their names' encodings), regular files only, streamed |
 | `layouts` | who submitted a file, from the names LMSs, nbgrader, JupyterHub and Colab give it |
 | `roster` | the class list: LMS ids, names and logins mapped to the course's ids |
 | `repair` | re-attach nbgrader metadata that an editor stripped, where unambiguous |
