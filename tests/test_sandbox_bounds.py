@@ -23,12 +23,13 @@ import pytest
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hyp_settings
 from hypothesis import strategies as st
-from peftlab.grader import exercises, sandbox
+from peftlab.grader import exercises, launcher, sandbox
 from peftlab.grader.batch import Batch
 from peftlab.grader.course import GradingError
 from peftlab.grader.inspect import inspect
 from peftlab.grader.intake import import_submissions
 from peftlab.grader.settings import GRADING_PARAMETERS, Settings
+from peftlab.grader.uids import RUN_DIR, claim_uids
 
 FIXTURE = Path(__file__).parent / "fixtures" / "course"
 ASSIGNMENT, NB = "90_fixture", "fixture.ipynb"
@@ -91,7 +92,7 @@ def _processes(uids):
 
 def _leftovers(uids):
     """Files a kernel of `uids` could have left in a socket folder on the host."""
-    folders = [Path(sandbox.RUN_DIR) / f"kernels-{uid}" for uid in uids]
+    folders = [Path(RUN_DIR) / f"kernels-{uid}" for uid in uids]
     return [str(p) for folder in folders if folder.exists() for p in folder.rglob("*")]
 
 
@@ -113,11 +114,11 @@ def test_the_launcher_passes_no_descriptor_of_the_grader(tmp_path, monkeypatch):
 def test_seccomp_filter_refuses_user_namespaces_and_nothing_else():
     """The filter bubblewrap installs: unshare(CLONE_NEWUSER) is refused; threads, fork and other unshares
     reach the kernel as before (an unprivileged CLONE_NEWNS fails with its usual EPERM, not ours)."""
-    if sandbox.seccomp_no_userns() is None:
+    if launcher.seccomp_no_userns() is None:
         pytest.skip("no seccomp program for this architecture")
     code = textwrap.dedent("""
         import ctypes, os, struct, threading
-        from peftlab.grader.sandbox import seccomp_no_userns
+        from peftlab.grader.launcher import seccomp_no_userns
         libc = ctypes.CDLL(None, use_errno=True)
         prog = seccomp_no_userns()
         buf = ctypes.create_string_buffer(prog)
@@ -144,20 +145,20 @@ def test_seccomp_filter_refuses_user_namespaces_and_nothing_else():
 @needs_root_bwrap
 def test_a_second_batch_takes_other_user_ids_or_stops_with_a_reason():
     base = Settings().uid_base + 40
-    first = sandbox.claim_uids(base, 2)
+    first = claim_uids(base, 2)
     try:
         said = []
-        second = sandbox.claim_uids(base, 2, log=said.append)
+        second = claim_uids(base, 2, log=said.append)
         try:
             assert second.base == base + 2
             assert f"user ids {base}-{base + 1} are in use" in said[0] and str(os.getpid()) in said[0]
             with pytest.raises(GradingError, match="another batch is grading on this machine.*--uid-base"):
-                sandbox.claim_uids(base, 4, tries=1)
+                claim_uids(base, 4, tries=1)
         finally:
             second.release()
     finally:
         first.release()
-    sandbox.claim_uids(base, 4, tries=1).release()  # given back: free again
+    claim_uids(base, 4, tries=1).release()  # given back: free again
 
 
 # ------------------------------------------------------------------ hostile JSON at intake and checking
@@ -360,7 +361,7 @@ def bounded(course, tmp_path_factory):
     (folder / "deep.ipynb").write_text(_deep(_release_text(course), 3000))
     settings = _settings(workers=2)
     said = []
-    held = sandbox.claim_uids(settings.uid_base, 2) if os.geteuid() == 0 else None  # a batch already running
+    held = claim_uids(settings.uid_base, 2) if os.geteuid() == 0 else None  # a batch already running
     try:
         base = settings.uid_base
         batch = Batch(course, ASSIGNMENT, folder.parent / "work-bounds", settings, log=said.append)
@@ -401,7 +402,7 @@ def test_the_socket_folder_is_a_small_tmpfs_and_nothing_is_left(bounded):
     assert results["sockets"].status == "graded" and results["sockets"].auto_score == 3
     wrote = int(re.search(r"SOCKET FOLDER WROTE (\d+)", _feedback(batch, "sockets")).group(1))
     if os.geteuid() == 0:
-        assert wrote <= sandbox.SOCKET_BYTES
+        assert wrote <= launcher.SOCKET_BYTES
     assert results["crash"].status == "crashed"
     uids = range(batch.settings.uid_base, batch.settings.uid_base + batch.settings.workers)
     assert not _leftovers(uids)
@@ -484,8 +485,8 @@ def test_kill_9_of_the_batch_leaves_no_process_of_its_user_ids(course, tmp_path)
         while _processes(uids) and time.monotonic() < deadline:
             time.sleep(0.5)
         assert not _processes(uids), "a kernel outlived the batch"
-        claim = sandbox.claim_uids(base, 2, tries=1)  # the ids are free for the next batch, which removes
-        claim.release()                               # the connection files the killed one could not
+        claim = claim_uids(base, 2, tries=1)  # the ids are free for the next batch, which removes
+        claim.release()                       # the connection files the killed one could not
         assert not _leftovers(uids)
     finally:
         if proc.poll() is None:

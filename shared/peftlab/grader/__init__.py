@@ -1,12 +1,13 @@
 """Grading the course's exercises with nbgrader, safely, in parallel.
 
-The modules in the order a submission meets them (intake -> assignment ->
-batch -> worker -> sandbox -> kernel -> probes -> gradebook -> feedback ->
-export), then what they share:
+The modules in the order a submission meets them (intake -> downloads ->
+assignment -> batch -> worker -> kernel -> sandbox -> launcher -> probes ->
+gradebook -> feedback -> export), then what they share:
 
 | module | what |
 |---|---|
-| `intake` | import a class's folders and zip files, regular files only: every file one row with its fate |
+| `intake` | import a class's submissions: each file found given to a student or rejected, one row with its fate (the intake report) |
+| `downloads` | every file of a download: folders walked, zip files listed (their names' encodings), regular files only, streamed |
 | `layouts` | who submitted a file, from the names LMSs, nbgrader, JupyterHub and Colab give it |
 | `roster` | the class list: LMS ids, names and logins mapped to the course's ids |
 | `repair` | re-attach nbgrader metadata that an editor stripped, where unambiguous |
@@ -16,7 +17,10 @@ export), then what they share:
 | `warm` | what every worker needs, imported once by the fork server |
 | `worker` | `autograde(job)`, the one grading path; `python -m peftlab.grader.worker JOB.json` |
 | `inspect` | check a notebook (size, depth, JSON, nbformat, nbgrader metadata, graded cells) before anything reads it |
-| `sandbox` | the sandbox policy of a kernel (`policy_for`), and running it under bubblewrap with resource limits |
+| `kernel` | the sandboxed kernel's Jupyter kernel manager (`kernel_manager_class`) and its drained output |
+| `sandbox` | the sandbox policy of a kernel (`policy_for`) and bubblewrap's command line for it (`wrap`) |
+| `launcher` | the kernel's launcher (`python -m peftlab.grader.launcher`): resource limits, seccomp filter, then bubblewrap |
+| `uids` | the user ids a root grader's kernels run as, one per worker, claimed per batch (`claim_uids`); their socket folders |
 | `preprocessors` | nbgrader preprocessors: grading parameters, canaries, probe cells, output cap, timings |
 | `progress` | how far a notebook got: the running cell and the cells before it, for the feedback of one stopped at the wall limit |
 | `probes` | points decided in the grader: probe files, the kernel's side, comparators, `judge` |

@@ -60,8 +60,9 @@ from .outcome import Outcome, clip
 from .progress import partial_notebook
 from .repair import repair_file
 from .roster import Roster
-from .sandbox import UidClaim, claim_uids, remove_kernel_folders, use_bubblewrap
+from .sandbox import use_bubblewrap
 from .settings import GRADING_PARAMETERS, GiB, Settings
+from .uids import UidClaim, claim_uids, remove_kernel_folders
 from .worker import Job, feedback_page
 
 

@@ -35,7 +35,7 @@ import sys
 import time
 import traceback
 
-from .sandbox import die_with_parent
+from .launcher import die_with_parent
 from .worker import main as grade_job
 
 

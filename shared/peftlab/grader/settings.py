@@ -52,7 +52,7 @@ class Settings:
     parameters: dict = field(default_factory=lambda: dict(GRADING_PARAMETERS))
     sandbox: str = "auto"  # "auto" (bubblewrap when installed), "bwrap" (required) or "none"
     # Per-worker user ids when the grader runs as root: worker N runs as uid_base + N. A batch locks its ids
-    # (sandbox.claim_uids); a second batch on the machine moves up to free ones and says so.
+    # (uids.claim_uids); a second batch on the machine moves up to free ones and says so.
     uid_base: int = field(default_factory=lambda: _uid_base_from_env())
     canaries: int = 2  # test-like cells that must fail, mixed among the tests (only without probes)
     # Points from the assignment's probes (grading/probes/ASSIGNMENT.py), judged in the grader, when it has

@@ -41,6 +41,8 @@ from . import course as course_mod
 from .feedback import write_feedback
 from .gradebook import read_grades
 from .inspect import inspect
+from .kernel import kernel_manager_class
+from .launcher import die_with_parent
 from .outcome import Outcome
 from .preprocessors import (
     CheckCanaries,
@@ -52,7 +54,7 @@ from .preprocessors import (
     read_findings,
 )
 from .probes import judge, load
-from .sandbox import Policy, die_with_parent, kernel_manager_class
+from .sandbox import Policy
 from .settings import Settings
 
 LOG_BYTES = 1 * 2**20  # the tail of nbgrader's log and of a traceback kept in the scratch folder
