@@ -8,6 +8,14 @@ os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+# Under pytest-xdist (`make test`) each test process grades with its own range of user ids, 1000 apart, so
+# that a test checking what its batch's user left running never sees the other process's kernels.
+if os.environ.get("PYTEST_XDIST_WORKER", "").startswith("gw"):
+    from peftlab.grader.settings import _uid_base_from_env  # noqa: E402
+
+    os.environ["PEFTLAB_GRADER_UID_BASE"] = str(
+        _uid_base_from_env() + 1000 * int(os.environ["PYTEST_XDIST_WORKER"][2:]))
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _cache(tmp_path_factory):
