@@ -11,7 +11,6 @@ and grade with `peftlab.grader.worker.autograde`, as the class grader does
 
 from __future__ import annotations
 
-import atexit
 import filecmp
 import hashlib
 import json
@@ -20,6 +19,7 @@ import re
 import shutil
 import sys
 import tempfile
+from multiprocessing import util as mp_util
 from pathlib import Path
 
 from .assignment import Assignment
@@ -156,7 +156,8 @@ def _template(root: Path, assignment: str) -> Path:
     key = (str(root), assignment, digest.hexdigest())
     if key not in _TEMPLATES or not _TEMPLATES[key].is_dir():
         folder = Path(tempfile.mkdtemp(prefix="peftlab-template-"))
-        atexit.register(shutil.rmtree, folder, True)
+        # Removed at exit, also in a process pool's worker (the gate's), where atexit handlers do not run.
+        mp_util.Finalize(None, shutil.rmtree, args=(folder, True), exitpriority=0)
         # In a folder of its own, which the sandbox hides from the kernels as it hides `prepare`'s.
         _TEMPLATES[key] = scratch_course(root, [assignment], into=folder / "template")
     return _TEMPLATES[key]
