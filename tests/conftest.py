@@ -51,9 +51,9 @@ def tiny_model(tiny_dir):
 
 # `make test` runs the suite in two pytest processes (pytest-xdist, one file per process at a time: module
 # fixtures such as the mutation gate's grading run once). Files are handed out in this order, the longest
-# first, so that no long file starts last and runs alone at the end. Measured on a 2-core AVX2-only EPYC
-# (one process, idle): listed files took from about 25 minutes (the case study on SmolLM2, the gate) down
-# to about 2; every other file takes less. The order changes the wall time, never a result.
+# first, so that no long file starts last and runs alone at the end. On a 2-core AVX2-only EPYC, in one
+# process, the mutation gate took about 22 minutes and the whole case study on SmolLM2 more than 20; the
+# rest of the order follows how much each file grades or trains. It changes the wall time, never a result.
 LONGEST_FIRST = (
     "test_session02.py", "test_fair_grading.py", "test_grading.py", "test_inference.py", "test_exercises.py",
     "test_train.py", "test_session03.py", "test_methods.py", "test_sandbox_bounds.py", "test_colab.py",
