@@ -11,10 +11,9 @@ import torch  # noqa: E402
 # Under pytest-xdist (`make test`) each test process grades with its own range of user ids, 1000 apart, so
 # that a test checking what its batch's user left running never sees the other process's kernels.
 if os.environ.get("PYTEST_XDIST_WORKER", "").startswith("gw"):
-    from peftlab.grader.settings import _uid_base_from_env  # noqa: E402
+    from peftlab.grader.settings import Settings  # noqa: E402
 
-    os.environ["PEFTLAB_GRADER_UID_BASE"] = str(
-        _uid_base_from_env() + 1000 * int(os.environ["PYTEST_XDIST_WORKER"][2:]))
+    os.environ["PEFTLAB_GRADER_UID_BASE"] = str(Settings().uid_base + 1000 * int(os.environ["PYTEST_XDIST_WORKER"][2:]))
 
 
 @pytest.fixture(scope="session", autouse=True)
