@@ -262,6 +262,102 @@ def test_no_cell_uses_what_a_test_cell_built(assignment):
                                 "read-only cell before the tests, or keep it local to a function")
 
 
+# A comparison whose first argument is not visibly computed from the student's code, kept on purpose:
+# (assignment, test, the start of the call) -> why the student's work is still the value shown as "got".
+GOT_FROM_ELSEWHERE = {
+    ("05_custom_dataset", "test_trained_on_file", "checks.assert_equal(result.train_stats.examples"):
+        "`result` is the course pipeline trained on the file the student's rows were written to",
+}
+ASSERTS = {"assert_equal", "assert_close"}
+
+
+def _loads(node) -> set[str]:
+    return {n.id for n in ast.walk(node) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+
+
+def _stores(node) -> set[str]:
+    return {n.id for n in ast.walk(node) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
+
+
+def comparisons(assignment: str) -> list[tuple[str, str, bool, bool]]:
+    """(test, call, got is the student's, expected is the student's) for every assert_equal/assert_close of a
+    test cell. A value is the student's when it reads a name a solution cell binds, or a name bound from one
+    (followed through the notebook in order: assignments, loop variables, functions of given cells)."""
+    student: set[str] = set()
+    found = []
+
+    def visit(stmts, test):
+        nonlocal student
+        for st in stmts:
+            if isinstance(st, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                params = {a.arg for a in ast.walk(st.args) if isinstance(a, ast.arg)}
+                (student.add if (_loads(st) - params) & student else student.discard)(st.name)
+                continue
+            if isinstance(st, (ast.Assign, ast.AnnAssign)):
+                bound = set().union(*(_stores(t) for t in (st.targets if isinstance(st, ast.Assign) else [st.target])))
+                student = (student | bound) if st.value is not None and _loads(st.value) & student else student - bound
+            heads = [st]
+            if isinstance(st, (ast.For, ast.AsyncFor)):
+                bound = _stores(st.target)
+                student = (student | bound) if _loads(st.iter) & student else student - bound
+                heads = [st.iter]
+            if isinstance(st, (ast.For, ast.AsyncFor, ast.While, ast.If, ast.With, ast.AsyncWith, ast.Try)):
+                heads = [h for h in (getattr(st, "iter", None), getattr(st, "test", None)) if h is not None]
+                heads += [item.context_expr for item in getattr(st, "items", [])]
+                for block in ("body", "orelse", "finalbody"):
+                    visit(getattr(st, block, []), test)
+                for handler in getattr(st, "handlers", []):
+                    visit(handler.body, test)
+            for head in heads if test else []:
+                for call in ast.walk(head):
+                    if (isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute)
+                            and call.func.attr in ASSERTS and len(call.args) >= 2):
+                        found.append((test, ast.unparse(call), bool(_loads(call.args[0]) & student),
+                                      bool(_loads(call.args[1]) & student)))
+
+    for c in _cells(assignment):
+        if c.cell_type != "code":
+            continue
+        meta = c.metadata.get("nbgrader", {})
+        tree = ast.parse("\n".join(ln for ln in c.source.splitlines() if not ln.lstrip().startswith(("!", "%"))))
+        if meta.get("solution"):
+            for st in tree.body:
+                student |= {st.name} if isinstance(st, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) else _stores(st)
+        else:
+            visit(tree.body, meta.get("grade_id") if meta.get("grade") else None)
+    return found
+
+
+@pytest.mark.parametrize("assignment", ASSIGNMENTS)
+def test_got_is_the_students_value_and_expected_the_reference(assignment):
+    """Feedback reads "got X, expected Y" from checks.assert_equal/assert_close(got, expected): the student's
+    value must come first. Both may be the student's (a consistency check, e.g. perplexity against exp(loss));
+    the expected value alone being the student's means the two were swapped."""
+    found = comparisons(assignment)
+    assert found, f"{assignment}: no assert_equal/assert_close found in its test cells: the walk above is broken"
+    for test, call, got_mine, expected_mine in found:
+        if any((a, t) == (assignment, test) and call.startswith(start) for a, t, start in GOT_FROM_ELSEWHERE):
+            continue
+        assert got_mine, (f"{assignment}/{test}: {call[:160]}\nthe first argument (shown as 'got') does not come "
+                          "from the student's code" + (" but the second ('expected') does: swap them"
+                                                       if expected_mine else ""))
+
+
+def test_the_got_expected_walk_catches_a_swap():
+    """The static check above on a made-up notebook: it must flag the swapped call and pass the right one."""
+    import unittest.mock
+
+    nb = nbformat.v4.new_notebook()
+    sol = {"nbgrader": {"solution": True, "grade": False, "grade_id": "count"}}
+    test = {"nbgrader": {"solution": False, "grade": True, "grade_id": "test_count", "points": 1}}
+    nb.cells = [nbformat.v4.new_code_cell("def count(cfg):\n    return 2 * cfg", metadata=sol),
+                nbformat.v4.new_code_cell("mine = count(3)\nfor k in range(2):\n    checks.assert_equal(count(k), 2 * k)\n"
+                                          "checks.assert_equal(6, mine, 'swapped')", metadata=test)]
+    with unittest.mock.patch(f"{__name__}._cells", return_value=nb.cells):
+        got = {call.split("(", 1)[1]: (mine, exp) for _, call, mine, exp in comparisons("made-up")}
+    assert got == {"count(k), 2 * k)": (True, False), "6, mine, 'swapped')": (False, True)}
+
+
 # ------------------------------------------------------------------ the mutation gate (grades notebooks)
 # Every notebook is graded under this many of the class's seeds (`exercises.grade(seeds=...)`: one run of the
 # notebook, its probes asked once per seed), and must earn the same points under each.
