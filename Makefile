@@ -38,7 +38,7 @@ test: venv
 # SmolLM2 notebooks and the benchmarks' smoke runs. README.md (Development) says how long each takes.
 FAST_TESTS := tests/test_config.py tests/test_models.py tests/test_data.py tests/test_lora_invariants.py \
 	tests/test_lowrank.py tests/test_checks.py tests/test_memory.py tests/test_metrics.py \
-	tests/test_metrics_style.py tests/test_facts.py tests/test_repair.py tests/test_threads.py \
+	tests/test_metrics_style.py tests/test_facts.py tests/test_prose.py tests/test_repair.py tests/test_threads.py \
 	"tests/test_colab.py::test_notebook_runs_alone_in_an_empty_folder[sessions/02_peft_lora/session02_lora.ipynb]"
 test-fast: venv
 	$(PY) -m pytest -q $(FAST_TESTS)

@@ -118,6 +118,9 @@ WRONG_ANSWERS = [
     # 06: two adapters on one base: loading, routing a batch, combining
     Wrong("06_adapters", "load_two", "folders swapped",
           "for name, path in ADAPTER_DIRS.items():", "for name, path in zip(ADAPTER_DIRS, reversed(ADAPTER_DIRS.values())):"),
+    Wrong("06_adapters", "load_two", "first adapter unnamed",
+          "model = adapters.load_adapter(model, path, adapter_name=name)",
+          'model = adapters.load_adapter(model, path, **({"adapter_name": name} if name == "pirate" else {}))'),
     Wrong("06_adapters", "route", "one adapter for the whole batch",
           'return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], adapter_names=list(names)).logits',
           'model.set_adapter(names[0])\n    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits'),
@@ -566,6 +569,15 @@ def test_exercise07_one_slip_in_linear_shapes_costs_one_test(graded):
     cells, errors, _ = graded[next(w.id for w in WRONG_ANSWERS if w.what == "k and v as wide as q")]
     assert _lost(cells) == {"test_lora_counts"}, errors
     assert "linear_shapes" in errors["test_lora_counts"], errors
+
+
+def test_exercise06_one_slip_in_load_two_costs_one_test(graded):
+    """Issue 29: a first adapter loaded without its name costs test_load_two (3 of 9 points) alone. route and
+    combine are graded on the course's loader (multitask.load_all, in their hidden tests and probes), so they
+    keep their points, and the feedback names load_two."""
+    cells, errors, _ = graded[next(w.id for w in WRONG_ANSWERS if w.what == "first adapter unnamed")]
+    assert _lost(cells) == {"test_load_two"}, errors
+    assert "load_two" in errors["test_load_two"], errors
 
 
 def test_exercise02_names_training_loss(graded):

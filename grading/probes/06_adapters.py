@@ -5,12 +5,23 @@ secret), and returns plain values: the adapters a model holds, the active one, a
 position of each row (the first 48 of the vocabulary: enough to tell adapters apart, small enough to send).
 The grader compares them with what the solution returns. Each checks what its test cell checks, so a wrong
 answer loses the same tests (tests/test_fair_grading.py).
+
+The probes of `route` and `combine` run on the course's loader (`multitask.load_all`), as their test cells
+do when graded: a slip in `load_two` costs `test_load_two` alone ("one slip, one test").
 """
 
 from peftlab.grader.probes import close, probe
 
 # Logits of the same weights and inputs: equal up to float summation order.
 LOGITS = close(rtol=1e-4, atol=1e-5)
+
+
+def _two():
+    """Both adapters on one base, by the course's loader: what a right `load_two` returns."""
+    from peftlab import checks, multitask
+
+    with checks.quiet():
+        return multitask.load_all(config, ADAPTER_DIRS)  # noqa: F821
 
 
 def _last(logits):
@@ -37,8 +48,7 @@ def routed_logits(seed):
     base, adapter = rng.sample(range(4), 2)  # a base row and an adapter row at every seed: one name for the
     names[base] = "__base__"  # whole batch must never route it right
     names[adapter] = rng.choice(["shakespeare", "pirate"])
-    fresh = load_two()  # noqa: F821
-    logits = _last(route(fresh, names))  # noqa: F821
+    logits = _last(route(_two(), names))  # noqa: F821
     return {"names": names, "base rows": [row for row, n in zip(logits, names) if n == "__base__"],
             "adapter rows": [row for row, n in zip(logits, names) if n != "__base__"]}
 
@@ -49,6 +59,6 @@ def combined_logits(seed):
 
     rng = random.Random(seed + 1)
     weights = (round(rng.uniform(0.1, 1.0), 2), round(rng.uniform(0.1, 1.0), 2))
-    mixed = combine(load_two(), weights)  # noqa: F821
+    mixed = combine(_two(), weights)  # noqa: F821
     return {"weights": list(weights), "active": str(mixed.active_adapter), "rank": int(mixed.peft_config["mix"].r),
             "logits": _last(logits_of(mixed))}  # noqa: F821

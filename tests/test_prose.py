@@ -1,0 +1,125 @@
+"""Numbers in the README that cite a committed run record (`bench/records/*.json`) must be that record's.
+
+Each fact is a phrase of the README with `{}` where a number stands, the record it cites and, for each
+number, the record's field and the format the prose rounds it to. The test renders the phrase from the
+record and requires it in the README (whitespace as in running text), so a rerun that changes a record, or
+an edit that changes a number, fails here until prose and record agree again.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+RECORDS = ROOT / "bench" / "records"
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.0f}"
+
+
+# (phrase, record, [(field path, format), ...]); a format is a format spec or a function of the value.
+FACTS = [
+    # Which dtype a CPU gets: one 576x576 @ 576x1536 product on one thread.
+    ("with the CPU's own kernels, {} ms in float32 and {} ms in bfloat16", "cpu_speed_avx2",
+     [("matmul.0.float32_ms", ".1f"), ("matmul.0.bfloat16_ms", ".1f")]),
+    ("held to AVX2 (`models.AVX2_ONLY_ENV`), {} ms in float32 and {} ms in bfloat16, {} times slower", "cpu_speed_avx2",
+     [("matmul.1.float32_ms", ".1f"), ("matmul.1.bfloat16_ms", ".0f"), ("matmul.1.bf16_over_fp32", ".0f")]),
+    ("the first `make demo` held to AVX2 took {} s", "smollm_avx2", [("demo.wall_s", ".0f")]),
+    ("beat copying the input by +{} +- {} chrF with {}% archaic outputs", "smollm_avx2",
+     [("demo.record.quality.2.chrF gain", ".1f"), ("demo.record.quality.2.chrF gain 95% CI", ".1f"),
+      ("demo.record.quality.2.archaic share", _pct)]),
+    ("one training step of the preset took {} s in bfloat16 and {} s in float32", "cpu_speed_native",
+     [("rows.1.s_per_step", ".2f"), ("rows.0.s_per_step", ".2f")]),
+    # A busy machine.
+    ("one float32 step of the preset (held to AVX2) took {} s with 2 threads and {} s with 1", "cpu_speed_avx2",
+     [("rows.2.s_per_step", ".2f"), ("rows.0.s_per_step", ".2f")]),
+    ("2 threads fell to {} s a step", "cpu_speed_avx2", [("rows.3.s_per_step", ".1f")]),
+    ("while 1 thread held {} s", "cpu_speed_avx2", [("rows.1.s_per_step", ".1f")]),
+    ("pinned at 2 threads, {} s a step idle and {} s beside a busy process; fitted, {} s idle (2 threads) and {} s "
+     "busy (1 thread)", "cpu_speed_threads_avx2",
+     [("rows.0.s_per_step", ".2f"), ("rows.1.s_per_step", ".1f"), ("rows.2.s_per_step", ".2f"),
+      ("rows.3.s_per_step", ".2f")]),
+    # Logits only where the loss needs them; one prefix for the batch.
+    ("it took {} s against {} s with every row run whole", "cpu_speed_prefix_avx2",
+     [("rows.0.s_per_step", ".2f"), ("rows.1.s_per_step", ".2f")]),
+    ("{} s for `make demo`, 110 steps in {} s, load average {} at the start", "smollm_avx2_shared_prefix_first",
+     [("demo.wall_s", ".0f"), ("demo.record.train_wall_s", ".0f"), ("conditions.load_average_at_start.0", ".1f")]),
+    ("{} and {} s a step with oneDNN, {} and {} s without", "cpu_speed_onednn_avx2",
+     [("rows.0.s_per_step", ".2f"), ("rows.2.s_per_step", ".2f"), ("rows.1.s_per_step", ".2f"),
+      ("rows.3.s_per_step", ".2f")]),
+    ("{} s at db317cb, 110 steps in {} s", "smollm_avx2_shared_prefix",
+     [("demo.wall_s", ".0f"), ("demo.record.train_wall_s", ".0f")]),
+    ("(load average {} at the start)", "smollm_avx2_shared_prefix", [("conditions.load_average_at_start.0", ".1f")]),
+    ("the demo took {} s at db317cb", "smollm_native_shared_prefix", [("demo.wall_s", ".0f")]),
+    # The case study on a real AVX2-only CPU.
+    ("idle (load average {} at the start, nothing else running)", "smollm_epyc_avx2",
+     [("conditions.load_average_at_start.0", ".1f")]),
+    ("took {} s for `make demo`: 110 steps in {} s ({} s a step), with the same result to the digit (+{} +- {} chrF "
+     "over copying, {}% archaic", "smollm_epyc_avx2",
+     [("demo.wall_s", ".0f"), ("demo.record.train_wall_s", ".0f"),
+      (lambda r: r["demo"]["record"]["train_wall_s"] / r["demo"]["record"]["steps"], ".1f"),
+      ("demo.record.quality.2.chrF gain", ".1f"), ("demo.record.quality.2.chrF gain 95% CI", ".1f"),
+      ("demo.record.quality.2.archaic share", _pct)]),
+    ("float32 product on one thread took {}-{} ms there", "cpu_speed_epyc_avx2",
+     [("matmul.1.float32_ms", ".1f"), ("matmul.0.float32_ms", ".1f")]),
+    ("bfloat16 took {}-{} ms, {}-{} times float32", "cpu_speed_epyc_avx2",
+     [("matmul.1.bfloat16_ms", ".0f"), ("matmul.0.bfloat16_ms", ".0f"), ("matmul.0.bf16_over_fp32", ".0f"),
+      ("matmul.1.bf16_over_fp32", ".0f")]),
+]
+
+
+def field(record: dict, path):
+    """`path` is a dotted path through mappings and lists ("demo.record.quality.2.chrF gain"), or a function."""
+    if callable(path):
+        return path(record)
+    value = record
+    for key in path.split("."):
+        value = value[int(key)] if isinstance(value, list) else value[key]
+    return value
+
+
+def render(phrase: str, record: dict, fields) -> str:
+    numbers = [fmt(field(record, path)) if callable(fmt) else format(field(record, path), fmt) for path, fmt in fields]
+    assert phrase.count("{}") == len(numbers), f"{phrase!r}: one field per {{}}"
+    return phrase.format(*numbers)
+
+
+def _text(path: Path) -> str:
+    return re.sub(r"\s+", " ", path.read_text())
+
+
+@pytest.mark.parametrize("phrase,record,fields", FACTS, ids=[f"{r}:{p[:40]}" for p, r, _ in FACTS])
+def test_readme_numbers_are_their_records(phrase, record, fields):
+    rec = json.loads((RECORDS / f"{record}.json").read_text())
+    want = render(phrase, rec, fields)
+    readme = _text(ROOT / "README.md")
+    if want not in readme:
+        pattern = re.escape(phrase).replace(r"\{\}", r"([-+\d.,]+)")
+        found = re.search(pattern, readme)
+        pytest.fail(f"README.md should say {want!r} (bench/records/{record}.json) but "
+                    + (f"says {found.group(0)!r}" if found else "the phrase is gone: update FACTS in tests/test_prose.py"))
+    assert f"bench/records/{record}.json" in readme, f"README.md states {want!r} without citing its record"
+
+
+def test_every_record_the_readme_cites_is_committed_and_names_its_machine():
+    cited = sorted(set(re.findall(r"bench/records/([\w.-]+)\.json", (ROOT / "README.md").read_text())))
+    assert cited, "README.md cites no record: this test reads the wrong file"
+    for name in cited:
+        path = RECORDS / f"{name}.json"
+        assert path.is_file(), f"README.md cites bench/records/{name}.json, which is not in the repository"
+        rec = json.loads(path.read_text())
+        assert rec.get("commit"), f"{path.name}: no commit: the run cannot be traced to its code"
+        text = json.dumps(rec)
+        assert '"cpu_kind"' in text or '"capability"' in text, f"{path.name}: the CPU it ran on is not recorded"
+
+
+def test_a_stale_number_fails():
+    """The check above on a made-up record: a README number that differs from its record is not found."""
+    rec = {"demo": {"wall_s": 1072.6}}
+    assert render("took {} s for", rec, [("demo.wall_s", ".0f")]) == "took 1073 s for"
+    assert render("took {} s for", {"demo": {"wall_s": 1080.2}}, [("demo.wall_s", ".0f")]) not in _text(ROOT / "README.md")
