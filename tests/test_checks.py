@@ -166,3 +166,24 @@ def test_standing_in_judges_one_function_and_restores_the_students():
     with pytest.raises(ValueError, match="name=function"):
         with checks.standing_in(ns, shapes=3):
             pass
+
+
+def test_stand_in_for_this_cell_ends_with_the_cell(tmp_path):
+    """A hidden test block stands the reference in for the rest of its cell only: the next cell sees the
+    student's function again, also after the cell failed. Outside a notebook it refuses with a clear error."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell("from peftlab import checks\ndef shapes(n):\n    return n * 3"),
+        nbformat.v4.new_code_cell("checks.stand_in_for_this_cell(globals(), shapes=lambda n: n * 2)\nprint(shapes(2))"),
+        nbformat.v4.new_code_cell("print(shapes(2))\nchecks.stand_in_for_this_cell(globals(), shapes=len)\n1 / 0"),
+        nbformat.v4.new_code_cell("print(shapes(2))"),
+    ])
+    NotebookClient(nb, timeout=600, kernel_name="python3", allow_errors=True,
+                   resources={"metadata": {"path": str(tmp_path)}}).execute()
+    printed = ["".join(o.get("text", "") for o in cell.outputs if o.output_type == "stream") for cell in nb.cells]
+    assert printed[1:] == ["4\n", "6\n", "6\n"], printed
+    assert [o.ename for o in nb.cells[2].outputs if o.output_type == "error"] == ["ZeroDivisionError"]
+    with pytest.raises(RuntimeError, match="inside a notebook cell only"):
+        checks.stand_in_for_this_cell({}, shapes=len)

@@ -158,6 +158,9 @@ WRONG_ANSWERS = [
     Wrong("08_custom_metric", "markers", "punctuation kept on words",
           'words = re.findall(r"[a-z]*\'?[a-z]+(?:\'[a-z]+)?", text.lower().replace("\\u2019", "\'"))',
           'words = text.lower().replace("\\u2019", "\'").split()'),
+    Wrong("08_custom_metric", "markers", "word boundaries split apostrophes",
+          'words = re.findall(r"[a-z]*\'?[a-z]+(?:\'[a-z]+)?", text.lower().replace("\\u2019", "\'"))',
+          'words = re.findall(r"\\b\\w+\\b", text.lower())'),
     Wrong("08_custom_metric", "rate", "counts markers, not outputs",
           "return sum(1 for text in texts if markers(text)) / len(texts)",
           "return sum(len(markers(text)) for text in texts) / len(texts)"),
@@ -578,6 +581,15 @@ def test_exercise06_one_slip_in_load_two_costs_one_test(graded):
     cells, errors, _ = graded[next(w.id for w in WRONG_ANSWERS if w.what == "first adapter unnamed")]
     assert _lost(cells) == {"test_load_two"}, errors
     assert "load_two" in errors["test_load_two"], errors
+
+
+def test_exercise08_one_slip_in_markers_costs_one_test(graded):
+    """Issue 29: word boundaries that split "'tis" and "ne'er" cost test_markers (3 of 11 points) alone. The
+    rate and the given ranking are graded with the course's markers standing in (checks.stand_in_for_this_cell
+    in their hidden tests, standing_in in their probes); the feedback names markers, not a scale factor."""
+    cells, errors, _ = graded[next(w.id for w in WRONG_ANSWERS if w.what == "word boundaries split apostrophes")]
+    assert _lost(cells) == {"test_markers"}, errors
+    assert "markers" in errors["test_markers"] and "scale factor" not in errors["test_markers"], errors
 
 
 def test_exercise02_names_training_loss(graded):

@@ -3,6 +3,9 @@
 Each runs in the student's kernel after the notebook, on sentences and adapter outputs drawn from `seed`
 (the class's secret), and returns plain values; the grader compares them with what the solution returns.
 Each checks what its test cell checks, so a wrong answer loses the same tests (tests/test_fair_grading.py).
+The probes of the rate and the given ranking run with the course's `markers` (`metrics.archaic_forms`)
+standing in for the student's, as their test cells do when graded: a slip in `markers` costs `test_markers`
+alone.
 """
 
 from peftlab.grader.probes import close, exact, probe
@@ -42,8 +45,11 @@ def markers_of_sentences(seed):
 def rates(seed):
     import random
 
+    from peftlab import checks, metrics
+
     rng = random.Random(seed + 1)
-    out = {"rates": [float(marker_rate(_sentences(rng, rng.randint(1, 9)))) for _ in range(8)]}  # noqa: F821
+    with checks.standing_in(globals(), markers=metrics.archaic_forms):  # as test_rate is graded
+        out = {"rates": [float(marker_rate(_sentences(rng, rng.randint(1, 9)))) for _ in range(8)]}  # noqa: F821
     for name, bad, kind, word in [("empty list", [], ValueError, "texts"), ("one string", "Thou art", TypeError, "list")]:
         try:
             marker_rate(bad)  # noqa: F821
@@ -74,4 +80,8 @@ def rankings(seed):
 
 @probe("test_given_ranking", compare=close(rtol=1e-9))
 def given_ranking(seed):
-    return [[row["rank"], row["adapter"], float(row["score"])] for row in ranking]  # noqa: F821
+    from peftlab import checks, metrics
+
+    with checks.standing_in(globals(), markers=metrics.archaic_forms):  # as test_given_ranking is graded
+        ranked = rank_adapters(ADAPTER_OUTPUTS, marker_rate)  # noqa: F821
+    return [[row["rank"], row["adapter"], float(row["score"])] for row in ranked]
