@@ -302,11 +302,10 @@ def comparisons(assignment: str) -> list[tuple[str, str, bool, bool]]:
             if isinstance(st, (ast.Assign, ast.AnnAssign)):
                 bound = set().union(*(_stores(t) for t in (st.targets if isinstance(st, ast.Assign) else [st.target])))
                 student = (student | bound) if st.value is not None and _loads(st.value) & student else student - bound
-            heads = [st]
+            heads = [st]  # where this statement's own calls are; a compound statement's body is visited below
             if isinstance(st, (ast.For, ast.AsyncFor)):
                 bound = _stores(st.target)
                 student = (student | bound) if _loads(st.iter) & student else student - bound
-                heads = [st.iter]
             if isinstance(st, (ast.For, ast.AsyncFor, ast.While, ast.If, ast.With, ast.AsyncWith, ast.Try)):
                 heads = [h for h in (getattr(st, "iter", None), getattr(st, "test", None)) if h is not None]
                 heads += [item.context_expr for item in getattr(st, "items", [])]
