@@ -96,6 +96,7 @@ def test_mixed_batch_rows_equal_single_adapter_runs(served):
     names = ["one", "two", "three", "__base__", "two"]
     res = inf.mixed_agreement(model, inf.prompt_ids(tokenizer, 5, 8), names, new_tokens=6)
     assert all(res["rows_equal"]), res
+    assert res["max_logit_gap"] < 1e-4 * res["max_logit"], res  # float32: the same sums, grouped differently
     assert len({tuple(r) for r in res["mixed"]}) > 1  # the rows really went different ways
     assert model.active_adapter == "one"
 
@@ -248,12 +249,12 @@ def test_session05_on_smollm(tmp_path):
     assert {(r["variant"], r["batch_size"], r["use_cache"]) for r in record["speed"]} == (
         {(v, b, True) for v in inf.VARIANTS for b in (1, 4)} | {(v, 1, False) for v in inf.VARIANTS})
     assert all(r["tokens_per_s"]["median"] > 0 for r in record["speed"])
-    # In bfloat16 the merged weights round differently, so a near-tie can flip one token and the rest of its
-    # row with it: judge the merge by its first-step logits (a few bf16 steps of the largest), not by tokens.
-    merged = record["merged_agreement"]
-    assert merged["max_logit_gap"] < 0.05 * merged["max_logit"], merged
-    assert any(merged["rows_equal"]), merged
-    assert sum(record["mixed_agreement"]["rows_equal"]) >= len(record["mixed_agreement"]["rows_equal"]) - 1
+    # The dtype follows the CPU (bfloat16 where it computes it natively). In bfloat16 the merged weights, and a
+    # mixed batch's sub-batches, round differently, so a near-tie can flip one token and the rest of its row
+    # with it: judge both by their first-step logits (a few bf16 steps of the largest), not by tokens.
+    for agree in (record["merged_agreement"], record["mixed_agreement"]):
+        assert agree["max_logit_gap"] < 0.05 * agree["max_logit"], agree
+    assert any(record["merged_agreement"]["rows_equal"]), record["merged_agreement"]
     weights = {m["format"]: m["weights_bytes"] for m in record["memory"]}
     assert weights["float32"] > 1.9 * weights["bfloat16"] > 1.9 * 1.5 * weights["nf4"]
     for m in record["memory"]:

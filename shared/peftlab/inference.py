@@ -263,25 +263,32 @@ def merged_agreement(variants: dict[str, Variant], input_ids: torch.Tensor, new_
 
 @torch.no_grad()
 def mixed_agreement(model, input_ids: torch.Tensor, names: list[str], new_tokens: int = 8) -> dict:
-    """Greedy rows of one mixed batch (row i through names[i]) against each adapter run on the same batch."""
+    """Greedy rows of one mixed batch (row i through names[i]) against each adapter run on the same batch;
+    and the largest first-step logit gap between the two, which judges them where rounding flips a near-tie."""
     names = check_adapter_names(model, names)
     if len(names) != input_ids.shape[0]:
         raise InferenceError(f"adapter_names: one name per row, got {len(names)} names for {input_ids.shape[0]} rows.")
     active = model.active_adapter
+    ids = input_ids.to(next(model.parameters()).device)
     mixed = timed_generate(model, input_ids, new_tokens, adapter_names=names)["tokens"]
-    alone = torch.empty_like(mixed)
+    mixed_logits = model(input_ids=ids, adapter_names=names).logits[:, -1].float()
+    alone, alone_logits = torch.empty_like(mixed), torch.empty_like(mixed_logits)
     for name in dict.fromkeys(names):
         if name == "__base__":
             with model.disable_adapter():
                 toks = timed_generate(model, input_ids, new_tokens)["tokens"]
+                logits = model(input_ids=ids).logits[:, -1].float()
         else:
             model.set_adapter(name)
             toks = timed_generate(model, input_ids, new_tokens)["tokens"]
+            logits = model(input_ids=ids).logits[:, -1].float()
         for i, n in enumerate(names):
             if n == name:
-                alone[i] = toks[i]
+                alone[i], alone_logits[i] = toks[i], logits[i]
     model.set_adapter(active)
-    return {"rows_equal": (mixed == alone).all(dim=1).tolist(), "mixed": mixed.tolist(), "alone": alone.tolist()}
+    return {"rows_equal": (mixed == alone).all(dim=1).tolist(), "mixed": mixed.tolist(), "alone": alone.tolist(),
+            "max_logit_gap": float((mixed_logits - alone_logits).abs().max()),
+            "max_logit": float(alone_logits.abs().max())}
 
 
 def _lora_layers(model, adapter: str) -> dict:
