@@ -13,6 +13,9 @@ gradebook -> feedback -> export), then what they share:
 | `repair` | re-attach nbgrader metadata that an editor stripped, where unambiguous |
 | `assignment` | an assignment ready to grade: scratch course, model, probe file, the seed rule, the expected values' cache, the `Job` factory |
 | `batch` | a class in parallel; the `peftlab-grade` command (`python -m peftlab.grader`) |
+| `cluster` | the same grading on a Dask cluster (`--cluster local:N`, `--scheduler ADDR`): one task per submission, the head records |
+| `shards` | a class graded in N independent slices (`--shard i/N`: a Slurm array, a Kubernetes Job), then `merge`d |
+| `slot` | one submission on one slot: its order written, its worker forked, its wall limit, its outcome read (`collect`) |
 | `forkserver` | the batch's workers, forked from one process that imported the grader once (`warm`) |
 | `warm` | what every worker needs, imported once by the fork server |
 | `worker` | `autograde(job)`, the one grading path; `python -m peftlab.grader.worker JOB.json` |

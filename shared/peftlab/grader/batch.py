@@ -26,7 +26,6 @@ tests' code removed) lands in `WORK/feedback/ASSIGNMENT/`, grades in
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import shutil
@@ -41,6 +40,8 @@ from tqdm.auto import tqdm
 
 from ..files import write_atomic
 from ..overrides import parse_overrides
+from . import shards
+from . import slot as slot_mod
 from .assignment import Assignment
 from .course import GradingError, course_root
 from .export import (
@@ -56,8 +57,7 @@ from .forkserver import ForkServer
 from .gradebook import finished, record, record_identity
 from .inspect import guard
 from .intake import Submission, fate_counts, import_submissions, rows
-from .outcome import Outcome, clip
-from .progress import partial_notebook
+from .outcome import Outcome
 from .repair import repair_file
 from .roster import Roster
 from .sandbox import use_bubblewrap
@@ -97,6 +97,9 @@ class Batch:
     id_regex: re.Pattern | None = None
     canvas_column: str = ""  # the Canvas assignment column of the export, e.g. 'Lab 2 (4711)'
     moodle_worksheet: str = ""  # the grading worksheet downloaded from Moodle: its participant ids
+    cluster: str = ""  # "local:N": grade on a Dask cluster of N processes started here (`cluster`)
+    scheduler: str = ""  # a Dask scheduler's address, tcp://host:8786: grade on its workers (`cluster`)
+    shard: tuple[int, int] | None = None  # (i, N): grade only slice i of N (`shards`); `work` is the shard's
 
     def __post_init__(self):
         self.ready = Assignment(self.root, self.assignment, self.work, self.settings, log=self.log)
@@ -106,6 +109,7 @@ class Batch:
         self.missing: list[str] = []  # roster students without a submission
         self.found: list[Submission] = []  # every file found, students' and rejected (the intake report)
         self.exports: dict[str, Path] = {}
+        self.placements: dict[str, tuple[str, int]] = {}  # on a cluster: student -> (host, user id) that graded it
         self._server: ForkServer | None = None
         self._uids: UidClaim | None = None
 
@@ -168,6 +172,13 @@ class Batch:
         # Intake first: a wrong path or a download with nothing gradable is said before the minutes of set-up.
         found = import_submissions(sources, self.notebook, self.work / "staging" / self.assignment, self.settings,
                                    assignment=self.assignment, roster=self.roster, id_regex=self.id_regex)
+        if self.shard:
+            found = [f for f in found if shards.mine(f, *self.shard)]
+            if not any(not f.rejected for f in found):
+                self.log(f"{self.assignment}: shard {self.shard[0]}/{self.shard[1]} has no student of this class")
+                self.found = found
+                write_intake(self.intake_path, found)
+                return []
         subs = self._intake(found)
         if self.template is None:
             self.prepare()
@@ -188,7 +199,7 @@ class Batch:
                  f"{'' if sandboxed else ' WITHOUT a sandbox'}")
         try:
             self.ready.expect(self.ready.probe_seed(s.student, s.sha256) for s in todo)  # one solution run, all seeds
-            results += self._pool(todo, inputs)
+            results += (self._on_cluster if self.cluster or self.scheduler else self._pool)(todo, inputs)
         finally:
             self._stop_workers()  # the user ids are given back when `run` ends
         grades_csv(self.work, self.assignment, self.csv_path)
@@ -281,6 +292,16 @@ class Batch:
                      "run the command again to grade it")
         return out
 
+    def _on_cluster(self, todo: list[Submission], inputs: list[str]) -> list[tuple[Submission, Outcome]]:
+        """The same grading on a Dask cluster's workers; this process still records every result."""
+        from .cluster import DaskGrading  # distributed: a heavy import, only for grading on a cluster
+
+        self._stop_workers()  # this machine's fork server is not used
+        jobs = ((sub, self._job(sub, 0, inputs)) for sub in todo)
+        with DaskGrading(self.cluster, self.scheduler, log=self.log) as engine:
+            self.placements = engine.placements
+            return engine.grade(jobs, len(todo), self.template, self.probes, self.settings, self._record)
+
     def _pool(self, todo: list[Submission], inputs: list[str]) -> list[tuple[Submission, Outcome]]:
         pending, running, results = list(todo), {}, []
         exits: dict[int, int] = {}  # pid -> exit code, of workers not yet collected
@@ -290,12 +311,8 @@ class Batch:
             while pending and free:
                 sub, slot = pending.pop(0), free.pop(0)
                 job = self._job(sub, slot, inputs)
-                scratch = Path(job.scratch)
-                shutil.rmtree(scratch, ignore_errors=True)
-                scratch.mkdir(parents=True)
-                (scratch / "job.json").write_text(job.to_json())
-                pid = self._workers().start(str(scratch / "job.json"), str(scratch / "worker.log"))
-                running[pid] = (sub, slot, scratch, time.monotonic())
+                pid = slot_mod.start(self._workers(), job)
+                running[pid] = (sub, slot, Path(job.scratch), time.monotonic())
             # Wake when a worker ends, or when the next one reaches its wall limit.
             deadline = min(started for _, _, _, started in running.values()) + self.settings.wall_timeout
             exits.update(self._server.wait(timeout=max(0.0, min(5.0, deadline - time.monotonic()))))
@@ -307,7 +324,8 @@ class Batch:
                     self._server.kill(pid)  # the worker, its kernel and whatever the kernel started
                     while pid not in exits:
                         exits.update(self._server.wait(timeout=5.0))
-                out = self._record(sub, self._collect(sub, scratch, exits.pop(pid), over), scratch)
+                out = self._record(sub, slot_mod.collect(sub.student, scratch, exits.pop(pid), over,
+                                                         self.settings.wall_timeout), scratch)
                 if self._uids is not None:  # the slot's kernel is gone: so is anything it left
                     remove_kernel_folders(self._uids.base + slot)
                 results.append((sub, out))
@@ -317,31 +335,6 @@ class Batch:
                 bar.set_postfix_str(f"{sub.student}: {out.status}")
         bar.close()
         return results
-
-    def _collect(self, sub: Submission, scratch: Path, code: int, over: bool) -> Outcome:
-        result = scratch / "result.json"
-        if over:
-            # The notebook as far as it ran, for the feedback (peftlab.grader.progress).
-            limit = self.settings.wall_timeout
-            try:
-                _, running = partial_notebook(scratch / "findings.jsonl", scratch / "partial.ipynb", limit)
-            except Exception as exc:  # the grade stands without the partial notebook
-                running = ""
-                (scratch / "partial.error").write_text(f"{type(exc).__name__}: {exc}")
-            return Outcome(student=sub.student, status="timeout",
-                           reason=f"still running after the {limit} s wall limit; stopped"
-                                  + (f" while {running} was running" if running else " before its first cell ran"))
-        if code == 0 and result.is_file() and not result.is_symlink():
-            try:
-                return Outcome(**json.loads(result.read_text()))
-            except (ValueError, TypeError) as exc:
-                return Outcome(student=sub.student, status="error", reason=f"unreadable worker result ({exc})")
-        try:
-            tail = (scratch / "worker.log").read_text(errors="replace").strip().splitlines()[-3:]
-        except OSError:
-            tail = ["no worker log"]
-        return Outcome(student=sub.student, status="error",
-                       reason=f"grader worker exited with code {code}: {clip(' | '.join(tail))}")
 
 
 def report(results: list[tuple[Submission, Outcome]], rejected: list[Submission] = (),
@@ -392,6 +385,19 @@ def main(argv: list[str] | None = None) -> int:
                         help="the grading worksheet downloaded from the Moodle assignment (Download grading "
                              "worksheet): its participant ids, matched by e-mail then name, go into the Moodle "
                              "export whatever the download was (else: a Moodle download's, or the roster's moodle_id)")
+    engine = parser.add_mutually_exclusive_group()
+    engine.add_argument("--cluster", default="", metavar="local:N",
+                        help="grade on a Dask cluster of N worker processes started on this machine")
+    engine.add_argument("--scheduler", default="", metavar="tcp://HOST:8786",
+                        help="grade on the workers of this Dask scheduler (every machine installs the same "
+                             "course; grading/README.md)")
+    parser.add_argument("--shard", default="", metavar="i/N",
+                        help="grade only slice i of N of the class, into WORK/shards/i-of-N (a Slurm array or "
+                             "Kubernetes indexed Job runs the N); then `peftlab-grade merge ASSIGNMENT`")
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv[:1] == ["merge"]:
+        return merge_main(argv[1:])
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
@@ -410,9 +416,13 @@ def main(argv: list[str] | None = None) -> int:
         roster = Roster.load(args.roster) if args.roster else None
         if args.moodle:
             read_worksheet(args.moodle)  # a wrong file stops here, before any grading
-        batch = Batch(root, args.assignment, Path(args.work or root / "grading" / "work"), settings,
+        work = Path(args.work or root / "grading" / "work")
+        shard = shards.parse(args.shard) if args.shard else None
+        if shard:
+            work = shards.shard_work(root, args.assignment, work, *shard)
+        batch = Batch(root, args.assignment, work, settings,
                       roster=roster, id_regex=id_regex, canvas_column=args.canvas_column,
-                      moodle_worksheet=args.moodle)
+                      moodle_worksheet=args.moodle, cluster=args.cluster, scheduler=args.scheduler, shard=shard)
         results = batch.run(args.submissions, regrade=args.regrade)
     except GradingError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -425,6 +435,27 @@ def main(argv: list[str] | None = None) -> int:
     print(f"grades: {batch.csv_path}\nevery file found: {batch.intake_path}\n"
           + "".join(f"{what}: {path}\n" for what, path in batch.exports.items())
           + f"feedback: {batch.work / 'feedback' / args.assignment}")
+    return 0
+
+
+def merge_main(argv: list[str]) -> int:
+    """`peftlab-grade merge ASSIGNMENT [--work W]`: the shards of W (`--shard i/N`) into W's gradebook and CSV."""
+    parser = argparse.ArgumentParser(prog="peftlab-grade merge", description=merge_main.__doc__)
+    parser.add_argument("assignment")
+    parser.add_argument("--work", default=None, help="grading folder the shards were graded under")
+    parser.add_argument("--roster", default=None, help="class list CSV, as for grading")
+    parser.add_argument("--canvas-column", default="", metavar="'NAME (ID)'", help="as for grading")
+    parser.add_argument("--moodle", default="", metavar="WORKSHEET.csv", help="as for grading")
+    args = parser.parse_args(argv)
+    try:
+        root = course_root()
+        work = Path(args.work or root / "grading" / "work")
+        roster = Roster.load(args.roster) if args.roster else None
+        shards.merge(root, args.assignment, work, canvas_column=args.canvas_column, roster=roster,
+                     moodle_worksheet=args.moodle)
+    except GradingError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -48,7 +48,7 @@ MOODLE_COLUMNS = ["Identifier", "Full name", "Email address", "Status", "Grade",
                   "Grade can be changed", "Last modified (submission)", "Last modified (grade)", "Feedback comments"]
 
 
-def _csv_bytes(header: list[str], rows: list[list]) -> bytes:
+def csv_bytes(header: list[str], rows: list[list]) -> bytes:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(header)
@@ -94,7 +94,7 @@ def write_intake(path: Path, subs: list[Submission], rejected: list[Submission] 
     `statuses` ({student: (status, reason)} after grading) replaces the import's verdict for students' own
     files, so a file later found invalid never says `graded` (`intake.rows`)."""
     table = rows([*subs, *rejected], statuses)
-    write_atomic(path, _csv_bytes(INTAKE_COLUMNS, [[r[c] for c in INTAKE_COLUMNS] for r in table]))
+    write_atomic(path, csv_bytes(INTAKE_COLUMNS, [[r[c] for c in INTAKE_COLUMNS] for r in table]))
     return path
 
 
@@ -168,7 +168,7 @@ def canvas_csv(rows: list[dict], assignment: str, path: Path, column: str = "") 
     points = ["Points Possible", "", "", "", "", f"{max((r['max'] for r in rows), default=0):g}", READ_ONLY]
     body = [[r["name"], r["canvas_id"], r["sis_id"], r["email"], "",
              f"{r['score']:g}" if r["counted"] else "", note(r)] for r in rows]
-    write_atomic(path, _csv_bytes([*CANVAS_COLUMNS, column, CANVAS_NOTE], [points, *body]))
+    write_atomic(path, csv_bytes([*CANVAS_COLUMNS, column, CANVAS_NOTE], [points, *body]))
     return path
 
 
@@ -183,7 +183,7 @@ def moodle_csv(rows: list[dict], path: Path) -> Path:
              "Submitted for grading" + (" (late)" if r["late"] else ""),
              f"{r['score']:g}" if r["counted"] else "", f"{r['max']:g}", "Yes", "", r["graded_at"], note(r)]
             for r in rows if r["moodle_id"]]
-    write_atomic(path, _csv_bytes(MOODLE_COLUMNS, body))
+    write_atomic(path, csv_bytes(MOODLE_COLUMNS, body))
     return path
 
 

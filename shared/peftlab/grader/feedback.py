@@ -12,7 +12,7 @@ import json
 import re
 from pathlib import Path
 
-from .inspect import graded_cells
+from .inspect import graded_cells, new_cell_id
 from .outcome import FLAGGED, STATUSES, Outcome, clip
 from .probes import MIME as PROBE_MIME
 from .render import TRUSTED, render_html
@@ -129,11 +129,12 @@ def write_feedback(graded_nb: Path | None, release: Path, source: Path, out: Out
     secret = hidden_lines(source, release)
     out.errors = {gid: scrub(err, secret) for gid, err in out.errors.items()}
     out.notes = [scrub(note, secret) for note in out.notes]  # a probe's reason quotes what the student returned
-    summary = nbformat.v4.new_markdown_cell(summary_markdown(out, assignment))
+    summary = nbformat.v4.new_markdown_cell(summary_markdown(out, assignment), id="peftlab-summary")
     if graded_nb is None or not graded_nb.is_file():
         nb = nbformat.v4.new_notebook(cells=[summary])
     else:
         nb = nbformat.read(graded_nb, as_version=4)
+        summary.id = new_cell_id(nb, summary.id)
         visible = {gid: c for gid, (_, c) in graded_cells(json.loads(release.read_text()))[0].items()}
         hidden = {gid for gid, (_, c) in graded_cells(json.loads(source.read_text()))[0].items()
                   if "BEGIN HIDDEN TESTS" in "".join(c["source"])}

@@ -230,3 +230,13 @@ def _inspect(path: str | Path, release: str | Path, settings: Settings | None = 
     if problems:
         return Verdict("tampered", "; ".join(problems), notes)
     return Verdict("", "", notes)
+
+
+def new_cell_id(nb, base: str) -> str:
+    """A cell id for a cell the grader adds to `nb`: `base`, made unique among the notebook's ids. Fixed, not
+    nbformat's random one, so the same submission graded twice (here or on a cluster) gives the same page."""
+    taken = {c.get("id") for c in nb.cells}
+    new = base
+    while new in taken:
+        new += "-"
+    return new

@@ -20,6 +20,7 @@ from nbgrader.utils import is_grade, is_solution
 from traitlets import Bool, Dict, Integer, List, Unicode
 
 from . import progress
+from .inspect import new_cell_id
 from .probes import MAX_PAYLOAD, MIME, cell_source, load, payload
 
 _CANARY_WORDS = ["trainable parameters", "merged weight", "held-out loss", "rank of the update", "scaling",
@@ -51,7 +52,7 @@ class InjectParameters(NbGraderPreprocessor):
             from papermill.translators import translate_parameters
 
             source = translate_parameters("python", "python", dict(self.parameters), "Parameters injected for grading")
-            cell = nbformat.v4.new_code_cell(source)
+            cell = nbformat.v4.new_code_cell(source, id=new_cell_id(nb, "peftlab-injected-parameters"))
             cell.metadata["tags"] = ["injected-parameters"]
             tagged = [i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", [])]
             nb.cells.insert(tagged[0] + 1 if tagged else 0, cell)
@@ -76,7 +77,7 @@ class InsertCanaries(NbGraderPreprocessor):
         rng = random.Random(self.seed)
         tests = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and is_grade(c) and not is_solution(c)]
         for i in sorted(rng.sample(tests, min(self.count, len(tests))), reverse=True):
-            cell = nbformat.v4.new_code_cell(canary_source(rng))
+            cell = nbformat.v4.new_code_cell(canary_source(rng), id=new_cell_id(nb, f"peftlab-canary-{i}"))
             cell.metadata["peftlab"] = {"canary": True}
             nb.cells.insert(i + 1, cell)
         return nb, resources
@@ -113,7 +114,7 @@ class InsertProbes(NbGraderPreprocessor):
             loaded = load(self.probes)
             for seed in self.seeds:
                 for gid, p in loaded.items():
-                    cell = nbformat.v4.new_code_cell(cell_source(p, seed))
+                    cell = nbformat.v4.new_code_cell(cell_source(p, seed), id=new_cell_id(nb, f"peftlab-probe-{seed}"))
                     cell.metadata["peftlab"] = {"probe": gid, "seed": int(seed)}
                     nb.cells.append(cell)
         return nb, resources
