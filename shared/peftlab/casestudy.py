@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import adapters, data, measure, memory, metrics, models, threads, train
+from . import adapters, data, devices, measure, memory, metrics, models, threads, train
 from .config import RunConfig
 from .plots import plot_loss
 from .record import load_average, make_record, write_record
@@ -85,7 +85,7 @@ def prepare(config: RunConfig, tokenizer=None, log=print) -> Prepared:
     tokenizer = tokenizer if tokenizer is not None else models.load_tokenizer(config.model_name)
     model = models.load_model(config)
     device = next(model.parameters()).device
-    log(f"running on     {hardware_line(device, models.pick_dtype(device, config.dtype))}")
+    log(f"running on     {hardware_line(device, devices.pick_dtype(device, config.dtype))}")
     train_ds, train_stats, eval_ds, eval_stats, eval_rows = train.load_data(config, tokenizer)
     log(f"train data: {train_stats.summary()}")
     log(f"held-out data: {eval_stats.summary()}")
@@ -159,7 +159,7 @@ def run(config: RunConfig, progress: bool = True, n_samples: int = 3, log=print)
         tokens_per_s=result.tokens_per_s,
         torch_threads=__import__("torch").get_num_threads(),
         thread_changes=result.thread_changes,
-        dtype=str(models.pick_dtype(device, config.dtype)).removeprefix("torch."),
+        dtype=str(devices.pick_dtype(device, config.dtype)).removeprefix("torch."),
         device=str(device),
         load_average=load_average(),
         peak_memory_bytes=result.peak.bytes,
@@ -266,7 +266,7 @@ def hardware_line(device, dtype) -> str:
     """'cpu (AVX2, no native bfloat16), float32, 2 torch threads': what a time in this run depends on."""
     import torch
 
-    where = f"cpu ({models.cpu_kind()})" if device.type == "cpu" else str(device)
+    where = f"cpu ({devices.cpu_kind()})" if device.type == "cpu" else str(device)
     return f"{where}, {str(dtype).removeprefix('torch.')}, {torch.get_num_threads()} torch threads"
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
-from . import adapters, data, models, threads
+from . import adapters, data, devices, models, threads
 from .config import ConfigError, RunConfig, with_overrides
 from .measure import PeakMemory, track_peak_memory
 from .models import logits_positions, response_logits_supported  # noqa: F401  (train.<name>: tests, bench)
@@ -280,7 +280,7 @@ def load_data(config: RunConfig, tokenizer):
 def training_arguments(config: RunConfig, device: torch.device, progress: bool = True):
     from transformers import TrainingArguments
 
-    dtype = str(models.pick_dtype(device, config.dtype)).removeprefix("torch.")
+    dtype = str(devices.pick_dtype(device, config.dtype)).removeprefix("torch.")
     on_gpu = device.type == "cuda"
     kwargs = dict(
         output_dir=config.output_dir,
@@ -414,7 +414,7 @@ def train(
         trainer.train(resume_from_checkpoint=checkpoint)
     wall = time.perf_counter() - start
     if nan_guard.bad is not None:
-        dtype = str(models.pick_dtype(device, config.dtype)).removeprefix("torch.")
+        dtype = str(devices.pick_dtype(device, config.dtype)).removeprefix("torch.")
         raise NonFiniteLossError(nan_guard.message(config, dtype))
     return TrainResult(
         model=trainer.model,
