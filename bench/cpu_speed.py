@@ -33,7 +33,7 @@ CELL = r"""
 import json, sys, time, tempfile
 import torch
 from transformers import TrainerCallback
-from peftlab import config as C, models, train
+from peftlab import config as C, devices, models, train
 
 dtype, threads, steps, loss, onednn = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
 torch.backends.mkldnn.enabled = onednn == "on"
@@ -63,7 +63,7 @@ Trainer.__init__ = _with_clock
 result = train.train(cfg, progress=False)
 print(json.dumps({"threads_at_start": result.thread_changes[0][1] if result.thread_changes else threads,
                   "threads_at_end": torch.get_num_threads(), "thread_changes": result.thread_changes,"dtype_ran": models.pick_dtype(torch.device("cpu"), dtype).__repr__().removeprefix("torch."),
-                  "cpu_kind": models.cpu_kind(), "capability": torch.backends.cpu.get_cpu_capability(),
+                  "cpu_kind": devices.cpu_kind(), "capability": torch.backends.cpu.get_cpu_capability(),
                   "step_s": times}))
 """
 
@@ -145,7 +145,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     from peftlab import record, smollm
-    from peftlab.models import AVX2_ONLY_ENV
+    from peftlab.devices import AVX2_ONLY_ENV
 
     smollm.ensure_smollm()
     extra = dict(item.split("=", 1) for item in args.env)

@@ -14,7 +14,7 @@ on 2 cores), chrF margin over copying the input against its CI, archaic
 share (>= 40%), estimator vs measured peak (within 15%). Conditions (threads,
 load average) go into the record, and so do the CPU's kind and the dtype 'auto' chose there:
 on a shared machine the times are upper bounds. `--simulate-avx2` runs everything with torch,
-oneDNN and MKL held to AVX2 (`models.AVX2_ONLY_ENV`), as on a CPU without AVX-512: on a CPU
+oneDNN and MKL held to AVX2 (`devices.AVX2_ONLY_ENV`), as on a CPU without AVX-512: on a CPU
 that has AVX512-BF16 or AMX it measures what most students' laptops do. `--set` changes the
 preset's fields for the demo, the notebook and the sweep alike (e.g. `--set num_train_epochs=4`).
 """
@@ -52,12 +52,12 @@ SWEEP = [
 
 def conditions() -> dict:
     import torch
-    from peftlab import models
+    from peftlab import devices, models
 
     return {"torch_threads": torch.get_num_threads(), "load_average_at_start": list(os.getloadavg()),
             "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
-            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu_kind": models.cpu_kind(),
-            "simulated_avx2": all(os.environ.get(k) == v for k, v in models.AVX2_ONLY_ENV.items()),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu_kind": devices.cpu_kind(),
+            "simulated_avx2": all(os.environ.get(k) == v for k, v in devices.AVX2_ONLY_ENV.items()),
             "dtype": str(models.pick_dtype(torch.device("cpu"), PRESET_CHANGES.get("dtype", "auto")))
             .removeprefix("torch.")}
 
@@ -148,7 +148,7 @@ def main(argv=None) -> int:
 
     from peftlab import record, smollm
     from peftlab.casestudy import estimator_error
-    from peftlab.models import AVX2_ONLY_ENV
+    from peftlab.devices import AVX2_ONLY_ENV
     from peftlab.overrides import parse_overrides
 
     if args.simulate_avx2 and any(os.environ.get(k) != v for k, v in AVX2_ONLY_ENV.items()):

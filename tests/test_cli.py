@@ -1,7 +1,7 @@
 import json
 
 import pytest
-from peftlab import models
+from peftlab import devices
 from peftlab.cli import main
 
 
@@ -34,9 +34,9 @@ def test_estimate_defaults_to_this_machine(capsys, monkeypatch):
     t4 = capsys.readouterr().out
     assert "with bfloat16" in bf16 and "without bfloat16" in t4
     # float32 on a T4, bf16 on an Ampere GPU: twice the bytes per weight. The CPU gets what it computes
-    # natively (models.resolve_dtype): bf16 with AVX512-BF16/AMX, float32 elsewhere.
+    # natively (devices.resolve_dtype): bf16 with AVX512-BF16/AMX, float32 elsewhere.
     assert _base_gib(t4) == pytest.approx(2 * _base_gib(bf16))
-    assert _base_gib(here) == (_base_gib(bf16) if models.cpu_bf16_native() else _base_gib(t4))
+    assert _base_gib(here) == (_base_gib(bf16) if devices.cpu_bf16_native() else _base_gib(t4))
 
 
 @pytest.mark.parametrize(

@@ -10,11 +10,11 @@ pytestmark = pytest.mark.gpu
 
 
 def test_auto_dtype_on_gpu():
-    from peftlab.models import pick_device, pick_dtype
+    from peftlab.devices import pick_device, pick_dtype
 
     device = pick_device("auto")
     assert device.type == "cuda"
-    assert pick_dtype(device) in (torch.bfloat16, torch.float32)  # never float16: see models.gpu_dtype
+    assert pick_dtype(device) in (torch.bfloat16, torch.float32)  # never float16: see devices.gpu_dtype
 
 
 def test_qlora_on_gpu_measures_cuda_peak(tiny_dir, tmp_path):

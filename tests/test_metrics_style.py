@@ -95,7 +95,7 @@ def test_probes_run_on_the_tiny_model(tiny_model, tokenizer):
 
 
 def test_epoch_means_average_each_epoch():
-    from peftlab.train import HistoryCallback
+    from peftlab.callbacks import HistoryCallback
 
     h = HistoryCallback()
     h.train = [(1, 4.0), (2, 2.0), (3, 1.0), (4, 3.0)]

@@ -1,6 +1,6 @@
 import pytest
 import torch
-from peftlab import models, tiny
+from peftlab import devices, models, tiny
 from peftlab.config import RunConfig
 
 
@@ -29,7 +29,7 @@ def test_tiny_build_is_deterministic(tiny_dir):
 
 def test_tiny_name_loads_through_from_pretrained(tiny_dir):
     model, tokenizer = models.load(RunConfig(model_name="tiny-qwen2", device="cpu"))
-    assert model.dtype == models.pick_dtype(torch.device("cpu")) and model.device.type == "cpu"
+    assert model.dtype == devices.pick_dtype(torch.device("cpu")) and model.device.type == "cpu"
     assert type(model).__name__ == "Qwen2ForCausalLM"
 
 
@@ -44,14 +44,14 @@ def test_unavailable_model_gives_one_clear_error(name):
 
 def test_device_and_dtype_choice():
     cpu = torch.device("cpu")
-    native = models.cpu_bf16_native()
-    assert models.pick_dtype(cpu) == (torch.bfloat16 if native else torch.float32)
-    assert models.pick_dtype(cpu, "bfloat16") == torch.bfloat16
-    assert models.pick_dtype(cpu, "float32") == torch.float32
+    native = devices.cpu_bf16_native()
+    assert devices.pick_dtype(cpu) == (torch.bfloat16 if native else torch.float32)
+    assert devices.pick_dtype(cpu, "bfloat16") == torch.bfloat16
+    assert devices.pick_dtype(cpu, "float32") == torch.float32
     if not torch.cuda.is_available():
-        assert models.pick_device("auto").type in ("cpu", "mps")
+        assert devices.pick_device("auto").type in ("cpu", "mps")
         with pytest.raises(RuntimeError, match="CUDA is not available"):
-            models.pick_device("cuda")
+            devices.pick_device("cuda")
 
 
 DTYPE_RULE = [
@@ -68,7 +68,7 @@ DTYPE_RULE = [
 
 @pytest.mark.parametrize("requested,device,bf16,resolved", DTYPE_RULE)
 def test_auto_dtype_rule(requested, device, bf16, resolved):
-    assert models.resolve_dtype(requested, device, bf16) == resolved
+    assert devices.resolve_dtype(requested, device, bf16) == resolved
 
 
 X86 = {"architecture": "x86_64"}
@@ -89,7 +89,7 @@ CPU_KINDS = [
 
 @pytest.mark.parametrize("capability,features,env,system,native", CPU_KINDS)
 def test_cpu_bf16_native(capability, features, env, system, native):
-    assert models.cpu_bf16_native(features, capability, env, system) is native
+    assert devices.cpu_bf16_native(features, capability, env, system) is native
 
 
 @pytest.mark.parametrize("capability,bf16_flag,amx_flag,resolved", [
@@ -103,14 +103,14 @@ def test_cpu_preset_asks_auto_and_the_cpu_decides(monkeypatch, capability, bf16_
     from peftlab.config import preset
 
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
-    monkeypatch.setattr(models, "cpu_features",
+    monkeypatch.setattr(devices, "cpu_features",
                         lambda: {"architecture": "x86_64", "avx512_bf16": bf16_flag, "amx_bf16": amx_flag})
     monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
     monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
     cfg = preset("shakespeare-cpu")
     assert cfg.dtype == "auto"
-    assert models.run_dtypes(cfg, "cpu") == (resolved, resolved)
-    assert models.pick_dtype(torch.device("cpu"), cfg.dtype) == getattr(torch, resolved)
+    assert devices.run_dtypes(cfg, "cpu") == (resolved, resolved)
+    assert devices.pick_dtype(torch.device("cpu"), cfg.dtype) == getattr(torch, resolved)
 
 
 @pytest.mark.skipif(torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"), reason="an x86 CPU")
@@ -120,42 +120,42 @@ def test_a_cpu_held_to_avx2_trains_in_float32():
     import subprocess
     import sys
 
-    code = ("import torch; from peftlab import models, config; "
-            "print(torch.backends.cpu.get_cpu_capability(), models.run_dtypes(config.preset('shakespeare-cpu'), 'cpu'))")
+    code = ("import torch; from peftlab import config, devices; "
+            "print(torch.backends.cpu.get_cpu_capability(), devices.run_dtypes(config.preset('shakespeare-cpu'), 'cpu'))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env=os.environ | models.AVX2_ONLY_ENV).stdout
+                         env=os.environ | devices.AVX2_ONLY_ENV).stdout
     assert out.strip() == "AVX2 ('float32', 'float32')"
 
 
 def test_mps_never_gets_float16(monkeypatch):
-    monkeypatch.setattr(models, "mps_bf16", lambda: False)
-    assert models.resolve_dtype("auto", "mps") == "float32"
-    monkeypatch.setattr(models, "mps_bf16", lambda: True)
-    assert models.resolve_dtype("auto", "mps") == "bfloat16"
+    monkeypatch.setattr(devices, "mps_bf16", lambda: False)
+    assert devices.resolve_dtype("auto", "mps") == "float32"
+    monkeypatch.setattr(devices, "mps_bf16", lambda: True)
+    assert devices.resolve_dtype("auto", "mps") == "bfloat16"
 
 
 def test_explicit_bf16_on_an_emulating_cpu_says_the_cost_once_and_runs(monkeypatch, capsys, caplog):
     from peftlab.config import RunConfig as Config
 
-    monkeypatch.setattr(models, "cpu_bf16_native", lambda *a, **k: False)
-    monkeypatch.setattr(models, "bf16_cost", lambda *a, **k: 61.0)
+    monkeypatch.setattr(devices, "cpu_bf16_native", lambda *a, **k: False)
+    monkeypatch.setattr(devices, "bf16_cost", lambda *a, **k: 61.0)
     lines = []
     cfg = Config(model_name="tiny-qwen2", dtype="bfloat16")
-    with caplog.at_level("WARNING", logger="peftlab.models"):
+    with caplog.at_level("WARNING", logger="peftlab.devices"):
         model = models.load_model(cfg)
     lines = [r.getMessage() for r in caplog.records if "bfloat16" in r.getMessage()]
     assert len(lines) == 1
     assert "61" in lines[0] and "slower" in lines[0] and "dtype='auto'" in lines[0] and "\n" not in lines[0]
     assert next(model.parameters()).dtype == torch.bfloat16  # it runs as asked
     # Nothing to say where bf16 is native, for float32, or on a GPU.
-    assert models.warn_if_slow_dtype("float32", "cpu") is None
-    assert models.warn_if_slow_dtype("bfloat16", "cuda") is None
-    monkeypatch.setattr(models, "cpu_bf16_native", lambda *a, **k: True)
-    assert models.warn_if_slow_dtype("bfloat16", "cpu") is None
+    assert devices.warn_if_slow_dtype("float32", "cpu") is None
+    assert devices.warn_if_slow_dtype("bfloat16", "cuda") is None
+    monkeypatch.setattr(devices, "cpu_bf16_native", lambda *a, **k: True)
+    assert devices.warn_if_slow_dtype("bfloat16", "cpu") is None
 
 
 def test_bf16_cost_is_a_ratio_of_two_real_products():
-    cost = models.bf16_cost(size=64, repeats=1)
+    cost = devices.bf16_cost(size=64, repeats=1)
     assert cost > 0 and cost == cost  # finite and positive; its size depends on the CPU, not asserted
 
 
@@ -164,24 +164,24 @@ def test_records_name_the_cpu_kind():
 
     hw = hardware()
     assert hw["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
-    assert hw["cpu_bf16_native"] is models.cpu_bf16_native()
-    assert hw["cpu_kind"] == models.cpu_kind() and hw["cpu_kind"].startswith(("AVX", "DEFAULT", "Arm", "ZVECTOR", "SVE", "NEON"))
+    assert hw["cpu_bf16_native"] is devices.cpu_bf16_native()
+    assert hw["cpu_kind"] == devices.cpu_kind() and hw["cpu_kind"].startswith(("AVX", "DEFAULT", "Arm", "ZVECTOR", "SVE", "NEON"))
 
 
 def test_every_user_of_the_dtype_rule_agrees():
     from peftlab.memory import estimate
 
     qlora = RunConfig(method="qlora", compute_dtype="auto")
-    assert models.run_dtypes(qlora, "cuda", bf16_supported=True) == ("bfloat16", "bfloat16")
-    assert models.run_dtypes(RunConfig(compute_dtype="float16"), "cpu", bf16_supported=False) == ("float32", "float16")
+    assert devices.run_dtypes(qlora, "cuda", bf16_supported=True) == ("bfloat16", "bfloat16")
+    assert devices.run_dtypes(RunConfig(compute_dtype="float16"), "cpu", bf16_supported=False) == ("float32", "float16")
     # The estimator predicts for a bf16 GPU on "cuda" and, on "cpu", for what this CPU computes natively
     # (or the CPU kind it is told): 2 bytes per weight in bf16, 4 in float32.
     on_gpu = estimate("Qwen/Qwen2.5-0.5B", RunConfig(method="full"), seq_len=8, device="cuda")
     on_cpu = estimate("Qwen/Qwen2.5-0.5B", RunConfig(method="full"), seq_len=8, device="cpu", bf16=False)
     assert on_cpu.base_weights == 2 * on_gpu.base_weights == 4 * 494_032_768
     here = estimate("Qwen/Qwen2.5-0.5B", RunConfig(method="full"), seq_len=8, device="cpu")
-    assert here.base_weights == (2 if models.cpu_bf16_native() else 4) * 494_032_768
-    # A GPU without bf16 (T4) gets float32 from 'auto', as models.gpu_dtype loads it there.
+    assert here.base_weights == (2 if devices.cpu_bf16_native() else 4) * 494_032_768
+    # A GPU without bf16 (T4) gets float32 from 'auto', as devices.gpu_dtype loads it there.
     on_t4 = estimate("Qwen/Qwen2.5-0.5B", RunConfig(method="full"), seq_len=8, device="cuda", bf16=False)
     assert on_t4.base_weights == on_cpu.base_weights and on_t4.runtime == 0
 

@@ -27,7 +27,7 @@ FACTS = [
     # Which dtype a CPU gets: one 576x576 @ 576x1536 product on one thread.
     ("with the CPU's own kernels, {} ms in float32 and {} ms in bfloat16", "cpu_speed_avx2",
      [("matmul.0.float32_ms", ".1f"), ("matmul.0.bfloat16_ms", ".1f")]),
-    ("held to AVX2 (`models.AVX2_ONLY_ENV`), {} ms in float32 and {} ms in bfloat16, {} times slower", "cpu_speed_avx2",
+    ("held to AVX2 (`devices.AVX2_ONLY_ENV`), {} ms in float32 and {} ms in bfloat16, {} times slower", "cpu_speed_avx2",
      [("matmul.1.float32_ms", ".1f"), ("matmul.1.bfloat16_ms", ".0f"), ("matmul.1.bf16_over_fp32", ".0f")]),
     ("the first `make demo` held to AVX2 took {} s", "smollm_avx2", [("demo.wall_s", ".0f")]),
     ("beat copying the input by +{} +- {} chrF with {}% archaic outputs", "smollm_avx2",

@@ -52,3 +52,61 @@ def test_a_slow_git_keeps_the_commit(monkeypatch):
     monkeypatch.setattr(record.subprocess, "run", slow)
     commit = record.git_commit()
     assert commit is not None and commit.endswith("-unknown-state") and len(commit.split("-")[0]) == 40
+
+
+# ------------------------------------------------------------ a notebook's run record
+NOTEBOOK_RUN_KEYS = {"created", "config", "versions", "git_commit", "hardware", "kind", "preset", "wall_s",
+                     "load_average_start", "load_average_end", "torch_threads"}
+
+
+@pytest.fixture
+def run_config(tmp_path):
+    from peftlab.config import RunConfig
+
+    return RunConfig(model_name="tiny-qwen2", output_dir=str(tmp_path / "run"))
+
+
+def test_a_notebook_run_records_its_wall_time_and_the_notebooks_results(run_config, capsys):
+    import json
+    import time
+
+    run = record.open_run(run_config, kind="session09", preset="shakespeare-tiny")
+    time.sleep(0.05)
+    summary = run.close(scores={"a": 1.0}, rows=[1, 2])
+    assert set(summary) == NOTEBOOK_RUN_KEYS | {"scores", "rows"}
+    assert summary["kind"] == "session09" and summary["preset"] == "shakespeare-tiny"
+    assert summary["wall_s"] >= 0.05 and summary["config"]["output_dir"] == run_config.output_dir
+    assert summary["load_average_start"] is None or len(summary["load_average_start"]) == 3
+    path = Path(run_config.output_dir) / "record.json"
+    assert run.path == path and json.loads(path.read_text()) == json.loads(json.dumps(summary, default=str))
+    printed = capsys.readouterr().out
+    assert f"run record: {path}" in printed and "notebook wall time 0.0 min" in printed
+
+
+def test_a_notebook_run_writes_atomically(run_config, monkeypatch):
+    """A write that fails before its rename leaves the record that was there whole."""
+    from peftlab import files
+
+    path = Path(run_config.output_dir) / "record.json"
+    path.parent.mkdir(parents=True)
+    path.write_text('{"kind": "earlier"}')
+
+    def fail(*args):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(files.os, "replace", fail)
+    with pytest.raises(OSError, match="disk full"):
+        record.open_run(run_config, kind="session09").close(scores={})
+    monkeypatch.undo()
+    assert record.read_record(path) == {"kind": "earlier"}
+
+
+def test_a_notebook_run_is_closed_once_and_keeps_its_own_fields(run_config, tmp_path):
+    run = record.open_run(run_config, kind="session09")
+    with pytest.raises(record.RecordError, match="wall_s"):
+        run.close(wall_s=1.0)  # refused before anything is written: the run can still be closed
+    first = run.close(path=tmp_path / "elsewhere.json", scores={})
+    assert run.path == tmp_path / "elsewhere.json" and first["preset"] is None
+    with pytest.raises(record.RecordError, match="already written"):
+        run.close(scores={})
+    assert record.read_record(tmp_path / "elsewhere.json")["scores"] == {}

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from conftest import run_session_notebook
-from peftlab import models, smollm
+from peftlab import devices, smollm
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "sessions" / "02_peft_lora" / "session02_lora.ipynb"
 
@@ -50,13 +50,13 @@ def test_session02_headless_on_tiny_model(tiny_dir, tmp_path):
 # 62% archaic). CI's machines are of both kinds and its budget is 90 minutes for everything, so on the
 # slow kind this test waits for PEFTLAB_FULL_CASE_STUDY=1; there `.ci/colab` still runs Session 2 on
 # SmolLM2 for 2 steps, and `bench/smollm.py` measures the quality with the numbers it records.
-FULL_CASE_STUDY = models.cpu_bf16_native() or os.environ.get("PEFTLAB_FULL_CASE_STUDY") == "1"
+FULL_CASE_STUDY = devices.cpu_bf16_native() or os.environ.get("PEFTLAB_FULL_CASE_STUDY") == "1"
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not smollm.is_available(), reason=f"needs {smollm.INSTALL} (make venv installs it)")
 @pytest.mark.skipif(not FULL_CASE_STUDY, reason=(
-    f"the full case study takes about 18 min on this CPU ({models.cpu_kind()}): set PEFTLAB_FULL_CASE_STUDY=1 "
+    f"the full case study takes about 18 min on this CPU ({devices.cpu_kind()}): set PEFTLAB_FULL_CASE_STUDY=1 "
     "to run it here, or measure it with bench/smollm.py"))
 def test_session02_on_smollm_learns_the_style(tmp_path):
     out = tmp_path / "run"

@@ -4,9 +4,9 @@ Modules in layers: each imports only from its own layer and the layers above
 it, and nothing imports in a circle (tests/test_imports.py reads the imports):
 
 1. overrides, config, files, data, checks, lowrank, plots, style   typed settings from text, run settings, package files, datasets, the exercise checker, plots, the style lexicon
-2. tiny, smollm, models, generation, metrics, record, threads  base models, generation, scores, run records, CPU threads
+2. devices, tiny, smollm, models, generation, metrics, record, threads  the device and dtype rule, base models, generation, scores, run records, CPU threads
 3. adapters, memory, measure                            PEFT methods on a model; memory estimated, then measured (per weight format too)
-4. train, inference, runtime                            training; serving speed and merging; what preset 'auto' picks
+4. callbacks, train, inference, runtime                 training's callbacks, training; serving speed and merging; what preset 'auto' picks
 5. methods, multitask, casestudy                        the sessions' experiments
 6. cli, colab, notebooks, grader                        entry points: the command line, Colab, notebooks, grading
 """

@@ -252,7 +252,8 @@ def merge_qlora(config: RunConfig, adapter_dir: str | Path, dtype: torch.dtype |
     Exercise 4 measures all three.
     """
     from .config import with_overrides
-    from .models import load_model, pick_device, run_dtypes
+    from .devices import pick_device, run_dtypes
+    from .models import load_model
 
     device = pick_device(config.device)
     if dtype is None:

@@ -1,6 +1,10 @@
 """The Shakespearean LoRA case study, end to end: what `make demo` runs.
 
-evaluate (before) -> train -> evaluate (after) -> save adapter, plot, record.
+prepare -> evaluate (before) -> estimate_step -> fine_tune -> measure_step ->
+evaluate (after) -> compare -> save adapter, plot, record.
+
+`run` is those steps in order; Session 2's notebook calls the same steps with its
+teaching in between, so a step changes in one place for both.
 
 Every quality number is read against the copy-the-input baseline: modern and
 Shakespearean sentences share most words, so echoing the input already scores
@@ -11,14 +15,14 @@ outputs use archaic forms (`metrics.style_share`).
 
 from __future__ import annotations
 
-import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from . import adapters, data, measure, memory, metrics, models, threads, train
+from . import adapters, data, devices, measure, memory, metrics, models, threads, train
 from .config import RunConfig
 from .plots import plot_loss
-from .record import make_record, write_record
+from .record import load_average, make_record, write_record
 
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
 
@@ -61,35 +65,82 @@ def evaluate(model, tokenizer, eval_ds, eval_rows, config: RunConfig, progress: 
             "general_text_perplexity": general_ppl}
 
 
+@dataclass
+class Prepared:
+    """What the case study works on: the tokenizer, the base model on its device, and the tokenized data."""
+
+    tokenizer: object
+    model: object
+    device: object  # torch.device
+    train_ds: object
+    train_stats: data.DataStats
+    eval_ds: object
+    eval_stats: data.DataStats
+    eval_rows: list
+
+
+def prepare(config: RunConfig, tokenizer=None, log=print) -> Prepared:
+    """Load the tokenizer (unless given), the base model and the train and held-out sets, saying where the
+    run computes (device, dtype, threads) and what the data holds."""
+    tokenizer = tokenizer if tokenizer is not None else models.load_tokenizer(config.model_name)
+    model = models.load_model(config)
+    device = next(model.parameters()).device
+    log(f"running on     {hardware_line(device, devices.pick_dtype(device, config.dtype))}")
+    train_ds, train_stats, eval_ds, eval_stats, eval_rows = train.load_data(config, tokenizer)
+    log(f"train data: {train_stats.summary()}")
+    log(f"held-out data: {eval_stats.summary()}")
+    return Prepared(tokenizer, model, device, train_ds, train_stats, eval_ds, eval_stats, eval_rows)
+
+
+def heaviest_batch(case: Prepared, config: RunConfig) -> dict:
+    """The training batch with the most tokens (the longest rows), where a training step's memory peaks."""
+    return data.longest_batch(case.train_ds, case.tokenizer, config.per_device_train_batch_size)
+
+
+def estimate_step(config: RunConfig, batch: dict, device) -> memory.MemoryEstimate:
+    """The estimator's tensors for one training step on `batch` (no runtime overhead: what `measure_step`
+    measures), from the model's shapes alone, so it can be asked before training."""
+    b, seq_len = batch["input_ids"].shape  # (B, T)
+    return memory.estimate(config.model_name, config, seq_len=seq_len, batch_size=b, device=device.type,
+                           runtime_bytes=0)
+
+
+def fine_tune(config: RunConfig, case: Prepared, progress: bool = True) -> train.TrainResult:
+    """Train the adapter on the prepared model and data (`train.train`)."""
+    return train.train(config, progress=progress, model=case.model, tokenizer=case.tokenizer)
+
+
+def measure_step(result: train.TrainResult, batch: dict) -> measure.StepPeak:
+    """One forward and backward pass of the trained model on `batch`, its tensor peak measured."""
+    return measure.measure_training_step(result.model, batch, result.trainer.optimizer)
+
+
+def compare(before: dict, after: dict, eval_rows: list) -> list[dict]:
+    """The quality table of the base and trained models' generations, read against copying the input."""
+    return metrics.quality_table({"base": before["generations"], "trained": after["generations"]}, eval_rows)
+
+
 def run(config: RunConfig, progress: bool = True, n_samples: int = 3, log=print) -> dict:
     """Run the case study for `config` and return its record (also written to disk)."""
     start = time.perf_counter()
     log(f"PEFT Lab case study\n{config}")
-    tokenizer = models.load_tokenizer(config.model_name)
-    model = models.load_model(config)
-    device = next(model.parameters()).device
-    log(f"running on     {hardware_line(device, models.pick_dtype(device, config.dtype))}")
-    train_ds, train_stats, eval_ds, eval_stats, eval_rows = train.load_data(config, tokenizer)
-    log(f"train data: {train_stats.summary()}")
-    log(f"held-out data: {eval_stats.summary()}")
+    case = prepare(config, log=log)
+    device, eval_rows = case.device, case.eval_rows
 
     log("evaluating the base model ...")
     t = time.perf_counter()
-    before = evaluate(model, tokenizer, eval_ds, eval_rows, config, progress, log)
+    before = evaluate(case.model, case.tokenizer, case.eval_ds, eval_rows, config, progress, log)
     eval_s = time.perf_counter() - t
-    result = train.train(config, progress=progress, model=model, tokenizer=tokenizer)
+    heaviest = heaviest_batch(case, config)
+    estimate = estimate_step(config, heaviest, device)
+    result = fine_tune(config, case, progress)
     config = result.config  # the settings training really used
     counts = adapters.count_parameters(result.model)
     log("measuring one training step's tensor memory on the longest batch ...")
-    step = measure.measure_training_step(
-        result.model, data.longest_batch(train_ds, tokenizer, config.per_device_train_batch_size),
-        result.trainer.optimizer)
-    b, seq_len = step.batch_shape
-    estimate = memory.estimate(config.model_name, config, seq_len=seq_len, batch_size=b, device=device.type,
-                               runtime_bytes=0)
+    step = measure_step(result, heaviest)
     log("evaluating the fine-tuned model ...")
-    after = evaluate(result.model, tokenizer, eval_ds, eval_rows, config, progress, log)
-    quality = metrics.quality_table({"base": before["generations"], "trained": after["generations"]}, eval_rows)
+    after = evaluate(result.model, case.tokenizer, case.eval_ds, eval_rows, config, progress, log)
+    quality = compare(before, after, eval_rows)
 
     out = Path(config.output_dir)
     adapter_dir = out / "adapter"
@@ -108,9 +159,9 @@ def run(config: RunConfig, progress: bool = True, n_samples: int = 3, log=print)
         tokens_per_s=result.tokens_per_s,
         torch_threads=__import__("torch").get_num_threads(),
         thread_changes=result.thread_changes,
-        dtype=str(models.pick_dtype(device, config.dtype)).removeprefix("torch."),
+        dtype=str(devices.pick_dtype(device, config.dtype)).removeprefix("torch."),
         device=str(device),
-        load_average=list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        load_average=load_average(),
         peak_memory_bytes=result.peak.bytes,
         peak_memory_source=result.peak.source,
         step_peak_bytes=step.bytes,
@@ -118,7 +169,7 @@ def run(config: RunConfig, progress: bool = True, n_samples: int = 3, log=print)
         step_batch_shape=list(step.batch_shape),
         estimated_peak_bytes=estimate.total,
         params={"trainable": counts.trainable, "total": counts.total, "percent": counts.percent},
-        data={"train": vars(result.train_stats) | {"lengths": None}, "eval": vars(eval_stats) | {"lengths": None}},
+        data={"train": vars(result.train_stats) | {"lengths": None}, "eval": vars(case.eval_stats) | {"lengths": None}},
         steps=result.trainer.state.global_step,
         history={"train": result.history.train, "eval": result.history.eval},
         epoch_mean_loss=result.history.epoch_means(),
@@ -215,7 +266,7 @@ def hardware_line(device, dtype) -> str:
     """'cpu (AVX2, no native bfloat16), float32, 2 torch threads': what a time in this run depends on."""
     import torch
 
-    where = f"cpu ({models.cpu_kind()})" if device.type == "cpu" else str(device)
+    where = f"cpu ({devices.cpu_kind()})" if device.type == "cpu" else str(device)
     return f"{where}, {str(dtype).removeprefix('torch.')}, {torch.get_num_threads()} torch threads"
 
 

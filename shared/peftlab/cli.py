@@ -73,17 +73,17 @@ def cmd_params(args) -> int:
 def cmd_estimate(args) -> int:
     import torch
 
-    from . import models
+    from . import devices
     from .memory import estimate
 
     config = _config(args)
-    device, bf16 = args.device, None  # None: the dtype rule asks this machine (models.resolve_dtype)
+    device, bf16 = args.device, None  # None: the dtype rule asks this machine (devices.resolve_dtype)
     if device == "auto":  # this machine: its GPU if it has one (and whether that GPU has bf16), else the CPU
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        bf16 = models.bf16_native() if device == "cuda" else None
+        bf16 = devices.bf16_native() if device == "cuda" else None
     elif device == "cuda-no-bf16":
         device, bf16 = "cuda", False
-    where = {"cpu": f"this CPU process (resident memory; {models.cpu_kind()})",
+    where = {"cpu": f"this CPU process (resident memory; {devices.cpu_kind()})",
              "cuda": f"a CUDA GPU {'without' if bf16 is False else 'with'} bfloat16 (max_memory_allocated)"}[device]
     est = estimate(config.model_name, config, seq_len=args.seq_len, device=device, bf16=bf16)
     print(f"{config.model_name} {config.method} quantization={config.quantization} "
@@ -98,7 +98,7 @@ def cmd_build_tiny(args) -> int:
 
     import torch
 
-    from .models import cpu_kind
+    from .devices import cpu_kind
     from .tiny import ensure_tiny_model, tiny_model_dir
 
     built = args.force or not (tiny_model_dir() / "config.json").is_file()

@@ -169,10 +169,10 @@ def copy_example_data(dest: str | Path = ".") -> list[Path]:
 
 
 def gpu_report() -> str:
-    """One line on the GPU: name, memory, and the dtype the course picks on it (see models.pick_dtype)."""
+    """One line on the GPU: name, memory, and the dtype the course picks on it (see devices.pick_dtype)."""
     import torch
 
-    from .models import pick_dtype
+    from .devices import pick_dtype
 
     if not torch.cuda.is_available():
         return ("No GPU: the sessions train SmolLM2-135M-Instruct on the CPU and the exercises the course's tiny "
@@ -262,7 +262,7 @@ def setup(before: dict[str, str] | None = None, dest: str | Path = ".", runtime=
 
 # ---------------------------------------------------- T4 fit of every notebook
 # Each notebook's GPU parameters, set for a T4 (no bfloat16, so dtype 'auto' means float32; see
-# models.pick_dtype): the sessions' rows come from the one table of GPU recipes, runtime.T4_RECIPES,
+# devices.pick_dtype): the sessions' rows come from the one table of GPU recipes, runtime.T4_RECIPES,
 # which their preset='auto' applies by itself; the exercises' as their parameters cells document them. The test
 # `tests/test_colab.py` predicts each one's peak with peftlab.memory and requires < T4_BUDGET_GIB.
 T4_PARAMETERS: dict[str, dict] = {

@@ -51,7 +51,7 @@ class RunConfig:
     dtype: str = _help(
         "Weight dtype: 'auto' picks bfloat16 wherever the hardware computes it natively (Ampere+ GPUs, "
         "CPUs with AVX512-BF16/AMX or Arm BF16, MPS on macOS 14+) and float32 everywhere else, never "
-        "float16 (Qwen2.5 overflows it); see models.resolve_dtype.",
+        "float16 (Qwen2.5 overflows it); see devices.resolve_dtype.",
         "auto",
     )
     # --- method -------------------------------------------------------------

@@ -251,14 +251,14 @@ def format_run(model_name: str, fmt: str, device: str = "cpu", batch_size: int =
     """
     import torch
 
-    from . import models
+    from . import devices, models
     from .generation import InferenceError, prompt_ids, timed_generate
 
     if fmt not in FORMATS:
         raise InferenceError(f"format {fmt!r}: choose one of {', '.join(FORMATS)}.")
     dtype = "float32" if fmt == "float32" else "bfloat16"
     config = RunConfig(model_name=model_name, device=device, dtype=dtype, compute_dtype=dtype)
-    dev = models.pick_device(device)
+    dev = devices.pick_device(device)
     tokenizer = models.load_tokenizer(model_name)
     ids = prompt_ids(tokenizer, batch_size, prompt_tokens)
     before = resident_bytes() if dev.type == "cpu" else torch.cuda.memory_allocated(dev)
@@ -293,7 +293,7 @@ def bitsandbytes_runs(device: str = "cpu") -> tuple[bool, str]:
 
     import torch
 
-    from .models import pick_device
+    from .devices import pick_device
 
     if importlib.util.find_spec("bitsandbytes") is None:
         return False, "bitsandbytes is not installed (pip install bitsandbytes)"

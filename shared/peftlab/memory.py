@@ -201,14 +201,15 @@ def estimate(
 ) -> MemoryEstimate:
     """Peak training memory of `config` on `model_name` (no weights are loaded).
 
-    `device` only sets defaults: the dtype for dtype='auto' (`models.resolve_dtype`:
+    `device` only sets defaults: the dtype for dtype='auto' (`devices.resolve_dtype`:
     on cuda bf16 unless `bf16` is False, as on a T4, where it is float32; on cpu and
     mps what this machine computes natively unless `bf16` says otherwise) and the runtime overhead (CUDA context is outside
     max_memory_allocated; a CPU process's resident peak includes Python and
     the libraries, about 0.45 GiB).
     """
     from .adapters import lora_counts_on_meta
-    from .models import meta_model, model_config, run_dtypes
+    from .devices import run_dtypes
+    from .models import meta_model, model_config
 
     cfg = model_config(model_name)
     b = batch_size or config.per_device_train_batch_size

@@ -1,11 +1,15 @@
 """One JSON record per run: config, versions, git commit, hardware, time, memory, metrics.
 
 Tables in the README and the benchmarks are built from these files, never typed in.
+A session notebook opens its record at the top (`open_run`: start time, load
+average) and closes it in its last cell with its own results (`NotebookRun.close`:
+wall time, load average at the end, written atomically).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import platform
 import subprocess
 import time
@@ -85,7 +89,7 @@ def git_commit() -> str | None:
 def hardware() -> dict:
     """Where a run ran. The CPU's kind is part of every number: torch emulates bfloat16 50-80x slower
     on a CPU without AVX512-BF16/AMX (or Arm BF16), so a time means nothing without it."""
-    from .models import cpu_bf16_native, cpu_kind
+    from .devices import cpu_bf16_native, cpu_kind
 
     info = {
         "platform": platform.platform(),
@@ -142,3 +146,63 @@ def write_record(record: dict, path: str | Path) -> Path:
 
 def read_record(path: str | Path) -> dict:
     return json.loads(Path(path).read_text())
+
+
+def load_average() -> list[float] | None:
+    """The 1, 5 and 15 minute load averages (None where the system has none, as on Windows)."""
+    return list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+
+
+class RecordError(RuntimeError):
+    """A notebook's run record was used out of order: closed twice, or given a field it fills itself."""
+
+
+class NotebookRun:
+    """A session notebook's run record, opened in its first cell and closed in its last.
+
+    Opening notes the start time and the load average: on a shared machine every time a notebook reports is
+    an upper bound, and the record says how shared it was. Closing adds the wall time, the load average at
+    the end and torch's thread count (at the end: `threads.fit` may change it during the run), then writes
+    `<config.output_dir>/record.json` atomically and prints where, with the wall-time line.
+    """
+
+    # The fields a notebook run's record always has, filled here rather than by the notebook.
+    OWN_FIELDS = ("kind", "preset", "wall_s", "load_average_start", "load_average_end", "torch_threads")
+
+    def __init__(self, config: RunConfig, kind: str, preset: str | None = None):
+        self.config, self.kind, self.preset = config, kind, preset
+        self.start = time.perf_counter()
+        self.load_average_start = load_average()
+        self.path: Path | None = None  # set when closed
+
+    def close(self, path: str | Path | None = None, **results) -> dict:
+        """Write the record with the notebook's `results` (to `path`, by default the config's output_dir) and
+        return it. A second close raises RecordError: the first record stands."""
+        if self.path is not None:
+            raise RecordError(f"this {self.kind} run's record was already written to {self.path}; "
+                              "open a new one (record.open_run) to record another run.")
+        taken = sorted(set(results) & set(self.OWN_FIELDS))
+        if taken:
+            raise RecordError(f"{', '.join(taken)}: filled by the run record itself; give the notebook's "
+                              "results under other names.")
+        wall = time.perf_counter() - self.start
+        end = load_average()
+        summary = make_record(self.config, kind=self.kind, preset=self.preset, wall_s=wall,
+                              load_average_start=self.load_average_start, load_average_end=end,
+                              torch_threads=torch.get_num_threads(), **results)
+        self.path = write_record(summary, path or Path(self.config.output_dir) / "record.json")
+        print("run record:", self.path)
+        print(f"notebook wall time {wall / 60:.1f} min; {_load_line(self.load_average_start, end)}, "
+              f"on {os.cpu_count()} cores")
+        return summary
+
+
+def _load_line(start: list[float] | None, end: list[float] | None) -> str:
+    if start is None or end is None:
+        return "load average not available here"
+    return f"load average {start[0]:.1f} at start, {end[0]:.1f} now"
+
+
+def open_run(config: RunConfig, kind: str, preset: str | None = None) -> NotebookRun:
+    """Start a notebook's run record now; close it with the notebook's results at the end."""
+    return NotebookRun(config, kind, preset)

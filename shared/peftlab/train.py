@@ -1,10 +1,12 @@
-"""Fine-tuning with `transformers.Trainer`, plus the callbacks the course needs.
+"""Fine-tuning with `transformers.Trainer`, plus what the course adds to it.
 
 Trainer brings progress bars, checkpoint resume and accelerate-backed
 multi-process training (DDP, FSDP, DeepSpeed via `accelerate launch`; on CPU,
 `torchrun --nproc_per_node 2` with gloo). This module adds what Trainer lacks:
-a record of loss, tokens/s and peak memory, and the per-step call that makes
-AdaLoRA actually reallocate its ranks.
+a record of loss, tokens/s and peak memory (`TrainResult`), and a loss that
+computes only the logits it needs (`CourseTrainer`). The callbacks it attaches
+(loss history, the NaN stop, AdaLoRA's per-step reallocation) are in
+`peftlab.callbacks`.
 """
 
 from __future__ import annotations
@@ -18,9 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import TrainerCallback
 
-from . import adapters, data, models, threads
+from . import adapters, data, devices, models, threads
+from .callbacks import AdaLoraCallback, HistoryCallback, NonFiniteLossError, StopOnNonFiniteLoss
 from .config import ConfigError, RunConfig, with_overrides
 from .measure import PeakMemory, track_peak_memory
 from .models import logits_positions, response_logits_supported  # noqa: F401  (train.<name>: tests, bench)
@@ -50,89 +52,6 @@ def total_optimizer_steps(config: RunConfig, n_examples: int, n_processes: int |
     batches = math.ceil(n_examples / (config.per_device_train_batch_size * n_processes))
     per_epoch = max(1, math.ceil(batches / config.gradient_accumulation_steps))
     return max(1, math.ceil(per_epoch * config.num_train_epochs))
-
-
-class AdaLoraCallback(TrainerCallback):
-    """Call `update_and_allocate` after every optimizer step, before grads are zeroed.
-
-    Without it AdaLoRA never prunes and silently trains like plain LoRA with
-    rank init_r. Trainer's `on_optimizer_step` fires exactly there.
-    """
-
-    def __init__(self, model):
-        self.model = model
-        self.calls = 0
-
-    def on_optimizer_step(self, args, state, control, **kwargs):
-        peft_model = getattr(self.model, "module", self.model)  # unwrap DDP
-        peft_model.base_model.update_and_allocate(state.global_step)
-        self.calls += 1
-
-
-class HistoryCallback(TrainerCallback):
-    """Keep every logged loss (train and eval) with its step, for plots and records."""
-
-    def __init__(self):
-        self.train: list[tuple[int, float]] = []
-        self.train_epoch: list[float] = []  # fractional epoch of each entry of `train`
-        self.eval: list[tuple[int, float, float]] = []  # (step, epoch, eval loss)
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        logs = logs or {}
-        if "loss" in logs:
-            self.train.append((state.global_step, float(logs["loss"])))
-            self.train_epoch.append(float(state.epoch or 0))
-        if "eval_loss" in logs:
-            self.eval.append((state.global_step, float(state.epoch or 0), float(logs["eval_loss"])))
-
-    def epoch_means(self) -> list[tuple[int, float]]:
-        """(epoch, mean logged training loss) per epoch, 1-based.
-
-        One logged loss covers a few batches and is noisy; the mean over a whole
-        epoch is the training loss to quote (its exp is the training perplexity).
-        """
-        sums: dict[int, list[float]] = {}
-        for epoch, (_, loss) in zip(self.train_epoch, self.train):
-            sums.setdefault(max(1, math.ceil(epoch - 1e-9)), []).append(loss)
-        return [(e, sum(v) / len(v)) for e, v in sorted(sums.items())]
-
-
-class NonFiniteLossError(RuntimeError):
-    """Training stopped because the loss became NaN or infinite."""
-
-
-class StopOnNonFiniteLoss(TrainerCallback):
-    """Stop training at the first logged loss that is NaN or inf, instead of saving a garbage adapter.
-
-    Trainer averages the loss over `logging_steps` steps, and a NaN or inf in
-    any of them makes the average non-finite, so the stop comes at the first
-    log after it (every step with the course's logging_steps=1). It needs
-    `logging_nan_inf_filter=False`, which `training_arguments` sets: Trainer's
-    default replaces such losses in its logs by the window's average.
-    """
-
-    def __init__(self):
-        self.bad: tuple[int, float] | None = None  # (global step, loss) of the first non-finite loss
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        loss = (logs or {}).get("loss")
-        if loss is not None and not math.isfinite(float(loss)) and self.bad is None:
-            self.bad = (state.global_step, float(loss))
-            control.should_training_stop = True
-
-    def message(self, config: RunConfig, dtype: str) -> str:
-        step, loss = self.bad
-        in_fp16 = dtype == "float16" or (config.quantization != "none" and config.compute_dtype == "float16")
-        hint = (
-            "float16 overflows in Qwen2/2.5 (activations beyond 65504): use dtype='float32', or method='qlora' "
-            "with compute_dtype='float32' to fit memory, or a GPU with bfloat16"
-            if in_fp16
-            else f"lower learning_rate (now {config.learning_rate}) or check the data"
-        )
-        return (
-            f"training stopped at step {step}: the loss is {loss}, not a finite number, so the weights are "
-            f"no longer usable; do not save or resume from this run's checkpoints. Likely fix: {hint}."
-        )
 
 
 # Below this many shared tokens the second forward call costs more than it saves.
@@ -280,7 +199,7 @@ def load_data(config: RunConfig, tokenizer):
 def training_arguments(config: RunConfig, device: torch.device, progress: bool = True):
     from transformers import TrainingArguments
 
-    dtype = str(models.pick_dtype(device, config.dtype)).removeprefix("torch.")
+    dtype = str(devices.pick_dtype(device, config.dtype)).removeprefix("torch.")
     on_gpu = device.type == "cuda"
     kwargs = dict(
         output_dir=config.output_dir,
@@ -414,7 +333,7 @@ def train(
         trainer.train(resume_from_checkpoint=checkpoint)
     wall = time.perf_counter() - start
     if nan_guard.bad is not None:
-        dtype = str(models.pick_dtype(device, config.dtype)).removeprefix("torch.")
+        dtype = str(devices.pick_dtype(device, config.dtype)).removeprefix("torch.")
         raise NonFiniteLossError(nan_guard.message(config, dtype))
     return TrainResult(
         model=trainer.model,
