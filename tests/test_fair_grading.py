@@ -90,8 +90,7 @@ WRONG_ANSWERS = [
     Wrong("03_target_modules", "per_module", "no alpha_pattern",
           'alpha_pattern={"q_proj": 32},', ""),
     Wrong("03_target_modules", "dict_targets", "reports the intended ranks",
-          'LoraConfig(r=4, target_modules={"q_proj": 16, "v_proj": 2})',
-          'LoraConfig(r=4, target_modules=["q_proj", "v_proj"], rank_pattern={"q_proj": 16, "v_proj": 2})'),
+          "LoraConfig(r=4, target_modules=ranks)", "LoraConfig(r=4, target_modules=list(ranks), rank_pattern=ranks)"),
     # 04: 4-bit loading, memory prediction, measurement, merge
     Wrong("04_qlora_memory", "load_4bit", "no double quantization",
           "bnb_4bit_use_double_quant=True", "bnb_4bit_use_double_quant=False"),
