@@ -17,6 +17,8 @@ reads the shared results. Static checks keep test cells free of state that other
 from __future__ import annotations
 
 import ast
+import functools
+import json
 import os
 import re
 import symtable
@@ -90,8 +92,7 @@ WRONG_ANSWERS = [
     Wrong("03_target_modules", "per_module", "no alpha_pattern",
           'alpha_pattern={"q_proj": 32},', ""),
     Wrong("03_target_modules", "dict_targets", "reports the intended ranks",
-          'LoraConfig(r=4, target_modules={"q_proj": 16, "v_proj": 2})',
-          'LoraConfig(r=4, target_modules=["q_proj", "v_proj"], rank_pattern={"q_proj": 16, "v_proj": 2})'),
+          "LoraConfig(r=4, target_modules=ranks)", "LoraConfig(r=4, target_modules=list(ranks), rank_pattern=ranks)"),
     # 04: 4-bit loading, memory prediction, measurement, merge
     Wrong("04_qlora_memory", "load_4bit", "no double quantization",
           "bnb_4bit_use_double_quant=True", "bnb_4bit_use_double_quant=False"),
@@ -468,21 +469,23 @@ def _catch_all():
     raise AssertionError("no load_validate cell")
 
 
-def _replayer(root):
-    """A blank exercise 05 whose kernel lies about every test and answers every probe with the values that a
+def _replayer(assignment: str, root):
+    """A blank `assignment` whose kernel lies about every test and answers every probe with the values that a
     classmate's seed (the gate's first) asked for: what a leaking feedback would have given away. Graded under
-    its own seed, as in a class, it must score 0."""
-    import json
+    its own seed, as in a class, it must score 0.
 
+    It is also the best a guesser can do: a probe whose value does not depend on the seed (a setting, a truth,
+    a table the release prints) is answered here with exactly the value it expects, so any such probe shows up
+    as points. (`functools.partial(_replayer, assignment)` is the notebook: it needs the gate's cache.)"""
+    from peftlab.grader import probes
     from peftlab.grader.assignment import Assignment
 
-    ready = Assignment(root, "05_custom_dataset", root / "grading" / "work")
+    ready = Assignment(root, assignment, root / "grading" / "work")
     seed = ready.gate_seeds(1)[0]
-    cache = json.loads((root / "grading" / "work" / "probes" / "05_custom_dataset-expected.json").read_text())
+    cache = json.loads((root / "grading" / "work" / "probes" / f"{assignment}-expected.json").read_text())
     leaked = {gid: json.loads(text)["value"] for gid, text in cache["expected"][str(seed)].items()}
-    names = {"test_load_good": "load_good", "test_load_bad": "load_bad", "test_chat_mask": "chat_mask",
-             "test_trained_on_file": "trained_on_file"}
-    return _with_code(_blank("05_custom_dataset"),
+    names = {gid: p.name for gid, p in probes.load(probes.probe_file(root, assignment)).items()}
+    return _with_code(_blank(assignment),
                       SUPPRESS + ANSWER_PROBES.format(guesses=repr({names[g]: v for g, v in leaked.items()})))
 
 
@@ -490,10 +493,15 @@ ATTACKS = {  # key: (assignment, notebook, autograded points its real answers de
     "attack-05-guessing-blank": ("05_custom_dataset", _guessing_blank("05_custom_dataset", GUESSES_05), 0),
     "attack-02-guessing-blank": ("02_rank_alpha_sweep", _guessing_blank("02_rank_alpha_sweep", GUESSES_02), 0),
     "attack-05-catch-all-error": ("05_custom_dataset", _catch_all(), 7),
-    "own-seed-attack-05-replayer": ("05_custom_dataset", _replayer, 0),
+    "own-seed-attack-05-replayer": ("05_custom_dataset", functools.partial(_replayer, "05_custom_dataset"), 0),
     # The control: the same replayer graded under the seed whose payloads it holds earns everything, so the
     # zero above is the per-submission seed's doing, not a replay that failed to run.
-    "leaked-seed-attack-05-replayer": ("05_custom_dataset", _replayer, 10),
+    "leaked-seed-attack-05-replayer": ("05_custom_dataset", functools.partial(_replayer, "05_custom_dataset"), 10),
+    # Exercises 01, 03, 06 and 08: one lying replayer each, which stands for a guessing blank as well (a constant,
+    # a truth or a value read off the release is replayed exactly). 03's earned 8 of 10 points before its probes
+    # drew inputs; 06's load_two and 08's given ranking were the same at every seed too.
+    **{f"own-seed-attack-{a[:2]}-replayer": (a, functools.partial(_replayer, a), 0)
+       for a in ("01_lora_from_scratch", "03_target_modules", "06_adapters", "08_custom_metric")},
 }
 
 

@@ -30,11 +30,19 @@ def _last(logits):
 
 @probe("test_load_two", compare=LOGITS)
 def load_two_logits(seed):
+    """Each adapter's logits on the notebook's prompts and on drawn token ids: on the prompts alone the logits
+    are the same at every seed, and a lying kernel could send a classmate's."""
+    import torch
+
     fresh = load_two()  # noqa: F821
     out = {"adapters": sorted(fresh.peft_config), "active": str(fresh.active_adapter), "training": bool(fresh.training)}
+    g = torch.Generator().manual_seed(seed % 2**31)
+    ids = torch.randint(0, fresh.config.vocab_size, (2, 3 + seed % 9), generator=g)
     for name in ("shakespeare", "pirate"):
         fresh.set_adapter(name)
-        out[name] = _last(logits_of(fresh))  # noqa: F821
+        with torch.no_grad():
+            drawn = fresh(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+        out[name] = {"prompts": _last(logits_of(fresh)), "drawn": _last(drawn)}  # noqa: F821
     return out
 
 

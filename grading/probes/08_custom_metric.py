@@ -80,8 +80,19 @@ def rankings(seed):
 
 @probe("test_given_ranking", compare=close(rtol=1e-9))
 def given_ranking(seed):
+    """The five given systems, then a drawn three to five of them under drawn names. The given ranking alone is
+    the same at every seed: a lying kernel could send it, worked out from the course's metric, without the
+    student's code. The systems' scores never tie, so the drawn rows rank as the given ones do."""
+    import random
+
     from peftlab import checks, metrics
 
+    rng = random.Random(seed + 3)
+    systems = rng.sample(sorted(ADAPTER_OUTPUTS), rng.randint(3, len(ADAPTER_OUTPUTS)))  # noqa: F821
+    drawn = {f"{name}-{rng.randint(10, 99)}": ADAPTER_OUTPUTS[name] for name in systems}  # noqa: F821
+    out = []
     with checks.standing_in(globals(), markers=metrics.archaic_forms):  # as test_given_ranking is graded
-        ranked = rank_adapters(ADAPTER_OUTPUTS, marker_rate)  # noqa: F821
-    return [[row["rank"], row["adapter"], float(row["score"])] for row in ranked]
+        for outputs in (ADAPTER_OUTPUTS, drawn):  # noqa: F821
+            ranked = rank_adapters(outputs, marker_rate)  # noqa: F821
+            out.append([[row["rank"], row["adapter"], float(row["score"])] for row in ranked])
+    return out
