@@ -1,6 +1,6 @@
 """Grading throughput: plain nbgrader against peftlab-grade with one worker and with N, on this machine.
 
-    python bench/grading.py [--assignment 05_custom_dataset] [--n 8] [--workers N]
+    python bench/grading.py [--assignment 05_custom_dataset] [--n 8] [--workers N] [--cluster]
 
 Builds a class of `n` submissions of one assignment (alternately the solution
 filled into the student notebook and the untouched notebook) and grades it
@@ -11,8 +11,10 @@ the sandbox on when bubblewrap is installed. The class's set-up (the scratch
 course, the fork server's imports, the solution's run through the probes) is
 timed apart: it is paid once per class. Prints submissions per minute,
 the ratios against the targets (one worker within 1.25x plain's time, N
-workers at least 1.6x plain's throughput), whether the two peftlab-grade CSVs
-are identical, where the time of one submission goes (worker start, checks,
+workers at least 1.6x plain's throughput), with `--cluster` a fourth run on a
+Dask cluster of N processes here (`--cluster local:N`: target within 1.2x the
+fork server's N workers, the engine's overhead per submission), whether the
+peftlab-grade CSVs are identical, where the time of one submission goes (worker start, checks,
 kernel start, the notebook's cells, canaries, probes, kernel stop, nbgrader's
 own work, feedback), the cores other work kept busy just before, and the load
 average before and after: numbers measured while others share the machine say so. Writes runs/bench/grading.json.
@@ -89,6 +91,9 @@ def main(argv=None) -> int:
     parser.add_argument("--n", type=int, default=8, help="submissions in the class")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--out", default="runs/bench/grading.json")
+    parser.add_argument("--cluster", action="store_true",
+                        help="also grade the class on a Dask cluster of --workers processes on this machine "
+                             "(--cluster local:N), against the fork server's parallel run (target: within 1.2x)")
     args = parser.parse_args(argv)
 
     from peftlab import record
@@ -105,9 +110,11 @@ def main(argv=None) -> int:
         plain_seconds = plain_nbgrader(root, args.assignment, tmp / "class", tmp, Settings().cell_timeout)
         runs = {"plain": {"workers": 1, "seconds": round(plain_seconds, 2),
                           "per_minute": round(60 * args.n / plain_seconds, 2), "statuses": [], "csv": ""}}
-        for label, workers in (("sequential", 1), ("parallel", args.workers)):
+        labels = [("sequential", 1), ("parallel", args.workers)] + ([("dask", args.workers)] if args.cluster else [])
+        for label, workers in labels:
             settings = Settings(workers=workers)
-            batch = Batch(root, args.assignment, tmp / f"work-{label}", settings, log=lambda *a: None)
+            batch = Batch(root, args.assignment, tmp / f"work-{label}", settings, log=lambda *a: None,
+                          cluster=f"local:{workers}" if label == "dask" else "")
             start = time.perf_counter()
             # Once per class, not per submission: the scratch course and gradebook, the fork server's
             # imports, the solution run through the probes (cached for reruns of the class).
@@ -122,7 +129,7 @@ def main(argv=None) -> int:
                            "profile": profile(results, seconds, workers),
                            "csv": batch.csv_path.read_text()}
         load_after = os.getloadavg()
-        same = runs["sequential"]["csv"] == runs["parallel"]["csv"]
+        same = runs["sequential"]["csv"] == runs["parallel"]["csv"] == runs.get("dask", runs["parallel"])["csv"]
         ratio = runs["sequential"]["seconds"] / runs["parallel"]["seconds"]
         one_vs_plain = runs["sequential"]["seconds"] / plain_seconds  # target <= 1.25
         all_vs_plain = plain_seconds / runs["parallel"]["seconds"]  # throughput, target >= 1.6
@@ -132,7 +139,8 @@ def main(argv=None) -> int:
     hw = record.hardware()
     print(f"grading {args.n} submissions of {args.assignment} on {os.cpu_count()} cores "
           f"({'bubblewrap sandbox' if sandbox.bwrap_path() else 'NO sandbox'}):")
-    names = {"plain": "plain nbgrader", "sequential": "peftlab-grade", "parallel": "peftlab-grade"}
+    names = {"plain": "plain nbgrader", "sequential": "peftlab-grade", "parallel": "peftlab-grade",
+             "dask": "  on Dask"}
     for label, r in runs.items():
         setup = f" (+ {r['setup_seconds']:.1f} s once per class)" if "setup_seconds" in r else ""
         print(f"  {names[label]:<15} {r['workers']} worker(s): {r['seconds']:7.1f} s, "
@@ -142,6 +150,13 @@ def main(argv=None) -> int:
     print(f"  {args.workers} workers vs plain nbgrader: {all_vs_plain:.2f}x the throughput (target >= 1.6: "
           f"{'met' if all_vs_plain >= 1.6 else 'NOT met'})")
     print(f"  speed-up of {args.workers} workers over 1: {ratio:.2f}x; grades identical: {same}")
+    dask_ratio = None
+    if "dask" in runs:  # the cluster's start (processes, imports, fork servers) is in its time: paid once a class
+        dask_ratio = runs["dask"]["seconds"] / runs["parallel"]["seconds"]
+        overhead = (runs["dask"]["seconds"] - runs["parallel"]["seconds"]) / args.n
+        print(f"  Dask local:{args.workers} vs the fork server, {args.workers} workers: {dask_ratio:.2f}x the time "
+              f"(target <= 1.2: {'met' if dask_ratio <= 1.2 else 'NOT met'}); the engine's overhead "
+              f"{overhead:+.2f} s per submission, the cluster's start included")
     print("  where one submission's time goes (seconds, mean; 1 worker; worker_start includes recording):")
     for step, sec in runs["sequential"]["profile"].items():
         print(f"    {step:<15} {sec:7.2f}")
@@ -153,6 +168,7 @@ def main(argv=None) -> int:
     rec = {"assignment": args.assignment, "n": args.n, "hardware": hw, "versions": record.versions(),
            "ratio": round(ratio, 3), "identical": same, "one_worker_vs_plain_time": round(one_vs_plain, 3),
            "all_workers_vs_plain_throughput": round(all_vs_plain, 3),
+           "dask_vs_fork_server_time": dask_ratio and round(dask_ratio, 3),
            "load_average": {"before": load_before, "after": load_after, "shared": shared},
            "busy_cores_before": busy,
            "runs": {k: {kk: vv for kk, vv in v.items() if kk != "csv"} for k, v in runs.items()}}

@@ -54,7 +54,8 @@ def tiny_model(tiny_dir):
 # process, the mutation gate took about 22 minutes and the whole case study on SmolLM2 more than 20; the
 # rest of the order follows how much each file grades or trains. It changes the wall time, never a result.
 LONGEST_FIRST = (
-    "test_session02.py", "test_fair_grading.py", "test_grading.py", "test_inference.py", "test_exercises.py",
+    "test_session02.py", "test_fair_grading.py", "test_grading.py", "test_grading_cluster.py", "test_inference.py",
+    "test_exercises.py",
     "test_train.py", "test_session03.py", "test_methods.py", "test_sandbox_bounds.py", "test_colab.py",
 )
 

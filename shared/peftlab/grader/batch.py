@@ -1,6 +1,8 @@
 """Grade a class's submissions: import, sandboxed parallel autograding, feedback, CSV.
 
     peftlab-grade ASSIGNMENT SUBMISSIONS... [--workers N] [--work grading/work]
+    peftlab-grade ASSIGNMENT SUBMISSIONS... --cluster local:N | --scheduler tcp://HOST:8786    (Dask: `cluster`)
+    peftlab-grade ASSIGNMENT SUBMISSIONS... --shard i/N, then peftlab-grade merge ASSIGNMENT   (`shards`)
     python -m peftlab.grader ASSIGNMENT SUBMISSIONS...          (the same)
 
 SUBMISSIONS are folders or zip files of notebooks named by student
