@@ -257,6 +257,21 @@ def test_shards_killed_rerun_and_merged_twice_give_the_same_csv(course, submissi
         assert list((work / "feedback" / ASSIGNMENT / student).glob("*.html")), student
 
 
+@pytest.mark.parametrize("spec", ["local", "local:0", "local:x", "tcp://head:8786", "2"])
+def test_a_wrong_cluster_is_refused_before_any_set_up(course, tmp_path, spec):
+    with pytest.raises(GradingError, match="expected local:N"):
+        Batch(course, ASSIGNMENT, tmp_path / "work", _settings(1), cluster=spec)
+    assert not (tmp_path / "work").exists()
+
+
+def test_merge_without_shards_says_what_to_do(course, tmp_path, capsys, monkeypatch):
+    from peftlab.grader.batch import main
+
+    monkeypatch.chdir(course)
+    assert main(["merge", ASSIGNMENT, "--work", str(tmp_path / "work")]) == 2
+    assert "grade with --shard i/N first" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("spec", ["0/3", "4/3", "3", "a/b", ""])
 def test_a_wrong_shard_is_refused_clearly(spec):
     with pytest.raises(GradingError, match="expected i/N"):

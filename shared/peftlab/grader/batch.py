@@ -88,6 +88,15 @@ def copy_out(src: Path, dest: Path, limit: int) -> bool:
     return True
 
 
+def local_workers(spec: str) -> int:
+    """'local:N' (--cluster) -> N; '' -> 0."""
+    kind, _, n = spec.partition(":")
+    if spec and (kind != "local" or not n.isdigit() or int(n) < 1):
+        raise GradingError(f"--cluster {spec!r}: expected local:N, N worker processes on this machine (local:2); "
+                           "for a cluster elsewhere, --scheduler tcp://HOST:8786")
+    return int(n) if spec else 0
+
+
 @dataclass
 class Batch:
     root: Path
@@ -104,6 +113,8 @@ class Batch:
     shard: tuple[int, int] | None = None  # (i, N): grade only slice i of N (`shards`); `work` is the shard's
 
     def __post_init__(self):
+        if self.cluster:
+            local_workers(self.cluster)  # a wrong spec is said now, not after the class's set-up
         self.ready = Assignment(self.root, self.assignment, self.work, self.settings, log=self.log)
         self.root, self.work = self.ready.root, self.ready.work
         self.source, self.notebook = self.ready.source, self.ready.notebook
@@ -300,7 +311,7 @@ class Batch:
 
         self._stop_workers()  # this machine's fork server is not used
         jobs = ((sub, self._job(sub, 0, inputs)) for sub in todo)
-        with DaskGrading(self.cluster, self.scheduler, log=self.log) as engine:
+        with DaskGrading(local_workers(self.cluster), self.scheduler, log=self.log) as engine:
             self.placements = engine.placements
             return engine.grade(jobs, len(todo), self.template, self.probes, self.settings, self._record)
 

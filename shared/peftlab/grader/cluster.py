@@ -218,7 +218,7 @@ def _read(path: Path | None, limit: int) -> bytes | None:
     return data if len(data) <= limit else None
 
 
-def grade_task(bundle: bytes, job_json: str, notebook: bytes, head: dict[str, str]) -> dict:
+def grade_task(bundle: bytes, job_json: str, notebook: bytes) -> dict:
     """A Dask task: grade one submission on this worker; its outcome and files as plain data."""
     worker = get_worker()
     worker.log_event(STARTED, {"key": str(worker.get_current_task())})  # it ran here (`DaskGrading._failed`)
@@ -256,31 +256,23 @@ def grade_task(bundle: bytes, job_json: str, notebook: bytes, head: dict[str, st
 
 
 # ------------------------------------------------------------------ the head's side
-def parse_local(spec: str) -> int:
-    """'local:N' -> N."""
-    kind, _, n = spec.partition(":")
-    if kind != "local" or not n.isdigit() or int(n) < 1:
-        raise GradingError(f"--cluster {spec!r}: expected local:N, N worker processes on this machine (local:2)")
-    return int(n)
-
-
 class DaskGrading:
-    """The head's connection to a cluster: `local:N` starts a LocalCluster here, else `scheduler` is an address."""
+    """The head's connection to a cluster: `local` > 0 starts a LocalCluster of that many processes here, else
+    `scheduler` is a scheduler's address."""
 
-    def __init__(self, cluster: str = "", scheduler: str = "", in_flight: int = 0, log=print,
+    def __init__(self, local: int = 0, scheduler: str = "", in_flight: int = 0, log=print,
                  host_dir: str = "", wait_s: float = 120.0):
-        if bool(cluster) == bool(scheduler):
+        if bool(local) == bool(scheduler):
             raise GradingError("give one of --cluster local:N or --scheduler ADDRESS")
-        self.cluster_spec, self.scheduler, self.in_flight, self.log = cluster, scheduler, in_flight, log
+        self.local, self.scheduler, self.in_flight, self.log = local, scheduler, in_flight, log
         self.host_dir, self.wait_s = host_dir, wait_s
         self.cluster = self.client = None
         self.placements: dict[str, tuple[str, int]] = {}  # student -> (host, slot's user id) that graded it
 
     def __enter__(self) -> DaskGrading:
-        if self.cluster_spec:
-            n = parse_local(self.cluster_spec)
+        if self.local:
             with dask.config.set({"distributed.scheduler.allowed-failures": LOCAL_FAILURES}):
-                self.cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, memory_limit=0,
+                self.cluster = LocalCluster(n_workers=self.local, threads_per_worker=1, processes=True, memory_limit=0,
                                             dashboard_address=":0")
             self.client = Client(self.cluster)
         else:
@@ -343,7 +335,7 @@ class DaskGrading:
                 send(sub, job, key)
 
         def send(sub, job, key, base=None):
-            future = self.client.submit(grade_task, bundle, job.to_json(), Path(sub.path).read_bytes(), head,
+            future = self.client.submit(grade_task, bundle, job.to_json(), Path(sub.path).read_bytes(),
                                         key=key, resources={resource_name(head): 1}, pure=False)
             running[future.key] = (sub, job, base or key)
             queue.add(future)
