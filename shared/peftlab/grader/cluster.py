@@ -221,7 +221,7 @@ def _read(path: Path | None, limit: int) -> bytes | None:
 def grade_task(bundle: bytes, job_json: str, notebook: bytes) -> dict:
     """A Dask task: grade one submission on this worker; its outcome and files as plain data."""
     worker = get_worker()
-    worker.log_event(STARTED, {"key": str(worker.get_current_task())})  # it ran here (`DaskGrading._failed`)
+    worker.log_event(STARTED, {"key": str(worker.get_current_task())})  # it ran here (`DaskGrading._ran`)
     plugin = worker.plugins[PLUGIN]
     if plugin.refused:  # never sent here (the resource), but a refused worker must not grade if it were
         raise GradingError(f"worker refused: {plugin.refused}")
