@@ -35,6 +35,7 @@ import stat
 import sys
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -124,6 +125,8 @@ class Batch:
         self.exports: dict[str, Path] = {}
         self.placements: dict[str, tuple[str, int]] = {}  # on a cluster: student -> (host, user id) that graded it
         self._server: ForkServer | None = None
+        self._engine = None  # on a cluster: (cluster.DaskGrading, the future of its start)
+        self._engine_pool: ThreadPoolExecutor | None = None
         self._uids: UidClaim | None = None
 
     @property
@@ -150,8 +153,15 @@ class Batch:
             self._server = None
 
     def close(self) -> None:
-        """Stop the worker server and give back the user ids (`run` does it when it ends)."""
+        """Stop the worker server (or the cluster's connection) and give back the user ids (`run` does it when
+        it ends)."""
         self._stop_workers()
+        if self._engine is not None:
+            engine, opened = self._engine
+            self._engine = None
+            opened.exception()  # an open still under way ends first
+            engine.__exit__(None, None, None)
+            self._engine_pool.shutdown()
         if self._uids is not None:
             self._uids.release()
             self._uids = None
@@ -165,8 +175,19 @@ class Batch:
     def prepare(self) -> None:
         """The assignment ready to grade (`peftlab.grader.assignment`): scratch course, gradebook, model, probes."""
         self._claim_uids()  # the solution's run uses them too
-        self._workers()  # its imports overlap the set-up
+        if self.cluster or self.scheduler:
+            self._start_cluster()  # in a thread: the workers' start overlaps the set-up
+        else:
+            self._workers()  # its imports overlap the set-up
         self.ready.prepare()
+
+    def _start_cluster(self) -> None:
+        from .cluster import DaskGrading  # distributed: a heavy import, only for grading on a cluster
+
+        if self._engine is None:
+            engine = DaskGrading(local_workers(self.cluster), self.scheduler, log=self.log)
+            self._engine_pool = ThreadPoolExecutor(1, thread_name_prefix="peftlab-cluster-start")
+            self._engine = (engine, self._engine_pool.submit(engine.open, self.settings))
 
     def _job(self, sub: Submission, slot: int, sources: list[str]) -> Job:
         return self.ready.job(sub.student, sub.path, self.work / "scratch" / self.assignment / sub.student,
@@ -307,13 +328,12 @@ class Batch:
 
     def _on_cluster(self, todo: list[Submission], inputs: list[str]) -> list[tuple[Submission, Outcome]]:
         """The same grading on a Dask cluster's workers; this process still records every result."""
-        from .cluster import DaskGrading  # distributed: a heavy import, only for grading on a cluster
-
-        self._stop_workers()  # this machine's fork server is not used
+        self._start_cluster()  # started by `prepare`; again when the assignment was ready before
+        engine = self._engine[0]
+        self._engine[1].result()  # its start's error, if any, is the batch's
+        self.placements = engine.placements
         jobs = ((sub, self._job(sub, 0, inputs)) for sub in todo)
-        with DaskGrading(local_workers(self.cluster), self.scheduler, log=self.log) as engine:
-            self.placements = engine.placements
-            return engine.grade(jobs, len(todo), self.template, self.probes, self.settings, self._record)
+        return engine.grade(jobs, len(todo), self.template, self.probes, self._record)
 
     def _pool(self, todo: list[Submission], inputs: list[str]) -> list[tuple[Submission, Outcome]]:
         pending, running, results = list(todo), {}, []

@@ -267,6 +267,7 @@ class DaskGrading:
         self.local, self.scheduler, self.in_flight, self.log = local, scheduler, in_flight, log
         self.host_dir, self.wait_s = host_dir, wait_s
         self.cluster = self.client = None
+        self.head, self.slots = {}, 0
         self.placements: dict[str, tuple[str, int]] = {}  # student -> (host, slot's user id) that graded it
 
     def __enter__(self) -> DaskGrading:
@@ -312,12 +313,21 @@ class DaskGrading:
                                f"machine's ({len(found)} worker(s); see above)")
         return good
 
-    def grade(self, jobs, total: int, template: Path, probes: str, settings: Settings, record) -> list:
-        """Grade `total` `jobs` (an iterable of (sub, Job), made as they are sent) on the cluster; `record(sub, outcome, head_scratch)` records each result
-        on the head as it arrives. Returns [(sub, outcome)]."""
-        head = fingerprint()
-        slots = self.check_workers(head)
-        self.client.register_plugin(GradingPlugin(head, json.dumps(asdict(settings)), self.host_dir), name=PLUGIN)
+    def open(self, settings: Settings) -> DaskGrading:
+        """Connect (or start the local cluster), check the workers and give them their slots: the once-a-class
+        start, which the batch runs beside the assignment's set-up (`Batch.prepare`)."""
+        self.__enter__()
+        self.head = fingerprint()
+        self.slots = self.check_workers(self.head)
+        # Returns once every worker's slots (user id, warm fork server) are up.
+        self.client.register_plugin(GradingPlugin(self.head, json.dumps(asdict(settings)), self.host_dir),
+                                    name=PLUGIN)
+        return self
+
+    def grade(self, jobs, total: int, template: Path, probes: str, record) -> list:
+        """Grade `total` `jobs` (an iterable of (sub, Job), made as they are sent) on the cluster `open`ed;
+        `record(sub, outcome, head_scratch)` records each result on the head as it arrives. [(sub, outcome)]."""
+        head, slots = self.head, self.slots
         bundle = self.client.scatter(pack(template, probes), broadcast=True, hash=True)
         limit = self.in_flight or max(4, 2 * slots)
         pending, results, recorded = iter(jobs), [], set()
