@@ -446,11 +446,13 @@ def _guessing_blank(assignment: str, guesses: str):
     return _with_code(_blank(assignment), ANSWER_PROBES.format(guesses=guesses))
 
 
-# The values a solved notebook's constant probes send (settings, "the loss stayed finite", the parameters).
+# The values a solved notebook's constant probes send (settings, "the loss stayed finite", the parameters), and
+# for what a probe draws from its seed, the best guess: the notebook's own values.
 GUESSES_05 = '{"trained_on_file": {"examples": True, "finite_loss": True}}'
 GUESSES_02 = ('{"repeated_run": lambda: {"drawn run reproducible": True, "sweep row reproducible": True, '
               '"runs beating the untrained model >= 75%": True, '
-              '"learning rates of alpha=16": sorted(float(x) for x in learning_rates)}}')
+              '"learning rates of alpha=16": sorted(float(x) for x in learning_rates), '
+              '"learning rates of alpha=16, drawn sweep": sorted(float(x) for x in learning_rates)}}')
 
 
 def _catch_all():
@@ -652,10 +654,13 @@ def test_alpha_over_sqrt_r_loses_the_same_tests_at_every_seed(graded):
         assert all(points == _points(cells) for points in audit.values()), (what, audit)
 
 
-def test_a_guessed_constant_probe_answer_needs_the_kernel_test_too(graded):
-    """Exercise 02's repeated-run probe answers with truths and the notebook's own learning rates: a blank
-    notebook can send them, and the probe agrees. The test's points also need its cell to pass in the kernel."""
+def test_a_guessed_probe_answer_is_refused_by_the_probe_itself(graded):
+    """Exercise 02's repeated-run probe answers with truths and the notebook's own learning rates, which a blank
+    notebook can send; it once agreed, and only the failing test cell kept the points, which a lying kernel
+    passes (the replayer). It now also asks which learning rates the student's sweep gives the alpha=16 scheme
+    when ranks and rates are drawn from the seed: the best guess, the notebook's own rates, is refused."""
     cells, errors, _ = graded["attack-02-guessing-blank"]
     assert cells["test_sweep_consistent"][0] == 0, errors
-    assert "the grader's own check" not in errors["test_sweep_consistent"], (
-        "the guess no longer fools the probe: this test no longer shows why the kernel's verdict is needed", errors)
+    # The guess holds every key, so the probe refuses a value: the drawn sweep's rates (the rest are right).
+    assert "the grader's own check" in errors["test_sweep_consistent"], errors
+    assert "expected keys" not in errors["test_sweep_consistent"], errors
