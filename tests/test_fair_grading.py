@@ -499,11 +499,14 @@ ATTACKS = {  # key: (assignment, notebook, autograded points its real answers de
     # The control: the same replayer graded under the seed whose payloads it holds earns everything, so the
     # zero above is the per-submission seed's doing, not a replay that failed to run.
     "leaked-seed-attack-05-replayer": ("05_custom_dataset", functools.partial(_replayer, "05_custom_dataset"), 10),
-    # Exercises 01, 03, 06 and 08: one lying replayer each, which stands for a guessing blank as well (a constant,
-    # a truth or a value read off the release is replayed exactly). 03's earned 8 of 10 points before its probes
-    # drew inputs; 06's load_two and 08's given ranking were the same at every seed too.
+    # Every other exercise: one lying replayer each, which stands for a guessing blank as well (a constant, a
+    # truth or a value read off the release is replayed exactly). Before their probes drew inputs, 03's earned 8
+    # of 10 points, 02's 6 of 11 (the sweep table and the repeated run), 04's 7 of 10 (10 when its seed drew the
+    # classmate's three of four models) and 07's 5 of 11 (full fine-tuning's count, and the rerun of one of two
+    # methods); 06's load_two and 08's given ranking were the same at every seed too.
     **{f"own-seed-attack-{a[:2]}-replayer": (a, functools.partial(_replayer, a), 0)
-       for a in ("01_lora_from_scratch", "03_target_modules", "06_adapters", "08_custom_metric")},
+       for a in ("01_lora_from_scratch", "02_rank_alpha_sweep", "03_target_modules", "04_qlora_memory",
+                 "06_adapters", "07_methods", "08_custom_metric")},
 }
 
 
