@@ -446,11 +446,13 @@ def _guessing_blank(assignment: str, guesses: str):
     return _with_code(_blank(assignment), ANSWER_PROBES.format(guesses=guesses))
 
 
-# The values a solved notebook's constant probes send (settings, "the loss stayed finite", the parameters).
+# The values a solved notebook's constant probes send (settings, "the loss stayed finite", the parameters), and
+# for what a probe draws from its seed, the best guess: the notebook's own values.
 GUESSES_05 = '{"trained_on_file": {"examples": True, "finite_loss": True}}'
 GUESSES_02 = ('{"repeated_run": lambda: {"drawn run reproducible": True, "sweep row reproducible": True, '
               '"runs beating the untrained model >= 75%": True, '
-              '"learning rates of alpha=16": sorted(float(x) for x in learning_rates)}}')
+              '"learning rates of alpha=16": sorted(float(x) for x in learning_rates), '
+              '"learning rates of alpha=16, drawn sweep": sorted(float(x) for x in learning_rates)}}')
 
 
 def _catch_all():
@@ -497,11 +499,14 @@ ATTACKS = {  # key: (assignment, notebook, autograded points its real answers de
     # The control: the same replayer graded under the seed whose payloads it holds earns everything, so the
     # zero above is the per-submission seed's doing, not a replay that failed to run.
     "leaked-seed-attack-05-replayer": ("05_custom_dataset", functools.partial(_replayer, "05_custom_dataset"), 10),
-    # Exercises 01, 03, 06 and 08: one lying replayer each, which stands for a guessing blank as well (a constant,
-    # a truth or a value read off the release is replayed exactly). 03's earned 8 of 10 points before its probes
-    # drew inputs; 06's load_two and 08's given ranking were the same at every seed too.
+    # Every other exercise: one lying replayer each, which stands for a guessing blank as well (a constant, a
+    # truth or a value read off the release is replayed exactly). Before their probes drew inputs, 03's earned 8
+    # of 10 points, 02's 6 of 11 (the sweep table and the repeated run), 04's 7 of 10 (10 when its seed drew the
+    # classmate's three of four models) and 07's 5 of 11 (full fine-tuning's count, and the rerun of one of two
+    # methods); 06's load_two and 08's given ranking were the same at every seed too.
     **{f"own-seed-attack-{a[:2]}-replayer": (a, functools.partial(_replayer, a), 0)
-       for a in ("01_lora_from_scratch", "03_target_modules", "06_adapters", "08_custom_metric")},
+       for a in ("01_lora_from_scratch", "02_rank_alpha_sweep", "03_target_modules", "04_qlora_memory",
+                 "06_adapters", "07_methods", "08_custom_metric")},
 }
 
 
@@ -652,10 +657,13 @@ def test_alpha_over_sqrt_r_loses_the_same_tests_at_every_seed(graded):
         assert all(points == _points(cells) for points in audit.values()), (what, audit)
 
 
-def test_a_guessed_constant_probe_answer_needs_the_kernel_test_too(graded):
-    """Exercise 02's repeated-run probe answers with truths and the notebook's own learning rates: a blank
-    notebook can send them, and the probe agrees. The test's points also need its cell to pass in the kernel."""
+def test_a_guessed_probe_answer_is_refused_by_the_probe_itself(graded):
+    """Exercise 02's repeated-run probe answers with truths and the notebook's own learning rates, which a blank
+    notebook can send; it once agreed, and only the failing test cell kept the points, which a lying kernel
+    passes (the replayer). It now also asks which learning rates the student's sweep gives the alpha=16 scheme
+    when ranks and rates are drawn from the seed: the best guess, the notebook's own rates, is refused."""
     cells, errors, _ = graded["attack-02-guessing-blank"]
     assert cells["test_sweep_consistent"][0] == 0, errors
-    assert "the grader's own check" not in errors["test_sweep_consistent"], (
-        "the guess no longer fools the probe: this test no longer shows why the kernel's verdict is needed", errors)
+    # The guess holds every key, so the probe refuses a value: the drawn sweep's rates (the rest are right).
+    assert "the grader's own check" in errors["test_sweep_consistent"], errors
+    assert "expected keys" not in errors["test_sweep_consistent"], errors
