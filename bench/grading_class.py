@@ -7,7 +7,9 @@ Builds classes of the grading fixture (tests/fixtures/course, the assignment
 grades each with `peftlab-grade --scheduler` against a Dask scheduler and
 `--workers` Dask worker processes started here, each in a process of its own:
 the head (the batch), the scheduler and the workers. Prints per class size the
-wall time, the time per submission, the head's peak resident memory (its own
+wall time, the part of it the head spent running the solution through the
+probes for every submission's seed (before any grading), the time per
+submission, the head's peak resident memory (its own
 `ru_maxrss`) and the scheduler's (sampled every 0.2 s). The head's must stay
 flat as the class grows: it holds a bounded number of tasks in flight and
 releases each result once recorded. Records the CPU and the load average.
@@ -35,11 +37,18 @@ import json, resource, sys, time
 from pathlib import Path
 from peftlab.grader.batch import Batch
 from peftlab.grader.settings import GRADING_PARAMETERS, Settings
+from peftlab.grader.assignment import Assignment
 course, work, folder, address = sys.argv[1:5]
 settings = Settings(workers=1, cell_timeout=60, wall_timeout=300, parameters={**GRADING_PARAMETERS, "factor": 2})
+expect, spent = Assignment.expect, [0.0]
+def timed(self, seeds):  # the solution's runs through the probes, on the head, for every seed of the class
+    t = time.perf_counter()
+    expect(self, seeds)
+    spent[0] += time.perf_counter() - t
+Assignment.expect = timed
 start = time.perf_counter()
 results = Batch(Path(course), "90_fixture", Path(work), settings, log=lambda *a: None, scheduler=address).run([folder])
-print(json.dumps({"seconds": time.perf_counter() - start, "graded": len(results),
+print(json.dumps({"seconds": time.perf_counter() - start, "expect_seconds": spent[0], "graded": len(results),
                   "statuses": sorted({o.status for _, o in results}),
                   "head_peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
@@ -132,10 +141,13 @@ def main(argv=None) -> int:
     hw = record.hardware()
     print(f"the grading fixture on Dask, {args.workers} worker process(es) here, {os.cpu_count()} cores "
           f"({hw.get('cpu_kind', '?')}):")
-    print(f"  {'class':>6} {'wall s':>8} {'s/sub':>7} {'head peak MiB':>14} {'scheduler peak MiB':>19}  statuses")
+    print(f"  {'class':>6} {'wall s':>8} {'solution s':>11} {'s/sub':>7} {'head peak MiB':>14} "
+          f"{'scheduler peak MiB':>19}  statuses")
     for r in rows:
-        print(f"  {r['n']:>6} {r['seconds']:8.1f} {r['seconds_per_submission']:7.3f} {r['head_peak_mib']:14.1f} "
-              f"{r['scheduler_peak_mib']:19.1f}  {', '.join(r['statuses'])}")
+        print(f"  {r['n']:>6} {r['seconds']:8.1f} {r['expect_seconds']:11.1f} {r['seconds_per_submission']:7.3f} "
+              f"{r['head_peak_mib']:14.1f} {r['scheduler_peak_mib']:19.1f}  {', '.join(r['statuses'])}")
+    print("  (solution s: the head's runs of the solution through the probes, for every submission's seed, "
+          "before grading starts; in the wall time)")
     load_after = os.getloadavg()
     print(f"  load average {load_before[0]:.2f} before, {load_after[0]:.2f} after")
     out = Path(args.out)

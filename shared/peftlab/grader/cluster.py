@@ -168,7 +168,7 @@ class GradingPlugin(WorkerPlugin):
     async def setup(self, worker):
         self.refused = differences(fingerprint(), self.head)
         if self.refused:
-            worker_log(f"peftlab grading: worker {worker.address} refused: {self.refused}")
+            worker_log(f"peftlab-grade: worker {worker.address} refused: {self.refused}")
             return
         settings = self._settings()
         self.root = Path(self.host_dir or os.environ.get("PEFTLAB_GRADER_HOST_DIR")
