@@ -165,7 +165,8 @@ def main(argv=None) -> int:
           f"{load_before[0]:.2f} before, {load_after[0]:.2f} after"
           + (": MEASURED WHILE OTHERS SHARED THE MACHINE" if shared else " (the machine was idle before)"))
     out = Path(args.out)
-    rec = {"assignment": args.assignment, "n": args.n, "hardware": hw, "versions": record.versions(),
+    rec = {"commit": record.git_commit(), "assignment": args.assignment, "n": args.n, "hardware": hw,
+           "versions": record.versions(),
            "ratio": round(ratio, 3), "identical": same, "one_worker_vs_plain_time": round(one_vs_plain, 3),
            "all_workers_vs_plain_throughput": round(all_vs_plain, 3),
            "dask_vs_fork_server_time": dask_ratio and round(dask_ratio, 3),

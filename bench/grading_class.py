@@ -153,7 +153,7 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"workers": args.workers, "rows": rows, "hardware": hw, "versions": record.versions(),
-                               "git_commit": record.git_commit(),
+                               "commit": record.git_commit(),
                                "load_average": {"before": load_before, "after": load_after}}, indent=2))
     return 0
 

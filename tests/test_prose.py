@@ -73,6 +73,19 @@ FACTS = [
 ]
 
 
+# The same for grading/README.md.
+GRADING_FACTS = [
+    ("16 submissions of exercise 05 took {} s with the fork server's 2 workers and {} s on `--cluster local:2`",
+     "grading_dask_shared", [("runs.parallel.seconds", ".1f"), ("runs.dask.seconds", ".1f")]),
+    ("({}x the time; the target is at most 1.2x)", "grading_dask_shared", [("dask_vs_fork_server_time", ".2f")]),
+    ("load average {} before and {} after", "grading_dask_shared",
+     [("load_average.before.0", ".1f"), ("load_average.after.0", ".1f")]),
+    ("one submission took {} s of one worker", "grading_dask_shared",
+     [(lambda r: r["runs"]["sequential"]["seconds"] / r["n"], ".1f")]),
+]
+DOCS = {"README.md": FACTS, "grading/README.md": GRADING_FACTS}
+
+
 def field(record: dict, path):
     """`path` is a dotted path through mappings and lists ("demo.record.quality.2.chrF gain"), or a function."""
     if callable(path):
@@ -93,25 +106,27 @@ def _text(path: Path) -> str:
     return re.sub(r"\s+", " ", path.read_text())
 
 
-@pytest.mark.parametrize("phrase,record,fields", FACTS, ids=[f"{r}:{p[:40]}" for p, r, _ in FACTS])
-def test_readme_numbers_are_their_records(phrase, record, fields):
+@pytest.mark.parametrize("doc,phrase,record,fields", [(d, *f) for d, facts in DOCS.items() for f in facts],
+                         ids=[f"{d}:{r}:{p[:40]}" for d, facts in DOCS.items() for p, r, _ in facts])
+def test_readme_numbers_are_their_records(doc, phrase, record, fields):
     rec = json.loads((RECORDS / f"{record}.json").read_text())
     want = render(phrase, rec, fields)
-    readme = _text(ROOT / "README.md")
+    readme = _text(ROOT / doc)
     if want not in readme:
         pattern = re.escape(phrase).replace(r"\{\}", r"([-+\d.,]+)")
         found = re.search(pattern, readme)
-        pytest.fail(f"README.md should say {want!r} (bench/records/{record}.json) but "
+        pytest.fail(f"{doc} should say {want!r} (bench/records/{record}.json) but "
                     + (f"says {found.group(0)!r}" if found else "the phrase is gone: update FACTS in tests/test_prose.py"))
-    assert f"bench/records/{record}.json" in readme, f"README.md states {want!r} without citing its record"
+    assert f"bench/records/{record}.json" in readme, f"{doc} states {want!r} without citing its record"
 
 
-def test_every_record_the_readme_cites_is_committed_and_names_its_machine():
-    cited = sorted(set(re.findall(r"bench/records/([\w.-]+)\.json", (ROOT / "README.md").read_text())))
-    assert cited, "README.md cites no record: this test reads the wrong file"
+@pytest.mark.parametrize("doc", DOCS)
+def test_every_record_the_readme_cites_is_committed_and_names_its_machine(doc):
+    cited = sorted(set(re.findall(r"bench/records/([\w.-]+)\.json", (ROOT / doc).read_text())))
+    assert cited, f"{doc} cites no record: this test reads the wrong file"
     for name in cited:
         path = RECORDS / f"{name}.json"
-        assert path.is_file(), f"README.md cites bench/records/{name}.json, which is not in the repository"
+        assert path.is_file(), f"{doc} cites bench/records/{name}.json, which is not in the repository"
         rec = json.loads(path.read_text())
         assert rec.get("commit"), f"{path.name}: no commit: the run cannot be traced to its code"
         text = json.dumps(rec)
