@@ -257,6 +257,17 @@ def test_shards_killed_rerun_and_merged_twice_give_the_same_csv(course, submissi
         assert list((work / "feedback" / ASSIGNMENT / student).glob("*.html")), student
 
 
+def test_a_shard_with_no_student_finishes_and_merges(course, submissions, graded, tmp_path):
+    part = _part(submissions, tmp_path, ("full",))
+    work = tmp_path / "work"
+    for i in (1, 2, 3):
+        folder = shards.shard_work(course, ASSIGNMENT, work, i, 3)
+        results = Batch(course, ASSIGNMENT, folder, _settings(1), log=lambda *a: None, shard=(i, 3)).run([part])
+        assert [sub.student for sub, _ in results] == (["full"] if shards.slice_of("full", 3) == i else [])
+    shards.merge(course, ASSIGNMENT, work, log=lambda *a: None)
+    assert _csv(work / f"{ASSIGNMENT}-grades.csv") == _reference(graded, ("full",))
+
+
 @pytest.mark.parametrize("spec", ["local", "local:0", "local:x", "tcp://head:8786", "2"])
 def test_a_wrong_cluster_is_refused_before_any_set_up(course, tmp_path, spec):
     with pytest.raises(GradingError, match="expected local:N"):

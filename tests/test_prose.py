@@ -83,6 +83,15 @@ GRADING_FACTS = [
     ("one submission took {} s of one worker", "grading_dask_shared",
      [(lambda r: r["runs"]["sequential"]["seconds"] / r["n"], ".1f")]),
 ]
+GRADING_FACTS += [
+    ("100 submissions took {} s and 1,000 took {} s, {} s each with two slots", "grading_class_dask",
+     [("rows.0.seconds", ".1f"), ("rows.1.seconds", ".1f"), ("rows.1.seconds_per_submission", ".2f")]),
+    ("The head's peak memory was {} MiB for 100 and {} MiB for 1,000, and the scheduler's {} MiB and {} MiB",
+     "grading_class_dask", [("rows.0.head_peak_mib", ".1f"), ("rows.1.head_peak_mib", ".1f"),
+                            ("rows.0.scheduler_peak_mib", ".1f"), ("rows.1.scheduler_peak_mib", ".1f")]),
+    ("It was {} s of the 1,000-submission run", "grading_class_dask", [("rows.1.expect_seconds", ".1f")]),
+    ("spent {} s on its whole once-per-class set-up", "grading_dask_shared", [("runs.parallel.setup_seconds", ".1f")]),
+]
 DOCS = {"README.md": FACTS, "grading/README.md": GRADING_FACTS}
 
 

@@ -73,6 +73,11 @@ def shard_work(root: Path, assignment: str, work: Path, i: int, n: int) -> Path:
     return folder
 
 
+def _done(folder: Path) -> bool:
+    """A shard that finished: its gradebook, or (a slice with no student) its intake report alone."""
+    return (folder / "gradebook.db").is_file() or any(folder.glob("*-intake.csv"))
+
+
 def shard_folders(work: Path) -> list[Path]:
     """The shard folders of `work`, all of one N and all N present, in order; else a GradingError that says
     which are missing."""
@@ -87,7 +92,7 @@ def shard_folders(work: Path) -> list[Path]:
         raise GradingError(f"{Path(work) / 'shards'} holds shards of several splits ({', '.join(f'N={n}' for n in sorted(found))}); "
                            "remove the folders of the split not wanted")
     (n, by_index), = found.items()
-    missing = [f"{i}/{n}" for i in range(1, n + 1) if i not in by_index or not (by_index[i] / "gradebook.db").is_file()]
+    missing = [f"{i}/{n}" for i in range(1, n + 1) if i not in by_index or not _done(by_index[i])]
     if missing:
         raise GradingError(f"shard(s) {', '.join(missing)} have not graded yet (no gradebook in "
                            f"{Path(work) / 'shards'}/i-of-{n}); run them, then merge")
@@ -121,7 +126,7 @@ def merge(root: Path, assignment: str, work: Path, log=print, **exports) -> Path
         course_mod.generate(template, assignment, db_folder=work)
     merged = 0
     for folder in folders:
-        for entry in _students(folder, assignment):
+        for entry in _students(folder, assignment) if (folder / "gradebook.db").is_file() else []:
             st = entry["status"]
             student = st["student"]
             out = Outcome(student=student, status=st["status"], reason=st["reason"], notes=json.loads(st["notes"]),
