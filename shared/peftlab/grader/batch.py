@@ -23,6 +23,10 @@ run again resumes: finished students are kept (matched by the submission's
 SHA-256), the rest are graded, nothing is counted twice. Feedback (HTML, hidden
 tests' code removed) lands in `WORK/feedback/ASSIGNMENT/`, grades in
 `WORK/ASSIGNMENT-grades.csv`.
+
+Its size (about 500 lines) is the head's: intake, set-up, the fork server's
+pool, the hand-over to a Dask cluster, recording and the command line. Each
+step it calls lives in a module of its own (`__init__`'s table).
 """
 
 from __future__ import annotations
