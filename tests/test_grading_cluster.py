@@ -246,6 +246,8 @@ def test_shards_killed_rerun_and_merged_twice_give_the_same_csv(course, submissi
         time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGKILL)  # killed once it recorded a student, then run again below
     proc.wait()
+    with pytest.raises(GradingError, match=f"shard\\(s\\) .*{killed}/3.* stopped midway"):  # a partial gradebook
+        shards.merge(course, ASSIGNMENT, work, log=lambda *a: None)
     for i, folder in folders.items():
         Batch(course, ASSIGNMENT, folder, _settings(1), log=lambda *a: None, shard=(i, 3)).run([part])
         assert set(_csv(folder / f"{ASSIGNMENT}-grades.csv")) == set(slices[i])

@@ -211,11 +211,13 @@ class Batch:
         found = import_submissions(sources, self.notebook, self.work / "staging" / self.assignment, self.settings,
                                    assignment=self.assignment, roster=self.roster, id_regex=self.id_regex)
         if self.shard:
+            shards.started(self.work)
             found = [f for f in found if shards.mine(f, *self.shard)]
             if not any(not f.rejected for f in found):
                 self.log(f"{self.assignment}: shard {self.shard[0]}/{self.shard[1]} has no student of this class")
                 self.found = found
                 write_intake(self.intake_path, found)
+                shards.finished(self.work, 0)
                 return []
         subs = self._intake(found)
         if self.template is None:
@@ -246,6 +248,8 @@ class Batch:
         write_intake(self.intake_path, self.found, statuses=final_statuses(self.work, self.assignment))
         self.exports = export_all(self.work, self.assignment, self.canvas_column, self.roster,
                                    self.moodle_worksheet)
+        if self.shard:
+            shards.finished(self.work, len(subs))
         return results
 
     @property

@@ -127,9 +127,14 @@ def pack(template: Path, probes: str) -> bytes:
     return buffer.getvalue()
 
 
-def unpack(bundle: bytes, into: Path) -> Path:
-    """`bundle` unpacked under `into`/DIGEST once per host (a lock; later calls find it done); that folder."""
-    folder = into / hashlib.sha256(bundle).hexdigest()[:16]
+def digest(bundle: bytes) -> str:
+    return hashlib.sha256(bundle).hexdigest()[:16]
+
+
+def unpack(bundle: bytes, into: Path, name: str) -> Path:
+    """`bundle` (whose `digest` is `name`, computed once by the head) unpacked under `into`/`name` once per host
+    (a lock; later calls find it done); that folder."""
+    folder = into / name
     if (folder / ".done").is_file():
         return folder
     into.mkdir(parents=True, exist_ok=True)
@@ -218,7 +223,7 @@ def _read(path: Path | None, limit: int) -> bytes | None:
     return data if len(data) <= limit else None
 
 
-def grade_task(bundle: bytes, job_json: str, notebook: bytes) -> dict:
+def grade_task(bundle: bytes, name: str, job_json: str, notebook: bytes) -> dict:
     """A Dask task: grade one submission on this worker; its outcome and files as plain data."""
     worker = get_worker()
     worker.log_event(STARTED, {"key": str(worker.get_current_task())})  # it ran here (`DaskGrading._ran`)
@@ -227,7 +232,7 @@ def grade_task(bundle: bytes, job_json: str, notebook: bytes) -> dict:
         raise GradingError(f"worker refused: {plugin.refused}")
     started = time.perf_counter()
     job = Job.from_json(job_json)
-    folder = unpack(bundle, plugin.root / "assignments")
+    folder = unpack(bundle, plugin.root / "assignments", name)
     slot = plugin.take()
     try:
         scratch = plugin.root / "scratch" / job.assignment / f"{job.student}-{slot.uid_base}"
@@ -328,7 +333,8 @@ class DaskGrading:
         """Grade `total` `jobs` (an iterable of (sub, Job), made as they are sent) on the cluster `open`ed;
         `record(sub, outcome, head_scratch)` records each result on the head as it arrives. [(sub, outcome)]."""
         head, slots = self.head, self.slots
-        bundle = self.client.scatter(pack(template, probes), broadcast=True, hash=True)
+        packed = pack(template, probes)
+        bundle, name = self.client.scatter(packed, broadcast=True, hash=True), digest(packed)
         limit = self.in_flight or max(4, 2 * slots)
         pending, results, recorded = iter(jobs), [], set()
         queue, running, sends = as_completed(), {}, {}
@@ -345,7 +351,7 @@ class DaskGrading:
                 send(sub, job, key)
 
         def send(sub, job, key, base=None):
-            future = self.client.submit(grade_task, bundle, job.to_json(), Path(sub.path).read_bytes(),
+            future = self.client.submit(grade_task, bundle, name, job.to_json(), Path(sub.path).read_bytes(),
                                         key=key, resources={resource_name(head): 1}, pure=False)
             running[future.key] = (sub, job, base or key)
             queue.add(future)

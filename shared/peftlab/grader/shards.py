@@ -9,7 +9,9 @@ student's id, the same on every machine and in every run) is i, into its own
 grading folder, WORK/shards/i-of-N: gradebook, feedback, CSV. The files no
 student could be given are reported by shard 1 only. Every shard shares WORK's
 class secret, so a submission draws the same probe inputs whichever shard
-grades it. A shard killed midway resumes when run again, as any batch does.
+grades it. A shard killed midway resumes when run again, as any batch does;
+until a run of it ends (`FINISHED`), merge refuses it, so a partial gradebook
+is never merged as if it were the shard's whole slice.
 
 `merge` copies every shard's records into WORK's gradebook (one upsert per
 student: merging twice, or again after one shard was rerun, gives the same
@@ -73,9 +75,16 @@ def shard_work(root: Path, assignment: str, work: Path, i: int, n: int) -> Path:
     return folder
 
 
-def _done(folder: Path) -> bool:
-    """A shard that finished: its gradebook, or (a slice with no student) its intake report alone."""
-    return (folder / "gradebook.db").is_file() or any(folder.glob("*-intake.csv"))
+FINISHED = "shard-finished"  # written when a shard's run ends, removed when one starts: a killed run leaves none
+
+
+def started(folder: Path) -> None:
+    """A shard's run begins: until it ends, merge refuses the shard (its gradebook is partial)."""
+    (Path(folder) / FINISHED).unlink(missing_ok=True)
+
+
+def finished(folder: Path, students: int) -> None:
+    write_atomic(Path(folder) / FINISHED, f"{students}\n")
 
 
 def shard_folders(work: Path) -> list[Path]:
@@ -92,10 +101,10 @@ def shard_folders(work: Path) -> list[Path]:
         raise GradingError(f"{Path(work) / 'shards'} holds shards of several splits ({', '.join(f'N={n}' for n in sorted(found))}); "
                            "remove the folders of the split not wanted")
     (n, by_index), = found.items()
-    missing = [f"{i}/{n}" for i in range(1, n + 1) if i not in by_index or not _done(by_index[i])]
+    missing = [f"{i}/{n}" for i in range(1, n + 1) if i not in by_index or not (by_index[i] / FINISHED).is_file()]
     if missing:
-        raise GradingError(f"shard(s) {', '.join(missing)} have not graded yet (no gradebook in "
-                           f"{Path(work) / 'shards'}/i-of-{n}); run them, then merge")
+        raise GradingError(f"shard(s) {', '.join(missing)} have not graded yet, or were stopped midway (no "
+                           f"{FINISHED} in {Path(work) / 'shards'}/i-of-{n}); run them (again), then merge")
     return [by_index[i] for i in range(1, n + 1)]
 
 
