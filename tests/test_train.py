@@ -32,6 +32,43 @@ def test_case_study_writes_everything_and_improves(tiny_dir, tmp_path):
     losses = [loss for _, loss in record["history"]["train"]]
     assert sum(losses[-4:]) / 4 < sum(losses[:4]) / 4  # single batches are noisy: compare means
     assert "held-out ppl" in lines[-1] and "before" in lines[-1]
+    paced = [line for line in lines if line.startswith("pace")]
+    assert len(paced) == 1 and "s a step on this machine (cpu (" in paced[0], lines
+    assert record["pace"]["s_per_step"] > 0 and record["pace"]["projected_wall_s"] > 0
+
+
+class _State:
+    def __init__(self, max_steps):
+        self.global_step, self.max_steps = 0, max_steps
+
+
+def test_pace_projects_from_the_steps_after_the_first_and_warns_past_the_budget():
+    from peftlab.callbacks import Pace
+
+    times = iter([0.0, 100.0, 109.0])  # started; the ends of steps 1 (it paid the set-up) and 4
+    lines = []
+    pace = Pace(log=lines.append, after_s=40.0, budget_s=360.0, where="cpu (AVX2)")
+    pace.clock = lambda: next(times)
+    pace.started = pace.clock()
+    state = _State(max_steps=110)
+    for step in range(1, 5):
+        state.global_step = step
+        pace.on_step_end(None, state, None)
+    assert pace.s_per_step == pytest.approx(3.0)
+    # 109 s so far, 106 steps at 3 s left, 40 s of evaluation after training
+    assert pace.projected_s == pytest.approx(109 + 318 + 40)
+    assert len(lines) == 1 and "3.00 s a step on this machine (cpu (AVX2))" in lines[0]
+    assert "5.3 min of training left" in lines[0] and "the whole run about 7.8 min" in lines[0]
+    assert "more than the 6.0 min" in lines[0] and "num_train_epochs" in lines[0]
+
+    fast = Pace(log=lines.append, budget_s=360.0)
+    times = iter([0.0, 5.0, 8.0])
+    fast.clock = lambda: next(times)
+    fast.started = fast.clock()
+    for step in range(1, 5):
+        state.global_step = step
+        fast.on_step_end(None, state, None)
+    assert len(lines) == 2 and "more than" not in lines[1] and "the whole run about 1.9 min" in lines[1]
 
 
 def test_total_steps_matches_trainer(tiny_dir, tmp_path):

@@ -97,3 +97,52 @@ class StopOnNonFiniteLoss(TrainerCallback):
             f"training stopped at step {step}: the loss is {loss}, not a finite number, so the weights are "
             f"no longer usable; do not save or resume from this run's checkpoints. Likely fix: {hint}."
         )
+
+
+class Pace(TrainerCallback):
+    """Say, a few optimizer steps in, how long the rest of the run will take on this machine.
+
+    Step times differ several-fold between CPUs that all compute float32 with AVX2 (the README's
+    Performance section has three), so a run measures its own pace instead of quoting one machine's.
+    The pace is timed from the end of step `skip` to the end of step `skip + over`: the first steps
+    also pay one-off costs (thread fitting, kernel set-up). `after_s` is what the run still does
+    after training (the case study's second evaluation, timed on the first); where the projected
+    whole run exceeds `budget_s`, the line says so and how to shorten it, and the run goes on.
+    """
+
+    def __init__(self, log=print, started: float | None = None, after_s: float = 0.0,
+                 budget_s: float | None = None, where: str = "", skip: int = 1, over: int = 3):
+        import time
+
+        self.log, self.clock = log, time.perf_counter
+        self.started = self.clock() if started is None else started
+        self.after_s, self.budget_s, self.where = after_s, budget_s, where
+        self.skip, self.over = skip, over
+        self.mark: float | None = None
+        self.s_per_step: float | None = None
+        self.projected_s: float | None = None
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.skip:
+            self.mark = self.clock()
+        elif self.mark is not None and self.s_per_step is None and state.global_step == self.skip + self.over:
+            now = self.clock()
+            self.s_per_step = (now - self.mark) / self.over
+            left = max(0, state.max_steps - state.global_step) * self.s_per_step
+            self.projected_s = now - self.started + left + self.after_s
+            self.log(self.message(left, state.max_steps))
+
+    def message(self, left: float, steps: int) -> str:
+        where = f" on this machine ({self.where})" if self.where else " on this machine"
+        line = (f"pace           {self.s_per_step:.2f} s a step{where}: {steps} steps, about "
+                f"{_minutes(left)} of training left; the whole run about {_minutes(self.projected_s)}")
+        if self.budget_s is not None and self.projected_s > self.budget_s:
+            line += (f", more than the {_minutes(self.budget_s)} it is meant to take on 2 idle cores. This CPU (or "
+                     "its load) is slower than the ones the course measured (README, Performance); the run goes "
+                     "on. To shorten it, train fewer epochs (e.g. num_train_epochs=3: the README's sweep "
+                     "gives what that costs in quality), or stop other work on the machine.")
+        return line + "."
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min" if seconds >= 90 else f"{seconds:.0f} s"

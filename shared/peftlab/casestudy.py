@@ -20,11 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import adapters, data, devices, measure, memory, metrics, models, threads, train
+from .callbacks import Pace
 from .config import RunConfig
 from .plots import plot_loss
 from .record import load_average, make_record, write_record
 
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
+# `make demo` on a CPU is meant to take at most this long on 2 idle cores (README, Performance).
+DEMO_TARGET_S = 360
 
 
 def default_preset() -> str:
@@ -105,9 +108,19 @@ def estimate_step(config: RunConfig, batch: dict, device) -> memory.MemoryEstima
                            runtime_bytes=0)
 
 
-def fine_tune(config: RunConfig, case: Prepared, progress: bool = True) -> train.TrainResult:
-    """Train the adapter on the prepared model and data (`train.train`)."""
-    return train.train(config, progress=progress, model=case.model, tokenizer=case.tokenizer)
+def fine_tune(config: RunConfig, case: Prepared, progress: bool = True, callbacks: list | None = None
+              ) -> train.TrainResult:
+    """Train the adapter on the prepared model and data (`train.train`), with extra Trainer callbacks
+    (e.g. `callbacks.Pace`)."""
+    return train.train(config, progress=progress, model=case.model, tokenizer=case.tokenizer, callbacks=callbacks)
+
+
+def pace(case: Prepared, config: RunConfig, started: float, after_s: float, log=print) -> Pace:
+    """The callback that projects the run's time from its first steps; on a CPU it also holds the run
+    to `make demo`'s target (DEMO_TARGET_S), saying so where this machine will take longer."""
+    dtype = devices.pick_dtype(case.device, config.dtype)
+    budget = DEMO_TARGET_S if case.device.type == "cpu" else None
+    return Pace(log=log, started=started, after_s=after_s, budget_s=budget, where=hardware_line(case.device, dtype))
 
 
 def measure_step(result: train.TrainResult, batch: dict) -> measure.StepPeak:
@@ -133,7 +146,8 @@ def run(config: RunConfig, progress: bool = True, n_samples: int = 3, log=print)
     eval_s = time.perf_counter() - t
     heaviest = heaviest_batch(case, config)
     estimate = estimate_step(config, heaviest, device)
-    result = fine_tune(config, case, progress)
+    paced = pace(case, config, start, after_s=eval_s, log=log)
+    result = fine_tune(config, case, progress, callbacks=[paced])
     config = result.config  # the settings training really used
     counts = adapters.count_parameters(result.model)
     log("measuring one training step's tensor memory on the longest batch ...")
@@ -157,6 +171,7 @@ def run(config: RunConfig, progress: bool = True, n_samples: int = 3, log=print)
         eval_wall_s=eval_s,
         train_wall_s=result.wall_s,
         tokens_per_s=result.tokens_per_s,
+        pace={"s_per_step": paced.s_per_step, "projected_wall_s": paced.projected_s},
         torch_threads=__import__("torch").get_num_threads(),
         thread_changes=result.thread_changes,
         dtype=str(devices.pick_dtype(device, config.dtype)).removeprefix("torch."),
