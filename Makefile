@@ -80,7 +80,7 @@ bench: venv
 	$(PY) bench/memory.py
 	$(PY) bench/notebooks.py
 	$(PY) bench/grading.py
-	$(PY) bench/smollm.py
+	$(PY) bench/smollm.py --sweep
 	$(PY) bench/methods.py
 	$(PY) bench/inference.py
-	$(PY) bench/report.py
+	$(PY) bench/report.py --collect runs/bench

@@ -1,14 +1,19 @@
-"""Write the README's "Performance" section from the benchmark records under runs/bench/.
+"""Write the README's "Performance" section from the benchmark records kept in bench/records/readme/.
 
-    python bench/report.py [--bench runs/bench] [--readme README.md]
+    python bench/report.py [--collect runs/bench] [--bench bench/records/readme] [--readme README.md]
 
 Replaces the text between the `performance:start` and `performance:end`
-markers; every number in it comes from a record written by a bench script in
-the same run of `make bench`, which also names the machine and conditions.
-The methods comparison (`bench/methods.py`) and the inference measurements
-(`bench/inference.py`) have their own markers (`methods:start` ... `methods:end`,
-`inference:start` ... `inference:end`); `--sections methods,inference` renders
-only those.
+markers; every number in it comes from a record written by a bench script,
+which also names the machine, commit and conditions. The methods comparison
+(`bench/methods.py`) and the inference measurements (`bench/inference.py`) have
+their own markers (`methods:start` ... `methods:end`, `inference:start` ...
+`inference:end`); `--sections methods,inference` renders only those.
+
+The records the README is rendered from are committed (bench/records/readme/, a few
+hundred KB), so a reader can trace every number in these sections to its run, and
+tests/test_prose.py renders the sections again and fails where the README differs.
+`--collect runs/bench` first copies what `make bench` just wrote there over the kept
+records: only the files a section reads, and only those the new run has.
 """
 
 from __future__ import annotations
@@ -23,6 +28,31 @@ GiB = 2**30
 START, END = "<!-- performance:start -->", "<!-- performance:end -->"
 MARKERS = {"performance": (START, END), "methods": ("<!-- methods:start -->", "<!-- methods:end -->"),
            "inference": ("<!-- inference:start -->", "<!-- inference:end -->")}
+
+
+ROOT = Path(__file__).resolve().parents[1]
+KEPT = ROOT / "bench" / "records" / "readme"
+# The files each section reads, relative to the bench folder ("*.json" under methods/: one per method).
+READS = {"performance": ["memory/records.json", "memory/table.md", "throughput.json", "notebooks.json",
+                         "grading.json", "smollm.json", "memory-cuda/records.json", "memory-cuda/table.md"],
+         "methods": ["methods/summary.json", "methods/*.json"],
+         "inference": ["inference/record.json"]}
+
+
+def collect(source: Path, kept: Path = KEPT, sections=tuple(READS)) -> list[Path]:
+    """Copy the records `sections` read from a fresh bench folder over the kept ones; return what was copied.
+    A section whose new run left no record keeps the old one."""
+    import shutil
+
+    copied = []
+    for name in sections:
+        for pattern in READS[name]:
+            for path in sorted(source.glob(pattern)):
+                target = kept / path.relative_to(source)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(path, target)
+                copied.append(target)
+    return copied
 
 
 def _load(path: Path):
@@ -445,7 +475,9 @@ SECTIONS = {"performance": section, "methods": methods_section, "inference": inf
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--bench", default="runs/bench")
+    parser.add_argument("--bench", default=str(KEPT), help="where the records are (default: the committed ones)")
+    parser.add_argument("--collect", default=None, metavar="DIR",
+                        help="first copy the records a section reads from DIR (e.g. runs/bench) into bench/records/readme")
     parser.add_argument("--readme", default="README.md")
     parser.add_argument("--sections", default=None,
                         help=f"comma-separated, of {', '.join(MARKERS)}; default: every one whose markers the README has")
@@ -462,6 +494,9 @@ def main(argv=None) -> int:
         print(f"{readme}: no " + "; ".join(f"{MARKERS[s][0]} ... {MARKERS[s][1]}" for s in missing) + " markers",
               file=sys.stderr)
         return 1
+    if args.collect:
+        for path in collect(Path(args.collect), Path(args.bench), sections=wanted):
+            print(f"kept {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}", file=sys.stderr)
     for name in wanted:
         start, end = MARKERS[name]
         body = SECTIONS[name](Path(args.bench))

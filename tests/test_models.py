@@ -56,7 +56,7 @@ def test_device_and_dtype_choice():
 
 DTYPE_RULE = [
     # (requested, device, bf16 supported, resolved)
-    ("auto", "cpu", False, "float32"),  # AVX2-only: torch would emulate bf16, 50-80x slower
+    ("auto", "cpu", False, "float32"),  # AVX2-only: torch would emulate bf16, 20-40x slower
     ("auto", "cpu", True, "bfloat16"),  # AVX512-BF16 / AMX / Arm BF16
     ("auto", "cuda", True, "bfloat16"),
     ("auto", "cuda", False, "float32"),  # a GPU without bf16 (T4): float32, never float16 (Qwen2.5 overflows)

@@ -9,6 +9,7 @@ an edit that changes a number, fails here until prose and record agree again.
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 
@@ -65,6 +66,9 @@ FACTS = [
       (lambda r: r["demo"]["record"]["train_wall_s"] / r["demo"]["record"]["steps"], ".1f"),
       ("demo.record.quality.2.chrF gain", ".1f"), ("demo.record.quality.2.chrF gain 95% CI", ".1f"),
       ("demo.record.quality.2.archaic share", _pct)]),
+    ("Evaluating the base model alone took {} s of that run", "smollm_epyc_avx2", [("demo.record.eval_wall_s", ".0f")]),
+    ("held to AVX2: {} s at 9e6ebf5, 110 steps in {} s, load average {} at the start", "smollm_zen4_avx2",
+     [("demo.wall_s", ".0f"), ("demo.record.train_wall_s", ".0f"), ("conditions.load_average_at_start.0", ".1f")]),
     ("float32 product on one thread took {}-{} ms there", "cpu_speed_epyc_avx2",
      [("matmul.1.float32_ms", ".1f"), ("matmul.0.float32_ms", ".1f")]),
     ("bfloat16 took {}-{} ms, {}-{} times float32", "cpu_speed_epyc_avx2",
@@ -147,3 +151,314 @@ def test_a_stale_number_fails():
     rec = {"demo": {"wall_s": 1072.6}}
     assert render("took {} s for", rec, [("demo.wall_s", ".0f")]) == "took 1073 s for"
     assert render("took {} s for", {"demo": {"wall_s": 1080.2}}, [("demo.wall_s", ".0f")]) not in _text(ROOT / "README.md")
+
+
+def _report():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_report", ROOT / "bench" / "report.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+REPORT_SECTIONS = ("performance", "methods", "inference")
+
+
+@pytest.mark.parametrize("section", REPORT_SECTIONS)
+def test_readme_section_is_rendered_from_its_committed_records(section):
+    """The README's rendered sections (Performance, the methods table, Inference) are exactly what
+    bench/report.py writes from the records committed in bench/records/readme/."""
+    report = _report()
+    start, end = report.MARKERS[section]
+    text = (ROOT / "README.md").read_text()
+    assert start in text and end in text, f"README.md lost its {start} ... {end} markers"
+    shown = text[text.index(start) + len(start):text.index(end)].strip()
+    want = report.SECTIONS[section](report.KEPT).strip()
+    if shown != want:
+        diff = [f"README: {a}\nrecord: {b}" for a, b in zip(shown.splitlines(), want.splitlines()) if a != b][:3]
+        pytest.fail(f"README.md's {section} section is not what its committed records render "
+                    f"(bench/records/readme/); run `python bench/report.py --sections {section}` after a bench "
+                    "run, or restore the records. First differences:\n" + "\n".join(diff))
+
+
+@pytest.mark.parametrize("section", REPORT_SECTIONS)
+def test_the_records_a_section_reads_name_their_commit_and_machine(section):
+    report = _report()
+    found = [path for pattern in report.READS[section] for path in report.KEPT.glob(pattern)
+             if path.suffix == ".json"]
+    assert found, f"bench/records/readme/ holds no record for the README's {section} section"
+    for path in found:
+        rec = json.loads(path.read_text())
+        text = json.dumps(rec)
+        assert rec.get("commit") or rec.get("git_commit"), f"{path}: no commit: the run cannot be traced to its code"
+        assert '"cpu_kind"' in text or '"gpu"' in text, f"{path}: the machine it ran on is not recorded"
+
+
+# ------------------------------------------------------------------ the sessions' and notebooks' prose
+# Every quantity stated in the sessions' READMEs and in the markdown of the session and exercise notebooks,
+# with its source. A source is a committed record ("record", name, fields: rendered as in FACTS), the course's
+# code ("code", function returning the strings for the phrase's {} slots, computed now), or a citation
+# ("cited", where it comes from and under which conditions: a paper, a definition, or a run whose record was not
+# kept). The first test renders each phrase and requires it in its document; the second requires every quantity
+# the prose states (a number with a unit, a percentage, a factor) to stand inside one of these phrases, so that
+# a number added to the prose without a source fails here.
+
+
+def _nb_param(notebook: str, name: str):
+    """A value from a notebook's parameters cell (the defaults a student runs)."""
+    import ast
+
+    cells = json.loads((ROOT / notebook).read_text())["cells"]
+    for cell in cells:
+        if "parameters" in cell.get("metadata", {}).get("tags", []):
+            for node in ast.parse("".join(cell["source"])).body:
+                if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == name for t in node.targets):
+                    return ast.literal_eval(node.value)
+    raise KeyError(f"{notebook}: no parameter {name!r}")
+
+
+def _preset(name="shakespeare-cpu"):
+    from peftlab.config import preset
+
+    return preset(name)
+
+
+def _steps(name="shakespeare-cpu", **changes):
+    from peftlab import data, train
+    from peftlab.config import preset
+
+    return train.total_optimizer_steps(preset(name, **changes), len(data.load_course_data("train")))
+
+
+def _qwen3b_counts(**config):
+    from peftlab.adapters import lora_counts_on_meta
+    from peftlab.config import RunConfig
+
+    return lora_counts_on_meta("Qwen/Qwen2.5-3B-Instruct", RunConfig(**config))
+
+
+def _nf4_bytes() -> float:
+    return (4 + 8 / 64 + 32 / (64 * 256)) / 8  # NF4 with double quantization (Dettmers et al. 2023, section 3)
+
+
+def _bf16_slowdowns() -> list[str]:
+    """The range of bfloat16's slowdown over float32 on CPUs without native bfloat16, over the committed runs."""
+    ratios = [json.loads((RECORDS / f"{n}.json").read_text())["matmul"][i]["bf16_over_fp32"]
+              for n, i in (("cpu_speed_avx2", 1), ("cpu_speed_epyc_avx2", 0), ("cpu_speed_epyc_avx2", 1))]
+    return [f"{10 * math.floor(min(ratios) / 10):.0f}", f"{10 * math.ceil(max(ratios) / 10):.0f}"]
+
+
+def _avx2_demo_minutes() -> list[str]:
+    walls = [json.loads((RECORDS / f"{n}.json").read_text())["demo"]["wall_s"] / 60
+             for n in ("smollm_zen4_avx2", "smollm_epyc_avx2")]
+    return [f"{math.floor(min(walls)):.0f}", f"{math.ceil(max(walls)):.0f}"]
+
+
+def _sweep_claims() -> list[str]:
+    """Session 2's reading of the README's sweep: 3 epochs inside the interval, 4 beyond it, 5 well beyond."""
+    sweep = json.loads((RECORDS / "readme" / "smollm.json").read_text())["sweep"]
+    rows = {json.dumps(r["change"], sort_keys=True): r for r in sweep}
+    three, four, five = (rows[json.dumps(c, sort_keys=True)] for c in ({"num_train_epochs": 3}, {"num_train_epochs": 4},
+                                                                    "preset"))
+    assert three["gain"] <= three["gain_ci"] < four["gain"] and five["gain"] > five["gain_ci"], \
+        "Session 2's reading of the sweep (3 epochs inside the CI, 4 and 5 beyond) no longer holds"
+    return []
+
+
+def _case_study_minutes() -> list[str]:
+    sml = json.loads((RECORDS / "readme" / "smollm.json").read_text())
+    return [f"{sml['demo']['wall_s'] / 60:.0f}", sml["conditions"]["dtype"]]
+
+
+S2, S2NB = "sessions/02_peft_lora/README.md", "sessions/02_peft_lora/session02_lora.ipynb"
+S3, S3NB = "sessions/03_multi_adapter/README.md", "sessions/03_multi_adapter/session03_multi_adapter.ipynb"
+S4, S4NB = "sessions/04_methods/README.md", "sessions/04_methods/session04_methods.ipynb"
+S5, S5NB = "sessions/05_inference/README.md", "sessions/05_inference/session05_inference.ipynb"
+E04, E07, E08 = ("solutions/04_qlora_memory/qlora_memory.ipynb", "solutions/07_methods/methods.ipynb",
+                 "solutions/08_custom_metric/custom_metric.ipynb")
+SESSION3_RUN = "Session 3's notebook on SmolLM2 at commit b5ce942 (sessions/03_multi_adapter/README.md, Measured)"
+CI95 = ("cited", "the course's confidence level: sacrebleu's paired bootstrap and the perplexity bootstrap "
+                 "report 95% intervals (peftlab.metrics)")
+SESSION_FACTS = [
+    # Session 2
+    (S2, "Colab T4 (15 GB, no bf16: float32)", ("cited", "NVIDIA T4: 16 GB GDDR6, shown as 15 GB by Colab's nvidia-smi; "
+                                                 "compute capability 7.5 has no bfloat16")),
+    (S2, "the reference recipe is {} epochs of {} short examples ({} optimizer steps)",
+     ("code", lambda: [f"{_preset('shakespeare-reference').num_train_epochs:g}", "172", f"{_steps('shakespeare-reference')}"])),
+    (S2, "model download (about {} GB for 3B)",
+     ("code", lambda: [f"{_qwen3b_counts(r=1).total * 2 / 1e9:.0f}"])),
+    (S2, "{} GiB by `tests/test_colab.py`", ("code", lambda: [f"{__import__('peftlab.colab').colab.T4_BUDGET_GIB:.0f}"])),
+    (S2, "2 idle cores: about {} s including kernel start (`bench/notebooks.py`", ("record", "readme/notebooks",
+     [(lambda r: next(n["seconds"] for n in r["notebooks"] if "session02" in n["notebook"]), ".0f")])),
+    (S2, "which runs it too, took 435 s on a machine whose load average was 11-13",
+     ("cited", "tests/test_session02.py on a shared 2-core machine at load average 11-13 (no record kept)")),
+    (S2NB, "**\"99.88% fewer trainable parameters\"** is r=16 on q and v of Qwen2.5-3B",
+     ("code", lambda: [] if _fewer_pct(r=16, target_modules=["q_proj", "v_proj"]) == "99.88" else [None])),
+    (S2NB, "**\"10,000 times fewer\"** is the LoRA paper's figure for GPT-3 175B (Hu et al. 2021, abstract)",
+     ("cited", "Hu et al. 2021, arXiv:2106.09685, abstract")),
+    (S2NB, "**\"A loss of 2.245 is a perplexity of 9.43\"**", ("cited", "a figure quoted in LoRA tutorials, corrected "
+                                                                      "in the next phrase")),
+    (S2NB, "exp(2.245) rounds to {}", ("code", lambda: [f"{math.exp(2.245):.2f}"])),
+    (S2NB, "with a 95% bootstrap interval over the 82 held-out sentences", CI95),
+    (S2NB, "gives each score a 95% bootstrap interval (sacrebleu)", CI95),
+    (S2NB, "with the 95% interval of that *difference*", CI95),
+    (S2NB, "keeps the reference recipe's alpha, batch and {} epochs ({} optimizer steps an epoch on the 172 training pairs)",
+     ("code", lambda: [f"{_preset().num_train_epochs:g}", f"{_steps(num_train_epochs=1)}"])),
+    (S2NB, "torch would emulate bfloat16 {}-{} times slower", ("code", _bf16_slowdowns)),
+    (S2NB, "at 3 epochs the gain over copying stayed inside its confidence interval and at 4 it cleared it narrowly; "
+           "5 epochs beat copying well beyond it", ("code", _sweep_claims)),
+    (S2NB, "take about {} minutes on 2 cores in the README's Performance run ({})", ("code", _case_study_minutes)),
+    (S2NB, "in float32 on AVX2 CPUs, {} to {} minutes in the runs the README lists", ("code", _avx2_demo_minutes)),
+    (S2NB, "(batch {} x accumulation {} = {} examples)",
+     ("code", lambda: [str(_preset().per_device_train_batch_size), str(_preset().gradient_accumulation_steps),
+                       str(_preset().per_device_train_batch_size * _preset().gradient_accumulation_steps)])),
+    (S2NB, "(about {} bytes per frozen weight against bfloat16)", ("code", lambda: [f"{2 - _nf4_bytes():.1f}"])),
+    (S2NB, "QLoRA 4.77 GiB against LoRA's 3.08 GiB, both without checkpointing",
+     ("cited", "bench/memory.py --device cuda at commit eb59cdb on an NVIDIA H200, torch 2.11.0, batch 8 x 512, "
+               "102M-parameter model (README, Memory of one training step on a GPU; the record was not kept)")),
+    # Session 3
+    (S3, "20 held-out messages written for this session) and a pirate voice ({} + {} pairs written for the course)",
+     ("code", lambda: [str(len((ROOT / "shared/peftlab/data/pirate_train.jsonl").read_text().splitlines())),
+                       str(len((ROOT / "shared/peftlab/data/pirate_test.jsonl").read_text().splitlines()))])),
+    (S3, "no dropout, batch 4 x 2, bfloat16) at commit `b5ce942`", ("cited", SESSION3_RUN)),
+    (S3, "172 Shakespeare training pairs (1 epoch, 22 steps)", ("cited", SESSION3_RUN)),
+    (S3, "| notebook wall time (record `wall_s`) | 3.3 min |", ("cited", SESSION3_RUN)),
+    (S3, "| training: shakespeare 22 steps, formal 20, pirate 24 | 43 s, 37 s, 45 s |", ("cited", SESSION3_RUN)),
+    (S3, "| archaic share, shakespeare rows: base -> own adapter (12 rows) | 0% -> 58% |", ("cited", SESSION3_RUN)),
+    (S3, "| formal share, formal rows | 25% -> 100% |", ("cited", SESSION3_RUN)),
+    (S3, "| pirate share, pirate rows | 17% -> 100% |", ("cited", SESSION3_RUN)),
+    (S3, "median of 200 | 11.8 ms |", ("cited", SESSION3_RUN)),
+    (S3, "| 245 ms / 124 ms |", ("cited", SESSION3_RUN)),
+    (S3, "| 265.0 MiB / 769.7 MiB (2.90x) |", ("cited", SESSION3_RUN)),
+    (S3, "the pirate share rises 0%, 12%, 12%, 62%, 100% and the archaic share falls 75%, 50%, 38%, 38%, 25%",
+     ("cited", SESSION3_RUN)),
+    (S3, "the first adapter (24 steps) had not finished after 14.5 minutes (9 CPU-minutes); with one thread all three "
+         "trained in under 5 minutes (287 s)", ("cited", "a first attempt of the same run at load average 12 to 16 "
+                                                         "(no record kept)")),
+    (S3NB, "(a 3 x 3 table)", ("cited", "three tasks, three adapters")),
+    # Session 4
+    (S4, "tinit 10%, tfinal 20% of the steps",
+     ("code", lambda: [] if "steps // 10" in (ROOT / "shared/peftlab/methods.py").read_text()
+      and "steps // 5" in (ROOT / "shared/peftlab/methods.py").read_text() else [None])),
+    (S4, "(virtual tokens, 2 x layers x kv width)", ("cited", "a key and a value per layer (Li and Liang 2021, 4.2)")),
+    (S4, "`Linear(kv, kv)`, `tanh`, `Linear(kv, 2 x layers", ("cited", "peft's PrefixEncoder")),
+    (S4, "fine-tuning needs about {} bytes per parameter (float32 weights, gradients and two AdamW moments)",
+     ("code", lambda: [f"{4 + 4 + 2 * 4}"])),
+    (S4, "(8 steps, 12 generated rows)", ("code", lambda: [] if (_nb_param(S4NB, "steps"), _nb_param(S4NB, "n_generate"))
+                                          == (8, 12) else [None])),
+    (S4, "the README's, at {} steps, as the measurement",
+     ("code", lambda: [str(_bench("methods").SIZES["full"]["steps"])])),
+    (S4NB, "with the 95% interval of that", CI95),
+    (S4NB, "for 30,000 steps and match full fine-tuning only from about 10 billion parameters up",
+     ("cited", "Lester et al. 2021, arXiv:2104.08691, section 3 and Figure 1")),
+    (S4NB, "(`lora_alpha` = 16 x sqrt(8),", ("cited", "rsLoRA scales by alpha/sqrt(r) where LoRA scales by alpha/r; "
+                                                       "r=8, alpha 16")),
+    (S4NB, "run `bench/methods.py` ({} steps) for a steadier picture", ("code", lambda: [str(_bench("methods").SIZES["full"]["steps"])])),
+    (S4NB, "(64 steps, each method in its own process)", ("code", lambda: [] if _bench("methods").SIZES["full"]["steps"]
+                                                                         == 64 else [None])),
+    (S4NB, "Give prompt tuning 10x the steps", ("cited", "an exercise to try, not a measurement")),
+    # Session 5
+    (S5, "a KV cache of 2 x layers x KV heads x head dim x 2 bytes per token", ("cited", "a key and a value per layer "
+                                                                                  "and KV head, 2 bytes each in bf16")),
+    (S5NB, "well short of 4x", ("cited", "16-bit weights over 4-bit ones")),
+    # Exercises
+    (E04, "and the LM head stay in bf16 (2 bytes)", ("cited", "bfloat16 is 2 bytes")),
+    (E04, "(bf16 to NF4 at ~{} bytes/weight", ("code", lambda: [f"{_nf4_bytes():.2f}"])),
+    (E07, "Prompt tuning trains the fewest: {} parameters for {} tokens on Qwen2.5-3B, about {}% of the",
+     ("code", lambda: [f"{20 * _qwen3b_hidden():,}", "20", f"{100 * 20 * _qwen3b_hidden() / _qwen3b_total():.3f}"])),
+    (E07, "{} billion; LoRA r=16 on all linear layers trains {} million, some {} times more, still under 1%",
+     ("code", lambda: [f"{_qwen3b_total() / 1e9:.2f}", f"{_qwen3b_counts(r=16, target_modules='all-linear').trainable / 1e6:.1f}",
+                       f"{round(_qwen3b_counts(r=16, target_modules='all-linear').trainable / (20 * _qwen3b_hidden()), -1):.0f}"])),
+    (E08, "(r=8 on every linear layer, {} epochs, {} steps)",
+     ("code", lambda: [f"{_preset().num_train_epochs:g}", str(_steps())])),
+    (E08, "(r=8 on q, v, o; 1 epoch, {} steps)", ("code", lambda: [str(_steps(num_train_epochs=1))])),
+]
+
+
+def _fewer_pct(**config) -> str:
+    """How many fewer parameters LoRA trains than full fine-tuning of Qwen2.5-3B, in percent (2 decimals)."""
+    return f"{100 * (1 - _qwen3b_counts(**config).trainable / _qwen3b_total()):.2f}"
+
+
+def _qwen3b_hidden() -> int:
+    from peftlab.models import model_config
+
+    return model_config("Qwen/Qwen2.5-3B-Instruct").hidden_size
+
+
+def _qwen3b_total() -> int:
+    from peftlab.models import meta_model
+
+    return meta_model("Qwen/Qwen2.5-3B-Instruct").num_parameters()
+
+
+def _bench(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def prose(doc: str) -> str:
+    """A document's prose with whitespace collapsed: a README whole, a notebook's markdown cells."""
+    path = ROOT / doc
+    if path.suffix == ".ipynb":
+        text = "\n\n".join("".join(c["source"]) for c in json.loads(path.read_text())["cells"]
+                           if c["cell_type"] == "markdown")
+    else:
+        text = path.read_text()
+    return re.sub(r"\s+", " ", text)
+
+
+def render_fact(phrase: str, source) -> str:
+    kind = source[0]
+    if kind == "record":
+        return render(phrase, json.loads((RECORDS / f"{source[1]}.json").read_text()), source[2])
+    if kind == "code":
+        values = source[1]()
+        assert None not in values, f"{phrase!r}: the code it cites no longer says this"
+        assert phrase.count("{}") == len(values), f"{phrase!r}: one value per {{}}"
+        return phrase.format(*values)
+    assert kind == "cited" and len(source[1]) > 10, f"{phrase!r}: a citation names its source and conditions"
+    return phrase
+
+
+@pytest.mark.parametrize("doc,phrase,source", SESSION_FACTS, ids=[f"{d.split('/')[1]}:{p[:40]}" for d, p, _ in SESSION_FACTS])
+def test_session_prose_states_what_its_source_says(doc, phrase, source):
+    want = render_fact(phrase, source)
+    if want not in prose(doc):
+        pattern = re.escape(phrase).replace(r"\{\}", r"([-+\d.,]+)")
+        found = re.search(pattern, prose(doc))
+        pytest.fail(f"{doc} should say {want!r} ({source[0]}) but "
+                    + (f"says {found.group(0)!r}" if found else "the phrase is gone: update SESSION_FACTS"))
+
+
+UNIT = r"(?:%|x\b|s\b|ms\b|min\b|minutes\b|seconds\b|GiB|MiB|GB\b|MB\b|KiB|times\b|tokens/s|billion|million|" \
+       r"parameters\b|bytes\b|pairs\b|steps\b|epochs\b)"
+QUANTITY = re.compile(r"(?<![\w.])[-+]?\d[\d,]*(?:\.\d+)?(?:-\d+(?:\.\d+)?)?\s?" + UNIT + r"|[-+]\d+\.\d+\s?\+-\s?\d+\.\d+")
+PROSE_DOCS = sorted({*(str(p.relative_to(ROOT)) for p in ROOT.glob("sessions/*/*.ipynb")),
+                     *(str(p.relative_to(ROOT)) for p in ROOT.glob("solutions/*/*.ipynb")),
+                     *(str(p.relative_to(ROOT)) for p in ROOT.glob("sessions/*/README.md")), "sessions/README.md"})
+
+
+@pytest.mark.parametrize("doc", PROSE_DOCS)
+def test_every_quantity_in_the_prose_has_a_source(doc):
+    text = prose(doc)
+    spans = []
+    for d, phrase, source in SESSION_FACTS:
+        if d == doc:
+            want = render_fact(phrase, source)
+            spans += [(m.start(), m.end()) for m in re.finditer(re.escape(want), text)]
+    loose = [m for m in QUANTITY.finditer(re.sub(r"`[^`]*`", lambda c: " " * len(c.group(0)), text))
+             if not any(a <= m.start() and m.end() <= b for a, b in spans)]
+    assert not loose, (f"{doc} states quantities no SESSION_FACTS entry (tests/test_prose.py) gives a source for: "
+                       + "; ".join(repr(text[max(0, m.start() - 40):m.end() + 20]) for m in loose[:6]))
+
+
+def test_an_unsourced_quantity_fails():
+    """The coverage check finds a number the facts table does not list."""
+    stray = "Training took 42 s on a laptop."
+    assert [m.group(0) for m in QUANTITY.finditer(stray)] == ["42 s"]

@@ -355,7 +355,7 @@ PRESETS["shakespeare-tiny"] = dict(
 # Changes to the reference recipe, chosen by `bench/smollm.py --only-sweep` on the 172 training
 # and 82 held-out pairs (its table, with each run's chrF gain over copying the input and the
 # 95% CI of that gain, is in the README's Performance section): dtype 'auto' (bfloat16 weights
-# on a CPU that computes bf16 natively, float32 on one that would emulate it 50-80x slower;
+# on a CPU that computes bf16 natively, float32 on one that would emulate it 20-40x slower;
 # the LoRA weights stay float32 either way), r=8 on every linear layer instead of r=4 on q/v/o, lr 2e-3, and no
 # LoRA dropout. On a CPU, dropout draws its noise with aten::bernoulli_, about a quarter of
 # each training step in torch.profiler; without it the 110 steps of 5 epochs fit the demo's

@@ -4,7 +4,7 @@ bfloat16 wherever the hardware computes it natively, float32 everywhere else,
 never float16 (Qwen2/2.5 overflows it). On a CUDA GPU that is a question of
 compute capability; on a CPU of its instruction set (AVX512-BF16, AMX or Arm's
 BF16), which is why this module reads the CPU's features: an AVX2-only CPU
-emulates bfloat16 50-80x slower than float32, and a record or message that
+emulates bfloat16 20-40x slower than float32 (bench/records/cpu_speed_*), and a record or message that
 names a time names the CPU kind beside it (`cpu_kind`).
 """
 
@@ -157,7 +157,7 @@ def resolve_dtype(requested: str, device_type: str, bf16_supported: bool | None 
 
     - CUDA: bf16 on Ampere and newer, float32 on older GPUs (see gpu_dtype).
     - CPU: bf16 only with AVX512-BF16/AMX (x86) or BF16 (Arm), see `cpu_bf16_native`; on an
-      AVX2-only CPU emulated bf16 is 50-80x slower than float32.
+      AVX2-only CPU emulated bf16 is 20-40x slower than float32.
     - MPS: bf16 from macOS 14, else float32. float16 would be faster, but Qwen2.5's activations
       overflow it (see gpu_dtype).
 

@@ -87,7 +87,7 @@ def git_commit() -> str | None:
 
 
 def hardware() -> dict:
-    """Where a run ran. The CPU's kind is part of every number: torch emulates bfloat16 50-80x slower
+    """Where a run ran. The CPU's kind is part of every number: torch emulates bfloat16 20-40x slower
     on a CPU without AVX512-BF16/AMX (or Arm BF16), so a time means nothing without it."""
     from .devices import cpu_bf16_native, cpu_kind
 
