@@ -55,8 +55,9 @@ CONFIGS = {
 THEORY = [
     ("full fine-tuning, AdamW, mixed precision", "16", "bf16 weights 2 + fp32 master 4 + grads 2 + Adam m, v 8 "
      "(ZeRO paper, Rajbhandari et al. 2020, section 3.1)"),
-    ("full fine-tuning, AdamW, fp32 (this CPU run; Session 4 on any device)", "16", "weights 4 + grads 4 + Adam m, v 8"),
-    ("full fine-tuning, AdamW, pure bf16 (the estimator's GPU rows below)", "8",
+    ("full fine-tuning, AdamW, fp32 (Session 4 on any device; this benchmark where `auto` picks float32)", "16", "weights 4 + grads 4 + Adam m, v 8"),
+    ("full fine-tuning, AdamW, pure bf16 (the estimator's GPU rows below; this benchmark on a CPU with native "
+     "bfloat16)", "8",
      "weights 2 + grads 2 + Adam m, v 4 in bf16, no fp32 master copy: what `dtype=bfloat16` with torch's AdamW does"),
     ("LoRA: frozen base in bf16", "2", "plus 16 per trainable LoRA parameter (fp32 weight, grad, Adam m, v)"),
     ("QLoRA: frozen base in NF4 + double quantization", "0.516", "4 bits + 8-bit absmax per 64 + fp32 per 256 "

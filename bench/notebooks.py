@@ -48,6 +48,7 @@ def main(argv=None) -> int:
 
     root = Path(args.root).resolve()
     rows = []
+    commit, load_start = record.git_commit(), list(os.getloadavg())  # before the notebooks run
     for nb in notebooks(root):
         rel = nb.relative_to(root).as_posix()
         if args.only not in rel:
@@ -66,7 +67,9 @@ def main(argv=None) -> int:
     print(f"{'total':<60} {total:6.1f} s")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"hardware": record.hardware(), "cpu_count": os.cpu_count(),
+    out.write_text(json.dumps({"commit": commit, "load_average_at_start": load_start,
+                               "load_average_at_end": list(os.getloadavg()),
+                               "hardware": record.hardware(), "cpu_count": os.cpu_count(),
                                "versions": record.versions(), "notebooks": rows, "total_s": round(total, 1)},
                               indent=2))
     return 0

@@ -73,7 +73,7 @@ def section(bench: Path) -> str:
         where = f"`{commit[:10]}`" + (" with uncommitted changes" if commit.endswith("-dirty") else "")
         out += [
             f"Measured by `make bench` at commit {where} on {hw['platform']}, "
-            f"{mem['cpu_count']} CPU cores, no GPU; torch {v.get('torch')}, transformers {v.get('transformers')}, "
+            f"{mem['cpu_count']} CPU cores ({hw.get('cpu_kind', 'CPU kind not recorded')}), no GPU; torch {v.get('torch')}, transformers {v.get('transformers')}, "
             f"peft {v.get('peft')}, bitsandbytes {v.get('bitsandbytes')}.", "",
             "### Memory and speed of one training step",
             "",
@@ -143,14 +143,18 @@ def section(bench: Path) -> str:
         out += ["### Training throughput", "",
                 "The course pipeline (dynamic padding, length-grouped batches) against a plain Trainer + PEFT "
                 "baseline that pads every example to max_length, same model, data and seed "
-                "(`bench/throughput.py`, tiny model, CPU):", "",
+                f"(`bench/throughput.py`, tiny model, CPU of kind {thr['hardware'].get('cpu_kind', 'not recorded')}, "
+                f"{_at(thr.get('git_commit'))}):", "",
                 "| pipeline | real tokens/s |", "|---|---:|"]
         out += [f"| {name} | {r['tokens_per_s']:,.0f} |" for name, r in res.items()]
         out += ["", f"Speed-up: {thr['ratio']:.2f}x.", ""]
     if nbs:
         out += ["### The course's own run times", "",
-                f"Each notebook headless with papermill on the tiny model, CPU, {nbs['cpu_count']} cores "
-                "(`bench/notebooks.py`):", "", "| notebook | seconds |", "|---|---:|"]
+                f"Each notebook headless with papermill on the tiny model, CPU of kind "
+                f"{nbs['hardware'].get('cpu_kind', 'not recorded')}, {nbs['cpu_count']} cores (`bench/notebooks.py`, "
+                f"{_at(nbs.get('commit'))}"
+                + (f", load average {nbs['load_average_at_start'][0]:.1f} at the start" if "load_average_at_start" in nbs
+                   else "") + "):", "", "| notebook | seconds |", "|---|---:|"]
         out += [f"| `{r['notebook']}` | {r['seconds']:.1f} |" for r in nbs["notebooks"]]
         out += [f"| total | {nbs['total_s']:.1f} |", ""]
     if grd:
@@ -160,6 +164,20 @@ def section(bench: Path) -> str:
     if not out:
         return "No benchmark records yet: run `make bench`."
     return "\n".join(out).strip()
+
+
+def _dtype(asked: str, hardware: dict) -> str:
+    """The weights' dtype of a CPU run: `auto` resolved as `peftlab.devices.resolve_dtype` does on that CPU."""
+    if asked != "auto" or "cpu_bf16_native" not in hardware:
+        return asked
+    return ("bfloat16" if hardware["cpu_bf16_native"] else "float32") + f" (`auto` on a CPU of kind {hardware['cpu_kind']})"
+
+
+def _at(commit: str | None) -> str:
+    """'commit `abc1234567`' (with uncommitted changes where the run's tree had them)."""
+    if not commit:
+        return "commit not recorded"
+    return f"commit `{commit[:10]}`" + (" with uncommitted changes" if commit.endswith("-dirty") else "")
 
 
 def gpu_memory_section(gpu: dict, table: str) -> list[str]:
@@ -423,7 +441,7 @@ def inference_section(bench: Path) -> str:
            f"{cond['load_average_start'][0]:.1f} at start and {cond['load_average_end'][0]:.1f} at the end "
            + ("(a shared machine: the times are upper bounds)" if busy else "(otherwise idle)")
            + f"; torch {v.get('torch')}, transformers {v.get('transformers')}, peft {v.get('peft')}, "
-           f"bitsandbytes {v.get('bitsandbytes')}. Model `{c['model_name']}` in {c['dtype']} with "
+           f"bitsandbytes {v.get('bitsandbytes')}. Model `{c['model_name']}` in {_dtype(c['dtype'], rec['hardware'])} with "
            f"{len(rec['adapter_names'])} LoRA adapters r={c['r']} on {targets} ({adapters}). Greedy, "
            f"{first['prompt_tokens']}-token prompts, exactly {first['new_tokens']} new tokens per row, one warm-up, "
            f"median of {first['repeats']} runs (min-max); tokens/s counts the whole generate call.", "",
