@@ -332,7 +332,8 @@ def sweep_section(sml: dict, demo_data: tuple[int, int] | None = None) -> list[s
     where = (f"at commit `{sweep_commit[:10]}`" + (" with uncommitted changes" if sweep_commit.endswith("-dirty") else "")
              + f", load average {sc['load_average_at_start'][0]:.1f} at start"
              + (f" and {sc['load_average_at_end'][0]:.1f} at the end" if sc.get("load_average_at_end") else ""))
-    shared = max(sc["load_average_at_start"][0], (sc.get("load_average_at_end") or [0])[0]) > sml["cpu_count"]
+    # Another process at the start; the load at the end counts the sweep's own threads too.
+    shared = sc["load_average_at_start"][0] > sml["cpu_count"]
     out = ["Recipes around the preset (trained model only, same seed"
            + (f", {_pairs(data['train'], data['test'])}" if data else ", same data") + f"; {where}"
            + ("; the machine was shared, so training times and seconds per step are upper bounds" if shared else "")
