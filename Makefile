@@ -73,8 +73,9 @@ lock: venv
 clean:
 	rm -rf $(VENV) .venv-min runs
 
-# Full-size benchmarks (about 15 minutes on 2 cores, plus about 40 for bench/methods.py and bench/inference.py's
-# grid), then the README's Performance section, its methods table and its Inference section.
+# Full-size benchmarks, then the README's Performance section, its methods table and its Inference section from
+# the records, which report.py keeps in bench/records/readme/ (commit them). About 55 minutes on 2 idle cores of an
+# AVX512-BF16 EPYC: smollm.py with its sweep 18, methods.py 23, inference.py 6, the rest 10.
 bench: venv
 	$(PY) bench/throughput.py
 	$(PY) bench/memory.py
