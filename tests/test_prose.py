@@ -499,3 +499,123 @@ def test_an_unsourced_quantity_fails():
     """The coverage check finds a number the facts table does not list."""
     stray = "Training took 42 s on a laptop."
     assert [m.group(0) for m in QUANTITY.finditer(stray)] == ["42 s"]
+
+
+# The README outside its rendered sections (which test_readme_section_is_rendered_from_its_committed_records
+# checks whole): the quantities FACTS does not render from a record. ("region", end phrase, citation) cites
+# everything from the phrase to the end phrase: a block measured once whose record was not kept.
+def _config_text(path: str, needle: str) -> list[str]:
+    assert needle in (ROOT / path).read_text(), f"{path} no longer says {needle!r}"
+    return []
+
+
+def inspect_default(module: str, cls: str, arg: str):
+    import importlib
+    import inspect
+
+    return inspect.signature(getattr(importlib.import_module(module), cls)).parameters[arg].default
+
+
+def _loss_steps() -> list[str]:
+    out = []
+    for name in ("cpu_speed_loss_avx2", "cpu_speed_loss_native"):
+        rows = json.loads((RECORDS / f"{name}.json").read_text())["rows"]
+        out += [f"{rows[0]['s_per_step']:.2f}", f"{rows[1]['s_per_step']:.2f}"]
+    return out
+
+
+def _epyc_factor() -> list[str]:
+    wall = json.loads((RECORDS / "smollm_epyc_avx2.json").read_text())["demo"]["wall_s"]
+    assert round(wall / 360) == 3, f"the EPYC's demo took {wall:.0f} s: not three times the 6 minutes"
+    return []
+
+
+README_FACTS = [
+    ("(`peftlab build-tiny`: 8.4 s on 2 idle cores of an AMX Xeon, 9.0 s held to AVX2, printed by the command itself)",
+     ("cited", "the command's own printed time at 679ee6b, idle AMX Xeon (no record kept)")),
+    ("58 s on 2 idle cores (203 passed, 6 skipped;", ("cited", "make test-fast on the idle AMX Xeon (no record kept)")),
+    ("and 126 s on the 2-core AVX2-only AMD EPYC", ("cited", "make test-fast at 3cbb3eb on the idle EPYC")),
+    ("35.5 min on the AMX Xeon in one process (552 passed, 32 skipped, at commit 4f46c40)",
+     ("cited", "make test in one process at 4f46c40")),
+    ("On the AVX2-only EPYC one process had not finished after 90 minutes (at 2eeba6b, partly beside other work: the "
+     "mutation gate took about 22 minutes, the whole case study on SmolLM2 more than 20), too long for CI's 90 minutes",
+     ("cited", "make test in one process at 2eeba6b on the EPYC; CI's limit is 90 minutes")),
+    ("LoRA dropout 0.05 -> 0, {} epochs as in the reference", ("code", lambda: [f"{_preset().num_train_epochs:g}"])),
+    ("BLEU and chrF with 95% intervals", CI95),
+    ("(on a real AVX2-only AMD EPYC, below, {} to {} times)", ("record", "cpu_speed_epyc_avx2",
+     [("matmul.0.bf16_over_fp32", ".0f"), ("matmul.1.bf16_over_fp32", ".0f")])),
+    ("(target {} s)", ("code", lambda: [str(__import__("peftlab.casestudy").casestudy.DEMO_TARGET_S)])),
+    ("and every {} s while it trains", ("code", lambda: [f"{inspect_default('peftlab.threads', 'AdaptThreads', 'every_s'):.0f}"])),
+    ("held to AVX2 in float32, {} s a step against {} s with transformers' loss; with the AMX Xeon's own kernels in "
+     "bfloat16, {} s against {} s", ("code", _loss_steps)),
+    ("the same result to the digit in every run (+{} +- {} chrF over copying, {}% archaic)", ("record", "smollm_avx2",
+     [("demo.record.quality.2.chrF gain", ".1f"), ("demo.record.quality.2.chrF gain 95% CI", ".1f"),
+      ("demo.record.quality.2.archaic share", _pct)])),
+    ("started 3 s after other work on the machine was paused", ("cited", "the run's start, by hand")),
+    ("the same float32 step took 1.97 s at 11:21 and 2.29-2.48 s at 12:20, and the earlier runs saw 2.71 s and 3.84 s",
+     ("cited", "bench/records/cpu_speed_prefix_avx2.json, cpu_speed_onednn_avx2.json, cpu_speed_avx2.json and "
+               "cpu_speed_loss_avx2.json, read with their creation times")),
+    ("the demo meets its 6 minutes", ("code", lambda: [] if __import__("peftlab.casestudy").casestudy.DEMO_TARGET_S == 360
+                                       else [None])),
+    ("against 6.0 min at 55c3716e58, before the changes above", ("cited", "bench/smollm.py at 55c3716e58, the README's "
+                                                                          "Performance section of that commit")),
+    ("misses its 6 minutes by a factor of three", ("code", _epyc_factor)),
+    ("{}% archaic, estimator {}%)", ("record", "smollm_epyc_avx2", [("demo.record.quality.2.archaic share", _pct),
+     (lambda r: 100 * __import__("peftlab.casestudy").casestudy.estimator_error(r["demo"]["record"]), "+.1f")])),
+    ("against {} ms on the Xeon held to AVX2", ("record", "cpu_speed_avx2", [("matmul.1.float32_ms", ".1f")])),
+    ("(the SmolLM2 case study then takes about {} minutes)", ("record", "smollm_epyc_avx2",
+     [(lambda r: r["demo"]["wall_s"] / 60, ".0f")])),
+    ("fill most of the 6 minutes before a step is trained", ("cited", "casestudy.DEMO_TARGET_S against the evaluations "
+                                                                      "of bench/records/smollm_epyc_avx2.json")),
+    ("and where that passes 6 minutes", ("cited", "casestudy.DEMO_TARGET_S")),
+    ("predicted under {} GiB", ("code", lambda: [f"{__import__('peftlab.colab').colab.T4_BUDGET_GIB:.0f}"])),
+    ("On a T4 (15 GB, no bfloat16)", ("cited", "NVIDIA T4: 16 GB GDDR6, 15 GB in Colab's nvidia-smi")),
+    ("which gives each cell 180 s, three times the 60 s per-cell budget",
+     ("code", lambda: _config_text("nbgrader_config.py", "c.Execute.timeout = 180"))),
+    ("on 2026-11-29 at commit 3b1404e", ("region", "so every cell is within the 60 s budget",
+                                          "bench/exercise_cells.py at 3b1404e (solutions/README.md has the table)")),
+    ("(load average 12 to 15) took up to 177 s for a cell: the 180 s limits", ("cited", "solutions/README.md's table")),
+    ("`python bench/memory.py --device cuda --seq-len 512 --batch 8 --steps 3 --no-allocator-check --out "
+     "runs/bench/memory-cuda` at commit `eb59cdb1ed`", ("region", "(estimated activations 4.52 against 2.83 GiB)",
+                                                       "the GPU run at eb59cdb on an H200, cited with its command; "
+                                                       "its record was not kept")),
+    ("The first profile (grading fixture, shared machine)", ("region", "(kernel stop 3.65 s to 0.1 s)",
+                                                             "the grader's profiles while it was built; records not kept")),
+    ("{} parameters; LoRA r=16 on q_proj and v_proj trains {} ({}% of", ("code", lambda: [
+        f"{_qwen3b_total():,}", f"{_qwen3b_counts(r=16, target_modules=['q_proj', 'v_proj']).trainable:,}",
+        f"{_qwen3b_counts(r=16, target_modules=['q_proj', 'v_proj']).percent:.4f}"])),
+    ("Session 2 on SmolLM2-135M for 2 steps", ("code", lambda: _config_text(".ci/colab", "SmolLM2-135M for 2 steps"))),
+]
+
+
+def _spans(text: str, phrase: str, source) -> list[tuple[int, int]]:
+    if source[0] == "region":
+        out = []
+        for m in re.finditer(re.escape(phrase), text):
+            end = text.find(source[1], m.end())
+            assert end >= 0, f"README.md: {source[1]!r} does not follow {phrase!r}"
+            out.append((m.start(), end + len(source[1])))
+        return out
+    return [(m.start(), m.end()) for m in re.finditer(re.escape(render_fact(phrase, source)), text)]
+
+
+def test_every_quantity_in_the_readme_has_a_source():
+    """The README's own prose (its rendered sections are checked whole above): every quantity is rendered from a
+    record (FACTS), computed by the course's code or cited (README_FACTS)."""
+    text = prose("README.md")
+    for section in REPORT_SECTIONS:
+        start, end = _report().MARKERS[section]
+        a, b = text.index(start), text.index(end)
+        text = text[:a] + " " * (b - a) + text[b:]
+    spans = []
+    for phrase, record, fields in FACTS:
+        want = render(phrase, json.loads((RECORDS / f"{record}.json").read_text()), fields)
+        spans += [(m.start(), m.end()) for m in re.finditer(re.escape(want), text)]
+    for phrase, source in README_FACTS:
+        found = _spans(text, phrase, source)
+        assert found, f"README.md no longer says {render_fact(phrase, source) if source[0] != 'region' else phrase!r}"
+        spans += found
+    masked = re.sub(r"`[^`]*`", lambda c: " " * len(c.group(0)), text)
+    loose = [m for m in QUANTITY.finditer(masked) if not any(a <= m.start() and m.end() <= b for a, b in spans)]
+    assert not loose, ("README.md states quantities that neither FACTS nor README_FACTS (tests/test_prose.py) gives a "
+                       "source for: " + "; ".join(repr(text[max(0, m.start() - 40):m.end() + 20]) for m in loose[:6]))
