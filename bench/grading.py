@@ -66,21 +66,22 @@ def plain_nbgrader(root: Path, assignment: str, folder: Path, tmp: Path, cell_ti
     return time.perf_counter() - start
 
 
-STEPS = ("worker_start", "check", "kernel_start", "cells", "canaries", "probes", "kernel_stop", "nbgrader_other",
-         "feedback")
+STEPS = ("worker_start", "check", "copy", "kernel_start", "cells", "canaries", "probes", "kernel_stop",
+         "nbgrader_other", "read", "feedback", "record")
 
 
 def profile(results, seconds: float, workers: int) -> dict[str, float]:
     """Mean seconds per submission in each step (worker-seconds: with N workers they overlap)."""
     n = max(1, len(results))
     mean = {k: sum(o.timings.get(k, 0.0) for _, o in results) / n
-            for k in ("check", "kernel_start", "cells", "canaries", "probes", "kernel_stop", "nbgrader", "feedback")}
+            for k in ("check", "copy", "kernel_start", "cells", "canaries", "probes", "kernel_stop", "nbgrader", "read",
+                      "feedback", "record")}
     mean["nbgrader_other"] = max(0.0, mean.pop("nbgrader") - sum(
         mean[k] for k in ("kernel_start", "cells", "canaries", "probes", "kernel_stop")))
     inside = sum(o.seconds for _, o in results) / n
-    # The rest of each submission's share of the wall clock: starting the worker process (imports), and the
-    # batch recording the result in the gradebook before the slot takes the next submission.
-    mean["worker_start"] = max(0.0, seconds * workers / n - inside)
+    # The rest of each submission's share of the wall clock, less the head's recording (timed apart): forking
+    # the worker, its start and exit, and the batch noticing it ended before the slot takes the next submission.
+    mean["worker_start"] = max(0.0, seconds * workers / n - inside - mean["record"])
     return {k: round(mean.get(k, 0.0), 3) for k in STEPS}
 
 

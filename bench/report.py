@@ -245,9 +245,13 @@ def grading_section(grd: dict) -> list[str]:
                     "for reruns of the class).", ""]
         prof = seq.get("profile") or {}
         if prof:
-            names = {"worker_start": "worker start and recording", "check": "checks", "kernel_start": "kernel start",
+            names = {"worker_start": "worker start and recording" if "record" not in prof else
+                     "forking the worker, its start and exit", "check": "checks",
+                     "copy": "the scratch course copied and nbgrader's API made", "kernel_start": "kernel start",
                      "cells": "the notebook's cells", "canaries": "canaries", "probes": "probes",
-                     "kernel_stop": "kernel stop", "nbgrader_other": "nbgrader's own work", "feedback": "feedback"}
+                     "kernel_stop": "kernel stop", "nbgrader_other": "nbgrader's own work",
+                     "read": "grades and the probes' verdicts read", "feedback": "feedback",
+                     "record": "the batch recording it"}
             out += ["Where one submission's time goes (1 worker, mean seconds): "
                     + ", ".join(f"{names.get(k, k)} {v:.2f}" for k, v in prof.items() if v >= 0.005) + ".", ""]
     return out

@@ -103,7 +103,7 @@ class Pace(TrainerCallback):
     """Say, a few optimizer steps in, how long the rest of the run will take on this machine.
 
     Step times differ several-fold between CPUs that all compute float32 with AVX2 (the README's
-    Performance section has three), so a run measures its own pace instead of quoting one machine's.
+    *Which dtype your CPU gets* has three), so a run measures its own pace instead of quoting one machine's.
     The pace is timed from the end of step `skip` to the end of step `skip + over`: the first steps
     also pay one-off costs (thread fitting, kernel set-up). `after_s` is what the run still does
     after training (the case study's second evaluation, timed on the first); where the projected
@@ -137,10 +137,10 @@ class Pace(TrainerCallback):
         line = (f"pace           {self.s_per_step:.2f} s a step{where}: {steps} steps, about "
                 f"{_minutes(left)} of training left; the whole run about {_minutes(self.projected_s)}")
         if self.budget_s is not None and self.projected_s > self.budget_s:
-            line += (f", more than the {_minutes(self.budget_s)} it is meant to take on 2 idle cores. This CPU (or "
-                     "its load) is slower than the ones the course measured (README, Performance); the run goes "
-                     "on. To shorten it, train fewer epochs (e.g. num_train_epochs=3: the README's sweep "
-                     "gives what that costs in quality), or stop other work on the machine.")
+            line += (f", more than the {_minutes(self.budget_s)} it is meant to take on 2 idle cores. This CPU "
+                     "(or its load) is slower than the ones the course measured (README, Which dtype your CPU "
+                     "gets); the run goes on. To shorten it, train fewer epochs (e.g. num_train_epochs=3: the "
+                     "README's sweep gives what that costs in quality), or stop other work on the machine.")
         return line + "."
 
 

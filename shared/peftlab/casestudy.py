@@ -26,7 +26,7 @@ from .plots import plot_loss
 from .record import load_average, make_record, write_record
 
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
-# `make demo` on a CPU is meant to take at most this long on 2 idle cores (README, Performance).
+# `make demo` on a CPU is meant to take at most this long on 2 idle cores (README, Which dtype your CPU gets).
 DEMO_TARGET_S = 360
 
 

@@ -321,8 +321,10 @@ class Batch:
 
     def _record(self, sub: Submission, out: Outcome, scratch: Path | None) -> Outcome:
         """`_finish` that never stops the class: a failure is the student's `error`, recorded if it can be."""
+        started = time.perf_counter()
         try:
             self._finish(sub, out, scratch)
+            out.timings["record"] = round(time.perf_counter() - started, 3)  # the head's share (bench/grading.py)
             return out
         except Exception as exc:  # noqa: BLE001 - RecursionError and MemoryError included
             out = Outcome(student=sub.student, status="error",

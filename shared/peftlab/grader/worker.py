@@ -187,6 +187,7 @@ def _grade(job: Job, out: Outcome) -> Path | None:
     """Run nbgrader's autograde; fill `out`; return the graded notebook (None if nbgrader failed)."""
     scratch = Path(job.scratch)
     course = scratch / "course"
+    copying = time.perf_counter()
     shutil.rmtree(course, ignore_errors=True)
     shutil.copytree(job.template, course, symlinks=True)
     dest = course / "submitted" / job.student / job.assignment
@@ -197,6 +198,7 @@ def _grade(job: Job, out: Outcome) -> Path | None:
 
     api = course_mod.nbgrader_api(_nbgrader_config(job, course, findings))
     started = time.perf_counter()
+    out.timings["copy"] = round(started - copying, 3)  # the scratch course and nbgrader's API for it
     result = api.autograde(job.assignment, job.student, force=True, create=True)
     out.timings["nbgrader"] = round(time.perf_counter() - started, 3)
     found = read_findings(str(findings))
@@ -211,6 +213,7 @@ def _grade(job: Job, out: Outcome) -> Path | None:
             out.status, out.reason = "error", f"nbgrader could not grade it: {out.log}"
         return None
 
+    reading = time.perf_counter()
     out.grades = read_grades(course, job.assignment, job.student)
     graded = course / "autograded" / job.student / job.assignment / job.notebook
     out.errors = _cell_errors(graded)
@@ -221,6 +224,7 @@ def _grade(job: Job, out: Outcome) -> Path | None:
         {k: v for k, v in f.items() if k != "kind"} for f in found if f["kind"] == "timing"), {}))
     if job.probes:
         decide_by_probes(job, out, found)
+    out.timings["read"] = round(time.perf_counter() - reading, 3)  # grades, cell errors, the probes' verdicts
     canaries = [f for f in found if f["kind"] == "canary"]
     passed = [c for c in canaries if c["ran"] and not c["failed"]]
     if passed:
