@@ -128,6 +128,7 @@ class Batch:
         self.found: list[Submission] = []  # every file found, students' and rejected (the intake report)
         self.exports: dict[str, Path] = {}
         self.placements: dict[str, tuple[str, int]] = {}  # on a cluster: student -> (host, user id) that graded it
+        self.solution_seconds = 0.0  # the last run's solution run through the probes for its class's seeds
         self._server: ForkServer | None = None
         self._engine = None  # on a cluster: (cluster.DaskGrading, the future of its start)
         self._engine_pool: ThreadPoolExecutor | None = None
@@ -238,7 +239,9 @@ class Batch:
                  f"on import, {len(todo)} to grade with {self.settings.workers} worker(s)"
                  f"{'' if sandboxed else ' WITHOUT a sandbox'}")
         try:
+            started = time.perf_counter()
             self.ready.expect(self.ready.probe_seed(s.student, s.sha256) for s in todo)  # one solution run, all seeds
+            self.solution_seconds = time.perf_counter() - started
             results += (self._on_cluster if self.cluster or self.scheduler else self._pool)(todo, inputs)
         finally:
             self._stop_workers()  # the user ids are given back when `run` ends
