@@ -163,7 +163,7 @@ def main(argv=None) -> int:
         print(f"  Dask local:{args.workers} vs the fork server, {args.workers} workers: {dask_ratio:.2f}x the time "
               f"(target <= 1.2: {'met' if dask_ratio <= 1.2 else 'NOT met'}); the engine's overhead "
               f"{overhead:+.2f} s per submission, the cluster's start included")
-    print("  where one submission's time goes (seconds, mean; 1 worker; worker_start includes recording):")
+    print("  where one submission's time goes (seconds, mean; 1 worker; worker_start: forking the worker, its start and exit):")
     for step, sec in runs["sequential"]["profile"].items():
         print(f"    {step:<15} {sec:7.2f}")
     shared = busy is not None and busy > 0.3
