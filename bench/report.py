@@ -219,7 +219,7 @@ def grading_section(grd: dict) -> list[str]:
     """bench/grading.py's record: plain nbgrader against peftlab-grade, the targets, where the time goes."""
     seq, par = grd["runs"]["sequential"], grd["runs"]["parallel"]
     out = ["### Grading", "",
-           f"{grd['n']} submissions of `{grd['assignment']}`, sandboxed (`bench/grading.py`): "
+           f"{grd['n']} submissions of `{grd['assignment']}`, sandboxed (`bench/grading.py`, {_at(grd.get('commit'))}): "
            f"{seq['per_minute']:.1f} submissions/min with 1 worker, {par['per_minute']:.1f} with "
            f"{par['workers']} ({grd['ratio']:.2f}x); grades identical: {'yes' if grd['identical'] else 'NO'}. "
            f"At the parallel rate a class of 100 takes about {100 / par['per_minute']:.0f} minutes on this "
