@@ -35,7 +35,7 @@ KEPT = ROOT / "bench" / "records" / "readme"
 # The files each section reads, relative to the bench folder ("*.json" under methods/: one per method).
 READS = {"performance": ["memory/records.json", "memory/table.md", "throughput.json", "notebooks.json",
                          "grading.json", "smollm.json", "memory-cuda/records.json", "memory-cuda/table.md"],
-         "methods": ["methods/summary.json", "methods/*.json"],
+         "methods": ["methods/*.json"],  # summary.json and one record per method
          "inference": ["inference/record.json"]}
 
 
